@@ -1,0 +1,70 @@
+"""`labkit`: the lab's command line (doctor, clean)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import LabError, LabInputError
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    findings = doctor.examine()
+    missing = doctor.apt_packages(findings)
+    if args.install and missing:
+        print(f"installing: {' '.join(missing)}", flush=True)
+        doctor.install(missing)
+        findings = doctor.examine()
+        missing = doctor.apt_packages(findings)
+    if not args.quiet or missing:
+        print(doctor.render(findings))
+    if missing:
+        print(f"\nto install what is missing: {doctor.APT_INSTALL} {' '.join(missing)}  (or: labkit doctor --install)")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from . import reaper
+
+    if args.run is not None and not all(c in "0123456789abcdef" for c in args.run):
+        raise LabInputError(f"bad run id {args.run!r}: allowed are the hex run ids in lab resource names (labkit-RUN-PID-...)")
+    done = reaper.reap(run=args.run)
+    print(done.summary())
+    for name in done.namespaces:
+        print(f"  netns {name}")
+    for pid in done.processes:
+        print(f"  process {pid}")
+    for path in done.paths:
+        print(f"  path {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="labkit", description="packet-level conformance lab for sandboxed network stacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("doctor", help="which stacks and tools are installed, and how to install the rest")
+    d.add_argument("--install", action="store_true", help="install what is missing with apt-get (root)")
+    d.add_argument("--quiet", action="store_true", help="print only when something is missing")
+    d.set_defaults(func=cmd_doctor)
+    c = sub.add_parser("clean", help="remove namespaces, processes and files left by dead lab runs")
+    c.add_argument("--run", help="also remove everything of this run id, even if its owner still runs")
+    c.set_defaults(func=cmd_clean)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LabInputError as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except LabError as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""What this machine has for the lab, what it lacks, and the command that installs it."""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import LabError
+from .stacks import known_drivers
+
+APT_INSTALL = "apt-get install -y"
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    apt: str
+    needed_by: str
+    binary: str | None = None
+    version_argv: tuple[str, ...] = ()
+    library: str | None = None
+
+    def probe(self) -> tuple[bool, str]:
+        """(present, version or what is missing)."""
+        if self.library is not None:
+            found = ctypes.util.find_library(self.library)
+            return (found is not None, found or f"lib{self.library} not found")
+        assert self.binary is not None
+        path = shutil.which(self.binary) or next(
+            (p for p in (f"/usr/sbin/{self.binary}", f"/usr/bin/{self.binary}") if os.access(p, os.X_OK)), None
+        )
+        if path is None:
+            return False, f"{self.binary} not found"
+        if not self.version_argv:
+            return True, path
+        try:
+            out = subprocess.run([path, *self.version_argv], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return True, f"{path} (version unknown: {exc})"
+        text = (out.stdout or out.stderr).strip().splitlines()
+        return True, text[0] if text else path
+
+
+TOOLS: tuple[Tool, ...] = (
+    Tool("libpcap", "libpcap0.8", "capture filters (BPF compiled by libpcap)", library="pcap"),
+    Tool("iproute2", "iproute2", "debugging lab namespaces; the ip-command benchmark", "ip", ("-V",)),
+    Tool("ethtool", "ethtool", "inspecting offloads by hand", "ethtool", ("--version",)),
+    Tool("tcpdump", "tcpdump", "reading the lab's pcaps", "tcpdump", ("--version",)),
+    Tool("runsc", "runsc", "the gvisor stack", "runsc", ("--version",)),
+    Tool("slirp4netns", "slirp4netns", "the slirp4netns stack", "slirp4netns", ("--version",)),
+    Tool("pasta", "passt", "the pasta stack", "pasta", ("--version",)),
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    ok: bool
+    detail: str
+    needed_by: str
+    install: str | None
+
+
+def _package_version(name: str) -> tuple[bool, str]:
+    try:
+        return True, version(name)
+    except PackageNotFoundError:
+        return False, "not installed"
+
+
+def examine() -> list[Finding]:
+    found: list[Finding] = []
+    for pkg in ("pyroute2", "scapy", "pytest", "pytest-xdist"):
+        ok, detail = _package_version(pkg)
+        found.append(Finding(f"python:{pkg}", ok, detail, "labkit", None if ok else f"pip install {pkg}"))
+    for tool in TOOLS:
+        ok, detail = tool.probe()
+        found.append(Finding(tool.name, ok, detail, tool.needed_by, None if ok else f"{APT_INSTALL} {tool.apt}"))
+    for kind, driver in known_drivers().items():
+        a = driver.availability()
+        found.append(Finding(f"stack:{kind}", a.ok, a.version or a.reason or "available", "conformance runs", a.install))
+    return found
+
+
+def render(findings: list[Finding]) -> str:
+    width = max(len(f.name) for f in findings)
+    lines = []
+    for f in findings:
+        mark = "ok     " if f.ok else "MISSING"
+        line = f"{mark}  {f.name:<{width}}  {f.detail}"
+        if not f.ok:
+            line += f"  [needed by {f.needed_by}; install: {f.install}]"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def apt_packages(findings: list[Finding]) -> list[str]:
+    prefix = APT_INSTALL + " "
+    return sorted({f.install[len(prefix) :] for f in findings if not f.ok and f.install and f.install.startswith(prefix)})
+
+
+def install(packages: list[str]) -> None:
+    """apt-get install the packages (root only), bounded in time."""
+    if not packages:
+        return
+    if os.geteuid() != 0:
+        raise LabError(f"installing {' '.join(packages)} needs root; run: sudo {APT_INSTALL} {' '.join(packages)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, timeout=900)
+        if done.returncode != 0:
+            raise LabError(f"{' '.join(argv)} failed with exit code {done.returncode}")

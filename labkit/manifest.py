@@ -1,0 +1,86 @@
+"""The known-deviation manifest: where a stack is known to differ from Linux, and why.
+
+One TOML file; each `[[deviation]]` names a stack id (glob allowed, e.g. `gvisor-*`), a check
+(a test id relative to `suites/`, glob allowed) and a one-line reason. The plugin applies each as
+a strict xfail, so a deviation that stops happening turns the run red instead of hiding.
+
+    [[deviation]]
+    stack = "linux-arpignore"
+    check = "linkdispatch/test_arp.py::test_answers_who_has_for_own_address"
+    reason = "arp_ignore=8 makes the kernel answer no ARP request"
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LabInputError
+
+KEYS = {"stack", "check", "reason"}
+
+
+@dataclass(frozen=True)
+class Deviation:
+    stack: str
+    check: str
+    reason: str
+
+    def applies(self, stack_id: str, check_id: str) -> bool:
+        return fnmatch.fnmatchcase(stack_id, self.stack) and fnmatch.fnmatchcase(check_id, self.check)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path | None
+    deviations: tuple[Deviation, ...]
+
+    def lookup(self, stack_id: str, check_id: str) -> Deviation | None:
+        for d in self.deviations:
+            if d.applies(stack_id, check_id):
+                return d
+        return None
+
+    @classmethod
+    def empty(cls) -> Manifest:
+        return cls(None, ())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabInputError(
+                f"deviation manifest {path} does not exist; allowed: a TOML file of [[deviation]] entries"
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise LabInputError(f"deviation manifest {path}: not valid TOML ({exc})") from None
+        extra = set(data) - {"deviation"}
+        if extra:
+            raise LabInputError(f"deviation manifest {path}: unknown table(s) {sorted(extra)}; allowed: [[deviation]]")
+        entries = data.get("deviation", [])
+        if not isinstance(entries, list):
+            raise LabInputError(f"deviation manifest {path}: 'deviation' must be an array of tables ([[deviation]])")
+        out = []
+        for n, entry in enumerate(entries, 1):
+            where = f"deviation manifest {path}, entry {n}"
+            if not isinstance(entry, dict):
+                raise LabInputError(f"{where}: not a table; allowed: stack, check, reason")
+            unknown = set(entry) - KEYS
+            if unknown:
+                raise LabInputError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: stack, check, reason")
+            for key in sorted(KEYS):
+                value = entry.get(key)
+                if not isinstance(value, str) or not value.strip():
+                    raise LabInputError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+                if "\n" in value:
+                    raise LabInputError(f"{where}: {key!r} must be one line")
+            if "::" not in entry["check"]:
+                raise LabInputError(
+                    f"{where}: check {entry['check']!r} is not a test id; allowed: SUITE/FILE.py::TEST (globs allowed)"
+                )
+            out.append(Deviation(entry["stack"].strip(), entry["check"].strip(), entry["reason"].strip()))
+        return cls(path, tuple(out))

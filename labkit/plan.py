@@ -1,0 +1,84 @@
+"""The address plan of the standard lab: one stack behind a veth, the Wire on the other end.
+
+Every test gets its own pair of namespaces, so every test can use the same addresses; the plan
+is data so suites can ask "what is the stack's IPv6 address" instead of hard-coding it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .addressing import lab_interface
+from .errors import LabInputError
+from .topology import Link, Topology, check_mac, check_mtu
+
+
+@dataclass(frozen=True)
+class AddressPlan:
+    net4: ipaddress.IPv4Network = field(default_factory=lambda: ipaddress.IPv4Network("198.18.0.0/24"))
+    net6: ipaddress.IPv6Network = field(default_factory=lambda: ipaddress.IPv6Network("2001:db8::/64"))
+    stack_mac: str = "02:00:00:00:00:02"
+    peer_mac: str = "02:00:00:00:00:01"
+    mtu: int = 1500
+    stack_ifname: str = "eth0"
+    peer_ifname: str = "peer0"
+
+    def __post_init__(self) -> None:
+        for net in (self.net4, self.net6):
+            lab_interface(str(net))
+            if net.num_addresses < 4:
+                raise LabInputError(f"lab prefix {net} is too small; allowed: /30 or larger (IPv4), /126 or larger (IPv6)")
+        check_mac(self.stack_mac)
+        check_mac(self.peer_mac)
+        check_mtu(self.mtu)
+
+    @classmethod
+    def parse(cls, net4: str | None = None, net6: str | None = None, **kw: object) -> AddressPlan:
+        values: dict[str, object] = dict(kw)
+        for key, text, want in (("net4", net4, 4), ("net6", net6, 6)):
+            if text is None:
+                continue
+            iface = lab_interface(text if "/" in text else f"{text}/")
+            if iface.version != want:
+                raise LabInputError(f"lab prefix {text!r} is not IPv{want}; allowed: a prefix in the IPv{want} lab range")
+            values[key] = iface.network
+        return cls(**values)  # type: ignore[arg-type]
+
+    # The peer (gateway) is .1 / ::1, the stack .2 / ::2.
+    @property
+    def peer4(self) -> str:
+        return str(self.net4.network_address + 1)
+
+    @property
+    def stack4(self) -> str:
+        return str(self.net4.network_address + 2)
+
+    @property
+    def peer6(self) -> str:
+        return str(self.net6.network_address + 1)
+
+    @property
+    def stack6(self) -> str:
+        return str(self.net6.network_address + 2)
+
+    def unused4(self) -> str:
+        """An address in the stack's subnet that nobody owns."""
+        return str(self.net4.network_address + 3)
+
+    def unused6(self) -> str:
+        return str(self.net6.network_address + 3)
+
+    def build(self) -> tuple[Topology, Link, Link]:
+        """Declare the standard topology: (topology, the stack's end, the Wire's end)."""
+        topo = Topology()
+        sb, peer = topo.namespace("sb"), topo.namespace("peer")
+        # The peer end is quiet: no addresses and no IPv6, so its kernel never answers or
+        # solicits anything; the Wire speaks for the peer.
+        stack_end, peer_end = topo.veth(
+            sb, self.stack_ifname, peer, self.peer_ifname, mtu=self.mtu, a_mac=self.stack_mac, b_mac=self.peer_mac
+        )
+        peer_end.ipv6 = False
+        stack_end.addr(f"{self.stack4}/{self.net4.prefixlen}").addr(f"{self.stack6}/{self.net6.prefixlen}")
+        sb.route("default", via=self.peer4).route("default", via=self.peer6)
+        return topo, stack_end, peer_end

@@ -1,0 +1,145 @@
+"""Processes the lab starts: in a chosen namespace, tagged with their owner, never orphaned.
+
+Each child gets `LABKIT_OWNER=<tag>` in its environment (the reaper's proof that the lab made it)
+and PR_SET_PDEATHSIG=SIGKILL, so a SIGKILLed test run does not leave services behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import janitor, owner
+from .errors import LabError
+from .netns import CLONE_NEWNET, NetNS
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def lab_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env[owner.ENV_OWNER] = owner.me().tag
+    env[owner.ENV_RUN] = owner.run_id()
+    env.update(extra or {})
+    return env
+
+
+def _child_setup(ns_fd: int | None) -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if ns_fd is not None and _libc.setns(ns_fd, CLONE_NEWNET) != 0:
+        os._exit(121)
+
+
+class LabProcess:
+    """A child process owned by the lab; `close()` ends it (TERM, then KILL) and reaps it."""
+
+    def __init__(self, argv: Sequence[str], netns: NetNS | None = None, **popen: Any) -> None:
+        owner.me().register()
+        ns_fd = netns.open() if netns is not None else None
+        popen.setdefault("env", lab_env())
+        popen.setdefault("stdin", subprocess.DEVNULL)
+        if ns_fd is not None:
+            popen["pass_fds"] = (*popen.get("pass_fds", ()), ns_fd)
+        try:
+            self.popen = subprocess.Popen(list(argv), preexec_fn=lambda: _child_setup(ns_fd), **popen)
+        except FileNotFoundError:
+            raise LabError(f"cannot run {argv[0]!r}: not found") from None
+        finally:
+            if ns_fd is not None:
+                os.close(ns_fd)
+        self.argv = list(argv)
+        self._pending = b""
+        janitor.track(self)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def read_line(self, timeout: float) -> str | None:
+        """The next stdout line within `timeout`, None at EOF; the child must have stdout=PIPE.
+
+        Reads the pipe with os.read into our own buffer: a buffered readline() could swallow
+        a second line that select() would then never report.
+        """
+        out = self.popen.stdout
+        assert out is not None
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no output from {self.argv[0]} within {timeout}s")
+            if not select.select([out], [], [], left)[0]:
+                continue
+            chunk = os.read(out.fileno(), 65536)
+            if not chunk:
+                rest, self._pending = self._pending, b""
+                return rest.decode(errors="replace") or None
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode(errors="replace") + "\n"
+
+    def close(self, grace: float = 1.0) -> int | None:
+        janitor.untrack(self)
+        p = self.popen
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for stream in (p.stdout, p.stderr):
+            if stream is not None:
+                stream.close()
+        return p.returncode
+
+    def __enter__(self) -> LabProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw: Any) -> subprocess.CompletedProcess:
+    """Run a command to completion inside `netns`, output captured, bounded by `timeout`."""
+    ns_fd = netns.open() if netns is not None else None
+    try:
+        return subprocess.run(
+            list(argv),
+            preexec_fn=lambda: _child_setup(ns_fd),
+            pass_fds=(ns_fd,) if ns_fd is not None else (),
+            env=kw.pop("env", None) or lab_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            **kw,
+        )
+    finally:
+        if ns_fd is not None:
+            os.close(ns_fd)
+
+
+def kill_pids(pids: Sequence[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids:  # reap our own children so they do not linger as zombies
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def kill_namespace_processes(netns: NetNS) -> None:
+    """SIGKILL every process still in a lab namespace; they exist only because the lab ran them."""
+    kill_pids([p for p in netns.pids() if p != os.getpid()])

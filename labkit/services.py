@@ -1,0 +1,136 @@
+"""Small services that run inside a stack, so a suite can see what the stack delivers.
+
+Standard library only: the same file runs under the kernel (linux driver) and inside a sandbox
+(runsc exec with the host's Python). Each service prints JSON lines on stdout: first
+`{"event": "ready", "port": P}` once its socket is bound, then one line per thing it received or
+did; the lab reads them as evidence. Stop it with SIGTERM.
+
+    python -m labkit.services udp-echo --port 7
+    python -m labkit.services tcp-sink --port 9
+    python -m labkit.services tcp-source --to 198.18.0.1 --port 9 --bytes 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import socket
+import sys
+import threading
+
+KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source")
+SHOW_BYTES = 256  # payloads up to this size are reported in full (hex), larger ones by digest
+
+
+def emit(event: str, **fields: object) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def _payload(data: bytes) -> dict[str, object]:
+    out: dict[str, object] = {"len": len(data)}
+    if len(data) <= SHOW_BYTES:
+        out["data"] = data.hex()
+    else:
+        out["sha256"] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def _bound(kind: int, family: str, port: int) -> socket.socket:
+    fam = socket.AF_INET if family == "4" else socket.AF_INET6
+    s = socket.socket(fam, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if family == "any" else 1)
+    s.bind(("0.0.0.0" if fam == socket.AF_INET else "::", port))
+    return s
+
+
+def _peer(addr: tuple) -> list[object]:
+    host = addr[0][7:] if addr[0].startswith("::ffff:") else addr[0]
+    return [host, addr[1]]
+
+
+def udp(args: argparse.Namespace) -> None:
+    s = _bound(socket.SOCK_DGRAM, args.family, args.port)
+    emit("ready", port=s.getsockname()[1])
+    while True:
+        data, addr = s.recvfrom(65535)
+        emit("datagram", peer=_peer(addr), **_payload(data))
+        if args.kind == "udp-echo":
+            s.sendto(data, addr)
+
+
+def tcp(args: argparse.Namespace) -> None:
+    s = _bound(socket.SOCK_STREAM, args.family, args.port)
+    s.listen(64)
+    emit("ready", port=s.getsockname()[1])
+
+    def serve(conn: socket.socket, addr: tuple) -> None:
+        total, digest, error = 0, hashlib.sha256(), None
+        emit("accepted", peer=_peer(addr))
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    total += len(data)
+                    digest.update(data)
+                    if args.kind == "tcp-echo":
+                        conn.sendall(data)
+            except OSError as exc:  # a reset is evidence too: report it with what arrived before
+                error = exc.errno
+        emit("closed", peer=_peer(addr), len=total, sha256=digest.hexdigest(), errno=error)
+
+    while True:
+        conn, addr = s.accept()
+        threading.Thread(target=serve, args=(conn, addr), daemon=True).start()
+
+
+def tcp_source(args: argparse.Namespace) -> None:
+    fam = socket.AF_INET6 if ":" in args.to else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.settimeout(args.timeout)
+        if args.mss:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, args.mss)
+        emit("ready", port=0)
+        s.connect((args.to, args.port))
+        pattern = bytes(range(256)) * 256
+        sent, digest = 0, hashlib.sha256()
+        while sent < args.bytes:
+            chunk = pattern[: min(len(pattern), args.bytes - sent)]
+            s.sendall(chunk)
+            digest.update(chunk)
+            sent += len(chunk)
+        s.shutdown(socket.SHUT_WR)
+        emit("sent", len=sent, sha256=digest.hexdigest())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="labkit.services", description=__doc__.split("\n\n")[0])
+    p.add_argument("kind", choices=KINDS)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--family", choices=("4", "6", "any"), default="any")
+    p.add_argument("--to", help="destination address (tcp-source)")
+    p.add_argument("--bytes", type=int, default=65536, help="how much tcp-source sends")
+    p.add_argument("--mss", type=int, default=0, help="TCP_MAXSEG for tcp-source")
+    p.add_argument("--timeout", type=float, default=10.0)
+    args = p.parse_args(argv)
+    if args.kind == "tcp-source" and not args.to:
+        p.error("tcp-source needs --to ADDRESS")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if args.kind.startswith("udp"):
+            udp(args)
+        elif args.kind == "tcp-source":
+            tcp_source(args)
+        else:
+            tcp(args)
+    except OSError as exc:
+        emit("error", errno=exc.errno, message=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The one interface every stack driver implements.
+
+A stack is "a network stack attached behind the sandbox end of a veth". The lab builds the
+topology and hands the driver that end; the driver brings its stack up there, runs commands and
+services inside it, and keeps its own logs. Suites only ever talk to this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import owner
+from ..errors import LabError, LabInputError
+from ..process import LabProcess
+from ..topology import Link, Topology
+
+# Capability flags: what checks a driver can take part in.
+ARP = "arp"
+NDP = "ndp"
+IPV4 = "ipv4"
+IPV6 = "ipv6"
+ICMP = "icmp"
+UDP = "udp"
+TCP = "tcp"
+SERVICES = "services"  # can run the lab's services inside
+EXEC = "exec"  # can run arbitrary commands inside
+SYSCTL = "sysctl"
+CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, SYSCTL})
+
+SERVICE_KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source")
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str = ""
+    install: str | None = None
+    version: str | None = None
+
+
+class Service:
+    """A lab service running inside a stack; its JSON-line events are the stack's evidence."""
+
+    def __init__(self, kind: str, process: LabProcess, ready_timeout: float = 10.0) -> None:
+        self.kind = kind
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        ready = self.wait_for(lambda e: e["event"] in ("ready", "error"), ready_timeout)
+        if ready["event"] == "error":
+            process.close()
+            raise LabError(f"service {kind} failed to start: {ready.get('message')}")
+        self.port: int = ready["port"]
+
+    def _next(self, timeout: float) -> dict[str, Any] | None:
+        line = self.process.read_line(timeout)
+        if line is None:
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = {"event": "output", "line": line.rstrip("\n")}
+        self.events.append(event)
+        return event
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict[str, Any]:
+        """The first event (already seen or new) for which `predicate` holds, within `timeout`."""
+        for event in self.events:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                event = self._next(left)
+            except TimeoutError:
+                break
+            if event is None:
+                raise LabError(f"service {self.kind} exited (code {self.process.popen.poll()}); events: {self.events[-5:]}")
+            if predicate(event):
+                return event
+        raise TimeoutError(f"service {self.kind}: no matching event within {timeout:g}s; events so far: {self.events[-5:]}")
+
+    def close(self) -> None:
+        self.process.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Stack(abc.ABC):
+    """Base of all drivers. Subclasses set `kind`, `capabilities`, `variants` and the hooks.
+
+    `variants` maps a variant name ("" is the default) to the options it sets; the id of a
+    driver instance is `kind` or `kind-variant` (e.g. `linux`, `gvisor-ch4-gso`).
+    """
+
+    kind: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {}}
+    install: ClassVar[str | None] = None
+
+    def __init__(self, variant: str = "") -> None:
+        if variant not in self.variants:
+            allowed = ", ".join(self.id_for(v) for v in self.variants)
+            raise LabInputError(f"unknown variant {variant!r} of stack {self.kind!r}; allowed: {allowed}")
+        self.variant = variant
+        self.options: dict[str, Any] = dict(self.variants[variant])
+        self.topology: Topology | None = None
+        self.link: Link | None = None
+        self.workdir: Path | None = None
+        self._services: list[Service] = []
+
+    @classmethod
+    def id_for(cls, variant: str) -> str:
+        return f"{cls.kind}-{variant}" if variant else cls.kind
+
+    @property
+    def id(self) -> str:
+        return self.id_for(self.variant)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id}>"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Whether this stack can run on this machine; drivers of external programs override it."""
+        return Availability(True)
+
+    def can(self, *capabilities: str) -> bool:
+        return set(capabilities) <= self.capabilities
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, topology: Topology, link: Link) -> None:
+        """Bring the stack up behind `link` (the sandbox end of a veth in a built topology)."""
+        self.topology, self.link = topology, link
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{owner.new_name('stack')}-"))
+        self._start()
+
+    @abc.abstractmethod
+    def _start(self) -> None: ...
+
+    def stop(self) -> None:
+        for service in self._services:
+            service.close()
+        self._services.clear()
+        try:
+            self._stop()
+        finally:
+            if self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+                self.workdir = None
+
+    def _stop(self) -> None:  # noqa: B027 - optional hook, most drivers have nothing to stop
+        """Driver-specific teardown; the topology itself is removed by whoever built it."""
+
+    # -- what the stack looks like from outside -------------------------------------------------
+
+    @property
+    def mac(self) -> str:
+        assert self.link is not None and self.link.mac is not None
+        return self.link.mac
+
+    @property
+    def ipv4(self) -> list[str]:
+        assert self.link is not None
+        return [str(a.ip) for a in self.link.ipv4]
+
+    @property
+    def ipv6(self) -> list[str]:
+        assert self.link is not None
+        return [str(a.ip) for a in self.link.ipv6_addresses]
+
+    # -- inside the stack ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run a command inside the stack to completion; output captured."""
+
+    @abc.abstractmethod
+    def spawn(self, argv: Sequence[str]) -> LabProcess:
+        """Start a long-running command inside the stack with stdout piped to the lab."""
+
+    def service(self, kind: str, port: int = 0, *, family: str = "any", **options: Any) -> Service:
+        """Start one of the lab's services inside the stack and wait until it is ready."""
+        if kind not in SERVICE_KINDS:
+            raise LabInputError(f"unknown service {kind!r}; allowed: {', '.join(SERVICE_KINDS)}")
+        argv = [sys.executable, "-m", "labkit.services", kind, "--port", str(port), "--family", family]
+        for key, value in options.items():
+            argv += [f"--{key}", str(value)]
+        svc = Service(kind, self.spawn(argv))
+        self._services.append(svc)
+        return svc
+
+    def logs(self) -> dict[str, Path]:
+        """The stack's own log files (kept with the pcap when a test fails)."""
+        if self.workdir is None:
+            return {}
+        return {p.name: p for p in sorted(self.workdir.glob("*.log")) if p.stat().st_size}
+
+    @staticmethod
+    def child_env() -> dict[str, str]:
+        """Environment for lab commands inside the stack: labkit importable, owner tagged."""
+        from ..process import lab_env
+
+        root = str(Path(__file__).resolve().parents[2])
+        path = os.environ.get("PYTHONPATH", "")
+        return lab_env({"PYTHONPATH": f"{root}:{path}" if path else root, "PYTHONUNBUFFERED": "1"})

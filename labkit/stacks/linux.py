@@ -1,0 +1,48 @@
+"""The reference: the Linux kernel's own stack, in the sandbox namespace.
+
+Nothing is started: the namespace's kernel stack already owns the addresses the topology gave
+it. The driver only applies its sysctls and its offload setting and runs things in the
+namespace. A variant that changes a sysctl is a subclass with a `sysctls` dict:
+
+    class ArpIgnoreLinux(LinuxStack):
+        kind = "linux-arpignore"
+        sysctls = {"net.ipv4.conf.all.arp_ignore": 8}
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..ethtool import set_tx_checksum
+from ..process import LabProcess, run_in
+from . import base
+
+
+class LinuxStack(base.Stack):
+    kind = "linux"
+    capabilities = base.CAPABILITIES
+    # tx_checksum off: the kernel finishes checksums itself, as on a NIC without offload, so the
+    # Wire sees final checksums. `txcsum` keeps veth's offload (frames arrive CHECKSUM_PARTIAL).
+    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {"tx_checksum": False}, "txcsum": {"tx_checksum": True}}
+    sysctls: ClassVar[Mapping[str, object]] = {}
+
+    @property
+    def _ns(self):  # the sandbox namespace
+        assert self.link is not None
+        return self.link.ns
+
+    def _start(self) -> None:
+        assert self.link is not None and self._ns.netns is not None
+        for key, value in self.sysctls.items():
+            self._ns.sysctl(key, value)
+        set_tx_checksum(self._ns.netns, self.link.name, bool(self.options.get("tx_checksum")))
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+        return run_in(self._ns.netns, argv, timeout=timeout, env=self.child_env())
+
+    def spawn(self, argv: Sequence[str]) -> LabProcess:
+        assert self.workdir is not None
+        with open(self.workdir / "services.log", "ab") as log:  # the child keeps its own copy of the fd
+            return LabProcess(argv, netns=self._ns.netns, stdout=subprocess.PIPE, stderr=log, env=self.child_env())

@@ -1,0 +1,84 @@
+"""A testbed: the standard topology, a started stack behind it and a Wire in front of it.
+
+This is the unit a conformance check runs against. Building and tearing down is one call each,
+and teardown removes everything even when the stack failed to start.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .plan import AddressPlan
+from .stacks import Stack, StackSpec
+from .topology import Link, Topology
+from .wire import Wire
+
+
+class Testbed:
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, spec: StackSpec, plan: AddressPlan | None = None) -> None:
+        self.spec = spec
+        self.plan = plan or AddressPlan()
+        self.topology: Topology | None = None
+        self.stack: Stack | None = None
+        self.wire: Wire | None = None
+        self.stack_end: Link | None = None
+        self.peer_end: Link | None = None
+
+    def up(self) -> Testbed:
+        self.topology, self.stack_end, self.peer_end = self.plan.build()
+        try:
+            self.topology.up()
+            assert self.peer_end.ns.netns is not None and self.peer_end.mac is not None
+            # The Wire listens before the stack starts, so the pcap has the stack's first frames.
+            self.wire = Wire(self.peer_end.ns.netns, self.peer_end.name, mac=self.peer_end.mac, far_mac=self.stack_end.mac)
+            self.wire.own(self.plan.peer4)
+            self.wire.own(self.plan.peer6)
+            stack = self.spec.create()
+            stack.start(self.topology, self.stack_end)
+            self.stack = stack
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def save_evidence(self, directory: Path, stem: str) -> list[Path]:
+        """Write the Wire's pcap and copy the stack's logs under `directory`; returns the paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        saved: list[Path] = []
+        if self.wire is not None:
+            saved.append(self.wire.write_pcap(directory / f"{stem}.pcap"))
+        if self.stack is not None:
+            for name, path in self.stack.logs().items():
+                dest = directory / f"{stem}.{name}"
+                shutil.copyfile(path, dest)
+                saved.append(dest)
+        return saved
+
+    def down(self) -> None:
+        errors: list[BaseException] = []
+        for step in (
+            self.wire.close if self.wire else None,
+            self.stack.stop if self.stack else None,
+            self.topology.down if self.topology else None,
+        ):
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as exc:  # finish the teardown, then report the first failure
+                errors.append(exc)
+        self.wire = self.stack = None
+        self.topology = None
+        if errors:
+            raise errors[0]
+
+    close = down
+
+    def __enter__(self) -> Testbed:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()

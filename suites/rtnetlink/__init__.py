@@ -1,0 +1,1 @@
+"""Conformance suite: rtnetlink (see the issue tracker for its checks)."""

@@ -1,0 +1,1 @@
+"""Conformance suite: slirp (see the issue tracker for its checks)."""

@@ -1,0 +1,136 @@
+"""Cleanup you can trust: after Ctrl-C, after SIGKILL plus `labkit clean`, nothing of the lab stays."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from labkit import netns, owner, reaper
+from labkit.topology import Topology
+
+from .conftest import ROOT, lab_namespaces_of
+
+HOLDER = textwrap.dedent(
+    """
+    import subprocess, sys, tempfile, threading
+    from labkit import janitor, owner
+    from labkit.process import lab_env
+    from labkit.stacks import LinuxStack, StackSpec
+    from labkit.testbed import Testbed
+
+    if "--sigterm" in sys.argv:
+        janitor.install_sigterm_handler()
+    bed = Testbed(StackSpec(LinuxStack)).up()
+    bed.stack.service("udp-echo")
+    # A process that is not a child-with-deathsig: only the reaper can end it.
+    stray = subprocess.Popen(["sleep", "300"], env=lab_env(), start_new_session=True)
+    tmp = tempfile.mkdtemp(prefix=owner.new_name("tmp") + "-")
+    print("HOLD", stray.pid, tmp, flush=True)
+    threading.Event().wait(120)
+    """
+)
+
+
+def start_holder(*args: str):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop(owner.ENV_RUN, None)
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, *args], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    line = p.stdout.readline().split()
+    assert line and line[0] == "HOLD", f"holder did not start: {line}"
+    return p, int(line[1]), Path(line[2])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_sigkill_then_labkit_clean_leaves_nothing():
+    p, stray, tmp = start_holder()
+    assert len(lab_namespaces_of(p.pid)) == 2 and alive(stray) and tmp.is_dir()
+    p.kill()
+    p.wait(10)
+    assert len(lab_namespaces_of(p.pid)) == 2, "namespaces should outlive a SIGKILLed owner until cleaned"
+
+    done = subprocess.run([sys.executable, "-m", "labkit", "clean"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert lab_namespaces_of(p.pid) == []
+    assert not alive(stray)
+    assert not tmp.exists()
+    assert "removed 2 namespace(s)" in done.stdout
+
+
+@pytest.mark.parametrize("sig, args", [(signal.SIGINT, ()), (signal.SIGTERM, ("--sigterm",))], ids=["ctrl-c", "sigterm"])
+def test_owner_unwinds_on_ctrl_c_and_sigterm(sig, args):
+    p, stray, _tmp = start_holder(*args)
+    os.kill(stray, signal.SIGKILL)  # the stray is the reaper's job; here we test the owner's own unwind
+    p.send_signal(sig)
+    p.wait(10)
+    assert lab_namespaces_of(p.pid) == []
+
+
+def test_reaper_never_touches_a_live_owner_or_foreign_names():
+    foreign = "not-a-lab-namespace"
+    ns = netns.NetNS.create(foreign)
+    try:
+        t = Topology()
+        t.namespace("mine")
+        with t:
+            reaper.reap()
+            assert t["mine"].netns.exists()
+        assert ns.exists()
+    finally:
+        ns.delete()
+
+
+def test_interrupted_pytest_run_cleans_up(tmp_path):
+    test_file = tmp_path / "test_hold.py"
+    test_file.write_text(
+        textwrap.dedent(
+            """
+            import threading
+
+            def test_hold(testbed):
+                print("HOLD", flush=True)
+                threading.Event().wait(120)
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop(owner.ENV_RUN, None)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-s",
+            "-p",
+            "fixtures.plugin",
+            "-p",
+            "no:cacheprovider",
+            "--stack",
+            "linux",
+            str(test_file),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    for line in p.stdout:
+        if "HOLD" in line:
+            break
+    else:
+        pytest.fail("pytest did not reach the test")
+    assert len(lab_namespaces_of(p.pid)) == 2
+    p.send_signal(signal.SIGINT)
+    p.wait(30)
+    assert lab_namespaces_of(p.pid) == []

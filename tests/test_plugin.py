@@ -1,0 +1,85 @@
+"""The pytest plugin as users run it: in a child pytest, with real stacks."""
+
+import textwrap
+
+from labkit import netns, owner
+
+from .conftest import run_pytest
+
+
+def orphans() -> list[str]:
+    return [n for n in netns.list_names() if (o := owner.Owner.parse(n)) is not None and not o.alive()]
+
+
+def test_linkdispatch_passes_on_linux_under_xdist():
+    done = run_pytest("suites/linkdispatch", "-n", "2", "--stack", "linux")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
+    assert "[linux]" in done.stdout or "linux" in done.stdout
+    assert orphans() == []
+
+
+def test_arp_check_fails_on_a_stack_that_answers_no_arp():
+    done = run_pytest("suites/linkdispatch/test_arp.py", "--stack", "examples.arp_ignore:ArpIgnoreLinux")
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "no ARP reply came from linux-arpignore" in done.stdout
+    assert "2 failed" in done.stdout
+    assert ".pcap" in done.stdout  # the evidence is kept and its path printed
+
+
+def test_manifest_turns_a_deviation_into_strict_xfail(tmp_path):
+    manifest = tmp_path / "deviations.toml"
+    manifest.write_text(
+        textwrap.dedent(
+            """
+            [[deviation]]
+            stack = "linux-arpignore"
+            check = "linkdispatch/test_arp.py::*"
+            reason = "arp_ignore=8 answers no ARP request"
+
+            [[deviation]]
+            stack = "linux"
+            check = "linkdispatch/test_arp.py::test_answers_who_has_for_own_address"
+            reason = "a deviation that does not happen"
+            """
+        )
+    )
+    done = run_pytest(
+        "suites/linkdispatch/test_arp.py",
+        "--stack",
+        "linux,examples.arp_ignore:ArpIgnoreLinux",
+        "--deviations",
+        str(manifest),
+        "-rxX",
+    )
+    # linux-arpignore's two failures are known; linux passing a check listed as deviating is reported.
+    assert "2 xfailed" in done.stdout, done.stdout[-3000:]
+    assert "known deviation: arp_ignore=8 answers no ARP request" in done.stdout
+    assert "[XPASS(strict)] known deviation: a deviation that does not happen" in done.stdout
+    assert done.returncode == 1
+
+
+def _bad(*args: str) -> tuple[int, str]:
+    done = run_pytest("suites/linkdispatch/test_arp.py", *args)
+    return done.returncode, (done.stdout + done.stderr).strip()
+
+
+def test_unknown_stack_is_one_clear_line_and_exit_2():
+    rc, out = _bad("--stack", "nosuchstack")
+    assert rc == 2, out
+    assert "unknown stack 'nosuchstack'; allowed: " in out and "linux" in out
+
+
+def test_malformed_manifest_is_one_clear_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[deviation]]\nstack = "linux"\ncheck = "x.py::t"\n')
+    rc, out = _bad("--deviations", str(bad))
+    assert rc == 2, out
+    assert f"deviation manifest {bad}, entry 1: 'reason' must be a non-empty string" in out
+
+
+def test_address_outside_the_lab_ranges_is_exit_2():
+    rc, out = _bad("--lab-net4", "10.0.0.0/24")
+    assert rc == 2, out
+    assert "10.0.0.0/24 is outside the lab ranges" in out
+    assert orphans() == []

@@ -1,0 +1,113 @@
+"""Topologies are built and removed in one call, only inside lab namespaces."""
+
+import socket
+
+import pytest
+
+from labkit import owner
+from labkit.errors import LabInputError
+from labkit.netns import NetNS
+from labkit.topology import Topology
+
+from .conftest import lab_namespaces_of, root_state
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+IFF_UP = 1
+
+
+def two_hosts() -> Topology:
+    t = Topology()
+    a, b = t.namespace("a"), t.namespace("b")
+    t.veth(a, "eth0", b, "eth0", mtu=1400, a_mac="02:00:00:00:0a:01", b_mac="02:00:00:00:0b:01")
+    a.addr("eth0", "198.18.1.1/24").addr("eth0", "2001:db8:1::1/64")
+    b.addr("eth0", "198.18.1.2/24").addr("eth0", "2001:db8:1::2/64")
+    b.route("default", via="198.18.1.1").route("default", via="2001:db8:1::1").route("198.18.9.0/24", dev="eth0")
+    return t
+
+
+def test_builds_links_addresses_and_routes_then_removes_everything():
+    before = root_state()
+    with two_hosts() as t:
+        names = [ns.name for ns in t.namespaces.values()]
+        assert all(NetNS(n).exists() for n in names)
+        assert all(owner.Owner.parse(n) == owner.me() for n in names), names
+        with t["b"].iproute() as ipr:
+            link = ipr.get_links(ifname="eth0")[0]
+            assert link.get("IFLA_MTU") == 1400
+            assert link.get("IFLA_ADDRESS") == "02:00:00:00:0b:01"
+            assert link["flags"] & IFF_UP
+            addrs = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=link["index"])}
+            assert {"198.18.1.2", "2001:db8:1::2"} <= addrs
+            v4 = {(r.get("RTA_DST"), r.get("RTA_GATEWAY")) for r in ipr.get_routes(family=socket.AF_INET)}
+            assert (None, "198.18.1.1") in v4 and ("198.18.9.0", None) in v4
+            v6 = {(r.get("RTA_DST"), r.get("RTA_GATEWAY")) for r in ipr.get_routes(family=socket.AF_INET6)}
+            assert (None, "2001:db8:1::1") in v6
+        # The veth really joins the two: a datagram crosses it.
+        with t["a"].socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, t["b"].socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            rx.bind(("198.18.1.1", 5000))
+            rx.settimeout(2)
+            tx.sendto(b"over the veth", ("198.18.1.1", 5000))
+            assert rx.recvfrom(100)[0] == b"over the veth"
+    assert not any(NetNS(n).exists() for n in names)
+    assert root_state() == before
+
+
+def test_link_declared_down_stays_down():
+    t = Topology()
+    a, b = t.namespace("a"), t.namespace("b")
+    t.veth(a, "up0", b, "down0")
+    b.link("down0").up = False
+    with t, b.iproute() as ipr:
+        assert not ipr.get_links(ifname="down0")[0]["flags"] & IFF_UP
+        assert ipr.get_links(ifname="lo")[0]["flags"] & IFF_UP
+
+
+def test_sysctl_is_set_inside_the_namespace_only():
+    root = open("/proc/sys/net/ipv4/conf/all/arp_ignore").read()
+    t = Topology()
+    t.namespace("a").sysctl("net.ipv4.conf.all.arp_ignore", 8)
+    with t, t["a"].netns.entered():
+        assert open("/proc/sys/net/ipv4/conf/all/arp_ignore").read().strip() == "8"
+    assert open("/proc/sys/net/ipv4/conf/all/arp_ignore").read() == root
+
+
+@pytest.mark.parametrize(
+    "declare, expected",
+    [
+        (lambda t: t.namespace("a").link("eth0"), "no interface 'eth0'"),
+        (lambda t: t.veth(t.namespace("a"), "a-name-that-is-too-long", t.namespace("b"), "x"), "bad interface name"),
+        (lambda t: t.veth(t.namespace("a"), "e0", t.namespace("b"), "e1", mtu=10), "bad MTU 10"),
+        (lambda t: t.veth(t.namespace("a"), "e0", t.namespace("b"), "e1", a_mac="01:00:00:00:00:01"), "bad MAC"),
+        (lambda t: t.veth(t.namespace("a"), "e0", t.namespace("b"), "e1")[0].addr("10.1.2.3/24"), "outside the lab ranges"),
+        (lambda t: t.namespace("a").route("192.168.0.0/16", dev="x"), "outside the lab ranges"),
+        (lambda t: t.namespace("a").sysctl("kernel.panic", 1), "bad sysctl"),
+        (lambda t: t.namespace("Bad Role"), "bad namespace role"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_made(declare, expected):
+    t = Topology()
+    with pytest.raises(LabInputError) as err:
+        declare(t)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert lab_namespaces_of(owner.me().pid) == [] or all(ns.netns is None for ns in t.namespaces.values())
+
+
+def test_failed_build_rolls_back():
+    t = Topology()
+    a, b = t.namespace("a"), t.namespace("b")
+    t.veth(a, "e0", b, "e1")
+    a.route("198.18.50.0/24", via="198.18.60.1")  # gateway not reachable: the kernel refuses
+    before = set(lab_namespaces_of(owner.me().pid))
+    with pytest.raises(Exception, match="building namespace 'a'"):
+        t.up()
+    assert set(lab_namespaces_of(owner.me().pid)) == before
+
+
+def test_names_are_unique_and_carry_run_and_owner():
+    t1, t2 = Topology(), Topology()
+    t1.namespace("x")
+    t2.namespace("x")
+    with t1, t2:
+        n1, n2 = t1["x"].name, t2["x"].name
+        assert n1 != n2
+        assert n1.startswith(f"labkit-{owner.run_id()}-{owner.me().pid}-")
