@@ -1,0 +1,27 @@
+"""Run the benchmarks and print the figures: python -m benchmarks [--json PATH]."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from . import bench_inject, bench_topology
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="benchmarks")
+    p.add_argument("--json", help="also write the figures here (the report reads them)")
+    args = p.parse_args()
+    figures = bench_topology.run() + bench_inject.run()
+    for f in figures:
+        print(f.line())
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([asdict(f) for f in figures], fh, indent=2)
+    return 0 if all(f.met is not False for f in figures) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
