@@ -65,7 +65,13 @@ def run(n: int = 100_000, n_scapy: int = 3000) -> list[Figure]:
             with far.capture(expr) as cap:
                 sock = peer_end.ns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
                 sock.bind((peer_end.name, 0))
-                pkts = [Ether(src=peer.mac, dst=OTHER_HOST) / IP(src=plan.peer4, dst=plan.stack4) / UDP(sport=1024 + i, dport=9) / (b"x" * 18) for i in range(n_scapy)]
+                pkts = [
+                    Ether(src=peer.mac, dst=OTHER_HOST)
+                    / IP(src=plan.peer4, dst=plan.stack4)
+                    / UDP(sport=1024 + i, dport=9)
+                    / (b"x" * 18)
+                    for i in range(n_scapy)
+                ]
                 t = time.perf_counter()
                 sendp(pkts, socket=_Opened(sock), verbose=False)
                 got = cap.wait_count(n_scapy, timeout=30)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import secrets
 import socket
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from . import janitor, owner
+from . import janitor, owner, rtnl
 from .addressing import IPInterface, IPNetwork, lab_address, lab_interface, lab_network
 from .errors import LabError, LabInputError
 from .ethtool import set_tx_checksum
@@ -40,6 +41,12 @@ def check_mac(mac: str) -> str:
     if not _MAC_RE.match(mac) or int(mac[:2], 16) & 1:
         raise LabInputError(f"bad MAC {mac!r}: allowed is a unicast address like 02:00:00:00:00:01")
     return mac
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC, so a link's address is known without asking the kernel."""
+    rest = secrets.token_bytes(5)
+    return "02:" + ":".join(f"{b:02x}" for b in rest)
 
 
 def check_mtu(mtu: int) -> int:
@@ -214,6 +221,10 @@ class Topology:
     # -- building -------------------------------------------------------------------------
 
     def up(self) -> Topology:
+        """Build everything: namespaces, then links, then settings, then addresses and routes.
+
+        Each phase is one rtnetlink batch per namespace; a failure rolls everything back.
+        """
         if self._up:
             return self
         janitor.track(self)
@@ -221,84 +232,87 @@ class Topology:
         try:
             for ns in self.namespaces.values():
                 ns.netns = NetNS.create(owner.new_name(ns.role))
+            self._assign_indexes()
+            batches = {role: rtnl.Batch(ns.netns) for role, ns in self.namespaces.items()}  # type: ignore[arg-type]
+            for role, ns in self.namespaces.items():
+                batches[role].link_up(1, "lo")
+                for link in ns.links.values():
+                    if link.peer is not None and link.created_here:
+                        self._veth_request(batches[role], link)
+            self._commit(batches)
             for ns in self.namespaces.values():
-                self._configure(ns)
+                self._settings(ns)
+            for role, ns in self.namespaces.items():
+                self._addresses_and_routes(batches[role], ns)
+            self._commit(batches)
         except BaseException:
             self.down()
             raise
         return self
 
-    def _configure(self, ns: Namespace) -> None:
-        assert ns.netns is not None
-        ipr = ns.iproute()
-        try:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.link("set", index=lo, state="up")
+    def _assign_indexes(self) -> None:
+        # A new namespace has only lo (ifindex 1); choosing the other indexes ourselves saves a
+        # lookup per link. Each veth pair is created by the namespace that declared it first.
+        next_index = {role: 2 for role in self.namespaces}
+        seen: set[int] = set()
+        for role, ns in self.namespaces.items():
             for link in ns.links.values():
-                if link.peer is not None and link.peer.index is None and link.index is None:
-                    self._make_veth(ipr, link)
-            for key, value in ns.sysctls.items():
-                ns._write_sysctl(key, value)
-            for link in ns.links.values():
-                if not link.ipv6:
-                    ns._write_sysctl(f"net.ipv6.conf.{link.name}.disable_ipv6", "1")
-                if link.tx_checksum is not None:
-                    set_tx_checksum(ns.netns, link.name, link.tx_checksum)
-                for a in link.addresses:
-                    flags = IFA_F_NODAD if a.version == 6 else 0
-                    ipr.addr("add", index=link.index, address=str(a.ip), prefixlen=a.network.prefixlen, flags=flags)
-                if link.up:
-                    ipr.link("set", index=link.index, state="up")
-            for r in ns.routes:
-                self._add_route(ipr, ns, r)
-        except LabError:
-            raise
-        except Exception as exc:
-            raise LabError(f"building namespace {ns.role!r} ({ns.name}): {exc}") from exc
-        finally:
-            ipr.close()
+                link.index = next_index[role]
+                next_index[role] += 1
+                link.created_here = link.peer is not None and id(link.peer) not in seen
+                seen.add(id(link))
+                if link.mac is None:
+                    link.mac = random_mac()
 
     @staticmethod
-    def _make_veth(ipr: Any, link: Link) -> None:
+    def _veth_request(batch: rtnl.Batch, link: Link) -> None:
         peer = link.peer
-        assert peer is not None and peer.ns.netns is not None
-        peer_spec: dict[str, Any] = {"ifname": peer.name}
-        if peer.ns is not link.ns:
-            peer_spec["net_ns_fd"] = str(peer.ns.netns.path)
-        if peer.mac:
-            peer_spec["address"] = peer.mac
-        if peer.mtu:
-            peer_spec["mtu"] = peer.mtu
-        spec: dict[str, Any] = {"ifname": link.name, "kind": "veth", "peer": peer_spec}
-        if link.mac:
-            spec["address"] = link.mac
-        if link.mtu:
-            spec["mtu"] = link.mtu
-        ipr.link("add", **spec)
-        link.index = ipr.link_lookup(ifname=link.name)[0]
-        with peer.ns.iproute() as pipr:
-            peer.index = pipr.link_lookup(ifname=peer.name)[0]
-            if peer.mac is None:
-                peer.mac = pipr.get_links(peer.index)[0].get("IFLA_ADDRESS")
-        if link.mac is None:
-            link.mac = ipr.get_links(link.index)[0].get("IFLA_ADDRESS")
+        assert peer is not None and peer.ns.netns is not None and link.index and peer.index and link.mac and peer.mac
+        if link.mtu != peer.mtu:
+            raise LabInputError(f"veth {link.name}/{peer.name}: both ends need the same MTU, got {link.mtu} and {peer.mtu}")
+        batch.veth(
+            link.name,
+            link.index,
+            link.mac,
+            link.mtu,
+            peer.name,
+            peer.index,
+            peer.mac,
+            None if peer.ns is link.ns else peer.ns.netns,
+        )
+
+    def _commit(self, batches: dict[str, rtnl.Batch]) -> None:
+        for role, batch in batches.items():
+            try:
+                batch.commit()
+            except LabError as exc:
+                raise LabError(f"building namespace {role!r}: {exc}") from None
 
     @staticmethod
-    def _add_route(ipr: Any, ns: Namespace, r: Route) -> None:
-        spec: dict[str, Any] = {
-            "dst": str(r.dst.network_address),
-            "dst_len": r.dst.prefixlen,
-            "family": socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET,
-        }
-        if r.via is not None:
-            spec["gateway"] = str(r.via)
-        if r.dev is not None:
-            spec["oif"] = ns.link(r.dev).index
-        if r.metric is not None:
-            spec["priority"] = r.metric
-        if r.dst.prefixlen == 0:
-            spec.pop("dst")
-        ipr.route("add", **spec)
+    def _settings(ns: Namespace) -> None:
+        assert ns.netns is not None
+        for key, value in ns.sysctls.items():
+            ns._write_sysctl(key, value)
+        for link in ns.links.values():
+            if not link.ipv6:
+                ns._write_sysctl(f"net.ipv6.conf.{link.name}.disable_ipv6", "1")
+            if link.tx_checksum is not None:
+                set_tx_checksum(ns.netns, link.name, link.tx_checksum)
+
+    @staticmethod
+    def _addresses_and_routes(batch: rtnl.Batch, ns: Namespace) -> None:
+        for link in ns.links.values():
+            assert link.index is not None
+            for a in link.addresses:
+                family = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+                batch.addr(link.index, link.name, str(a.ip), a.network.prefixlen, family, IFA_F_NODAD if a.version == 6 else 0)
+            if link.up:
+                batch.link_up(link.index, link.name)
+        for r in ns.routes:
+            family = socket.AF_INET6 if r.dst.version == 6 else socket.AF_INET
+            oif = ns.link(r.dev).index if r.dev is not None else None
+            text = f"{r.dst}" + (f" via {r.via}" if r.via else "") + (f" dev {r.dev}" if r.dev else "")
+            batch.route(family, str(r.dst.network_address), r.dst.prefixlen, str(r.via) if r.via else None, oif, r.metric, text)
 
     def down(self) -> None:
         """Remove every namespace this topology made, killing what still runs in them first."""

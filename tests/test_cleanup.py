@@ -62,10 +62,26 @@ def test_sigkill_then_labkit_clean_leaves_nothing():
 
     done = subprocess.run([sys.executable, "-m", "labkit", "clean"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    # Another session's reaper may have been first (pytest sessions reap at start): the end state
+    # is what counts.
     assert lab_namespaces_of(p.pid) == []
     assert not alive(stray)
     assert not tmp.exists()
-    assert "removed 2 namespace(s)" in done.stdout
+
+
+def test_clean_run_removes_a_named_run_even_with_a_live_owner():
+    run = "0badc0de"
+    ns = netns.NetNS.create(f"labkit-{run}-{os.getpid()}-1-t")
+    try:
+        assert reaper.reap().namespaces.count(ns.name) == 0  # a live owner is left alone
+        done = subprocess.run(
+            [sys.executable, "-m", "labkit", "clean", "--run", run], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"netns {ns.name}" in done.stdout and "removed 1 namespace(s)" in done.stdout
+        assert not ns.exists()
+    finally:
+        ns.delete()
 
 
 @pytest.mark.parametrize("sig, args", [(signal.SIGINT, ()), (signal.SIGTERM, ("--sigterm",))], ids=["ctrl-c", "sigterm"])
