@@ -6,8 +6,10 @@ rebuilt), so the check follows the protocol definition rather than a second impl
 
 from __future__ import annotations
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.packet import NoPayload, Packet
+from scapy.utils import checksum as internet_checksum
 
 _FIELD_NAMES = ("chksum", "cksum")
 
@@ -52,3 +54,24 @@ def checksum_errors(pkt: Packet) -> list[str]:
 def checksums_present(pkt: Packet) -> list[str]:
     """Names of the checksummed layers in `pkt`, e.g. ['IP', 'UDP'] (what a check covered)."""
     return [type(layer).__name__ for _, layer, _ in _checksummed_layers(pkt)]
+
+
+def finish_partial(pkt: Packet) -> Packet:
+    """What a device would put on the wire for a CHECKSUM_PARTIAL frame.
+
+    With tx offload the sender leaves the pseudo-header sum in the TCP/UDP checksum field and
+    the device sums the L4 bytes from there. Doing the device's part here lets a check judge
+    whether the sender's seed was right, instead of skipping the checksum.
+    """
+    out = pkt.copy()
+    l4 = out.getlayer(TCP) or out.getlayer(UDP)
+    ip = out.getlayer(IP) or out.getlayer(IPv6)
+    if l4 is None or ip is None:
+        return out
+    length = (ip.len - ip.ihl * 4) if isinstance(ip, IP) else ip.plen
+    data = bytes(l4)[:length]  # without Ethernet padding
+    value = internet_checksum(data)  # ones' complement of the sum, seed included
+    if isinstance(l4, UDP) and value == 0:
+        value = 0xFFFF
+    l4.chksum = value
+    return type(pkt)(bytes(out))

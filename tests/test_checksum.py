@@ -35,3 +35,33 @@ def test_udp_zero_checksum_is_none_on_ipv4_but_wrong_on_ipv6():
     assert checksum_errors(wire(E / IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=1, dport=2, chksum=0) / b"x")) == []
     v6 = checksum_errors(wire(E / IPv6(src="2001:db8::2", dst="2001:db8::1") / UDP(sport=1, dport=2, chksum=0) / b"x"))
     assert len(v6) == 1 and v6[0].startswith("UDP.chksum: 0x0000")
+
+
+def test_finish_partial_does_the_devices_part():
+    from scapy.layers.inet import UDP
+
+    from labkit.checksum import finish_partial
+
+    good = wire(E / IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=1, dport=2) / b"payload")
+    # A sender with tx offload leaves the pseudo-header sum (not complemented) in the field.
+    src, dst = bytes([198, 18, 0, 2]), bytes([198, 18, 0, 1])
+    length = len(bytes(good[UDP]))
+    words = [
+        int.from_bytes(src[:2], "big"),
+        int.from_bytes(src[2:], "big"),
+        int.from_bytes(dst[:2], "big"),
+        int.from_bytes(dst[2:], "big"),
+        17,
+        length,
+    ]
+    seed = sum(words)
+    while seed > 0xFFFF:
+        seed = (seed & 0xFFFF) + (seed >> 16)
+    partial = good.copy()
+    partial[UDP].chksum = seed
+    partial = wire(partial)
+    assert checksum_errors(partial) != []
+    assert finish_partial(partial)[UDP].chksum == good[UDP].chksum
+    wrong_seed = partial.copy()
+    wrong_seed[UDP].chksum = seed ^ 0x0100
+    assert checksum_errors(finish_partial(wire(wrong_seed))) != []
