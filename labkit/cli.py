@@ -22,6 +22,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(doctor.render(findings))
     if missing:
         print(f"\nto install what is missing: {doctor.APT_INSTALL} {' '.join(missing)}  (or: labkit doctor --install)")
+    broken = [f.name for f in findings if f.required and not f.ok]
+    if broken:
+        print(f"labkit cannot run without: {', '.join(broken)}", file=sys.stderr)
+        return 1
     return 0
 
 

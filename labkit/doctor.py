@@ -63,6 +63,7 @@ class Finding:
     detail: str
     needed_by: str
     install: str | None
+    required: bool = False  # the lab cannot run without it (a missing stack is only a skip)
 
 
 def _package_version(name: str) -> tuple[bool, str]:
@@ -76,10 +77,12 @@ def examine() -> list[Finding]:
     found: list[Finding] = []
     for pkg in ("pyroute2", "scapy", "pytest", "pytest-xdist"):
         ok, detail = _package_version(pkg)
-        found.append(Finding(f"python:{pkg}", ok, detail, "labkit", None if ok else f"pip install {pkg}"))
+        found.append(Finding(f"python:{pkg}", ok, detail, "labkit", None if ok else f"pip install {pkg}", required=True))
     for tool in TOOLS:
         ok, detail = tool.probe()
-        found.append(Finding(tool.name, ok, detail, tool.needed_by, None if ok else f"{APT_INSTALL} {tool.apt}"))
+        found.append(
+            Finding(tool.name, ok, detail, tool.needed_by, None if ok else f"{APT_INSTALL} {tool.apt}", tool.library is not None)
+        )
     for kind, driver in known_drivers().items():
         a = driver.availability()
         found.append(Finding(f"stack:{kind}", a.ok, a.version or a.reason or "available", "conformance runs", a.install))

@@ -45,8 +45,8 @@ class LabProcess:
         ns_fd = netns.open() if netns is not None else None
         popen.setdefault("env", lab_env())
         popen.setdefault("stdin", subprocess.DEVNULL)
-        if ns_fd is not None:
-            popen["pass_fds"] = (*popen.get("pass_fds", ()), ns_fd)
+        # ns_fd is O_CLOEXEC and not passed: preexec_fn uses it before exec, and no child keeps
+        # a namespace alive through an inherited fd.
         try:
             self.popen = subprocess.Popen(list(argv), preexec_fn=lambda: _child_setup(ns_fd), **popen)
         except FileNotFoundError:
@@ -114,7 +114,6 @@ def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw
         return subprocess.run(
             list(argv),
             preexec_fn=lambda: _child_setup(ns_fd),
-            pass_fds=(ns_fd,) if ns_fd is not None else (),
             env=kw.pop("env", None) or lab_env(),
             capture_output=True,
             text=True,
@@ -127,17 +126,46 @@ def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw
             os.close(ns_fd)
 
 
-def kill_pids(pids: Sequence[int]) -> None:
+def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> list[int]:
+    """SIGKILL `pids` and wait (bounded, on pidfds) until they are gone; returns those not killed.
+
+    Our own children among them are reaped, so no zombies pile up during a session. A process
+    we may not signal (PermissionError) is reported back, not fatal: cleanup goes on.
+    """
+    waiting: dict[int, int] = {}
+    refused = []
     for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        except OSError:
+            fd = -1
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for pid in pids:  # reap our own children so they do not linger as zombies
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        except PermissionError:
+            refused.append(pid)
+            if fd >= 0:
+                os.close(fd)
+            continue
+        if fd >= 0:
+            waiting[fd] = pid
+    deadline = time.monotonic() + timeout
+    try:
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for fd in select.select(list(waiting), [], [], left)[0]:
+                pid = waiting.pop(fd)
+                os.close(fd)
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass  # not our child: its parent reaps it
+    finally:
+        for fd in waiting:
+            os.close(fd)
+    return refused
 
 
 def kill_namespace_processes(netns: NetNS) -> None:

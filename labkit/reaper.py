@@ -23,6 +23,7 @@ class Reaped:
     namespaces: list[str] = field(default_factory=list)
     processes: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # processes we may not signal (not root?)
 
     def __bool__(self) -> bool:
         return bool(self.namespaces or self.processes or self.paths)
@@ -30,10 +31,13 @@ class Reaped:
     def summary(self) -> str:
         if not self:
             return "nothing to clean"
-        return (
+        text = (
             f"removed {len(self.namespaces)} namespace(s), killed {len(self.processes)} process(es), "
             f"removed {len(self.paths)} path(s)"
         )
+        if self.refused:
+            text += f"; not allowed to kill {len(self.refused)} process(es): {self.refused} (run as root)"
+        return text
 
 
 def _orphaned(tag_holder: str, include_live_run: str | None) -> owners.Owner | None:
@@ -80,8 +84,9 @@ def reap(run: str | None = None) -> Reaped:
     for name in doomed_ns:
         pids.extend(p for p in NetNS(name).pids() if p != me)
     pids = sorted(set(pids))
-    kill_pids(pids)
-    done.processes = pids
+    refused = kill_pids(pids)
+    done.processes = [p for p in pids if p not in refused]
+    done.refused = refused
 
     for name in doomed_ns:
         try:

@@ -131,8 +131,12 @@ class Batch:
                     offset += (reply["header"]["length"] + 3) & ~3
         finally:
             sock.close()
-            for fd in self.fds:
-                os.close(fd)
-            self.fds.clear()
-            self.data.clear()
-            self.what.clear()
+            self.discard()
+
+    def discard(self) -> None:
+        """Drop unsent requests and close the namespace fds they named."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        self.data.clear()
+        self.what.clear()

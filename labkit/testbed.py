@@ -36,9 +36,8 @@ class Testbed:
             self.wire = Wire(self.peer_end.ns.netns, self.peer_end.name, mac=self.peer_end.mac, far_mac=self.stack_end.mac)
             self.wire.own(self.plan.peer4)
             self.wire.own(self.plan.peer6)
-            stack = self.spec.create()
-            stack.start(self.topology, self.stack_end)
-            self.stack = stack
+            self.stack = self.spec.create()
+            self.stack.start(self.topology, self.stack_end)  # if this fails, down() still stops it
         except BaseException:
             self.down()
             raise

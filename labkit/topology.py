@@ -26,6 +26,7 @@ IFNAMSIZ = 16
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 IFA_F_NODAD = 0x02
+FIRST_IFINDEX = 100
 
 
 def check_ifname(name: str) -> str:
@@ -234,26 +235,31 @@ class Topology:
                 ns.netns = NetNS.create(owner.new_name(ns.role))
             self._assign_indexes()
             batches = {role: rtnl.Batch(ns.netns) for role, ns in self.namespaces.items()}  # type: ignore[arg-type]
-            for role, ns in self.namespaces.items():
-                batches[role].link_up(1, "lo")
-                for link in ns.links.values():
-                    if link.peer is not None and link.created_here:
-                        self._veth_request(batches[role], link)
-            self._commit(batches)
-            for ns in self.namespaces.values():
-                self._settings(ns)
-            for role, ns in self.namespaces.items():
-                self._addresses_and_routes(batches[role], ns)
-            self._commit(batches)
+            try:
+                for role, ns in self.namespaces.items():
+                    batches[role].link_up(1, "lo")
+                    for link in ns.links.values():
+                        if link.peer is not None and link.created_here:
+                            self._veth_request(batches[role], link)
+                self._commit(batches)
+                for ns in self.namespaces.values():
+                    self._settings(ns)
+                for role, ns in self.namespaces.items():
+                    self._addresses_and_routes(batches[role], ns)
+                self._commit(batches)
+            finally:
+                for batch in batches.values():
+                    batch.discard()  # an fd left open would keep a deleted namespace alive
         except BaseException:
             self.down()
             raise
         return self
 
     def _assign_indexes(self) -> None:
-        # A new namespace has only lo (ifindex 1); choosing the other indexes ourselves saves a
-        # lookup per link. Each veth pair is created by the namespace that declared it first.
-        next_index = {role: 2 for role in self.namespaces}
+        # Choosing ifindexes ourselves saves a lookup per link. A new namespace holds lo (1) and,
+        # when tunnel modules are loaded, their fallback devices (low indexes): start well above.
+        # Each veth pair is created by the namespace that declared it first.
+        next_index = {role: FIRST_IFINDEX for role in self.namespaces}
         seen: set[int] = set()
         for role, ns in self.namespaces.items():
             for link in ns.links.values():

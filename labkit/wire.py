@@ -72,20 +72,33 @@ class UnexpectedFrame(AssertionError):
     """A frame matched a template that must not be matched."""
 
 
-def _open_packet_socket(ns: NetNS, ifname: str) -> socket.socket:
-    # Protocol 0 until bound, so no frame of another interface slips in before bind().
+def _open_packet_socket(ns: NetNS, ifname: str, program: tuple[int, bytes] | None = None, record: bool = False) -> socket.socket:
+    """A packet socket on `ifname`; filter and options are set before bind(), since a
+    protocol-0 packet socket receives nothing until bound: no frame slips past the filter."""
     s = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
+        if program is not None:
+            bpf.attach_raw(s, *program)
+        if record:
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECORD_BUFFER)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            s.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         s.bind((ifname, ETH_P_ALL))
     except OSError as exc:
         s.close()
-        raise LabError(f"cannot bind a packet socket to {ifname!r} in {ns.name}: {exc}") from None
+        raise LabError(f"cannot open a packet socket on {ifname!r} in {ns.name}: {exc}") from None
+    except BaseException:
+        s.close()
+        raise
     return s
 
 
+READ_BATCH = 4096  # frames per read pass, so a flood cannot keep a bounded wait from ending
+
+
 def _read_frames(sock: socket.socket) -> Iterator[Frame]:
-    """Everything queued on `sock` now, without blocking."""
-    while True:
+    """What is queued on `sock` now (at most READ_BATCH frames), without blocking."""
+    for _ in range(READ_BATCH):
         try:
             data, anc, _flags, addr = sock.recvmsg(65536 + 64, _ANC, socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -111,20 +124,9 @@ class Capture:
     def __init__(self, wire: Wire, expr: str) -> None:
         self.expr = expr
         self.wire = wire
-        self._sock = _open_packet_socket(wire.ns, wire.ifname)
-        try:
-            bpf.attach(self._sock, expr)
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECORD_BUFFER)
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            self._sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        except BaseException:
-            self._sock.close()
-            raise
-        # Frames queued between bind() and attach() did not pass the filter: drop them.
-        for _ in _read_frames(self._sock):
-            pass
-        self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reading resets the counters
+        self._sock = _open_packet_socket(wire.ns, wire.ifname, bpf.program(expr), record=True)
         self._passed = 0
+        janitor.track(self)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -167,6 +169,7 @@ class Capture:
         return got
 
     def close(self) -> None:
+        janitor.untrack(self)
         self._sock.close()
 
     def __enter__(self) -> Capture:
@@ -190,14 +193,14 @@ class Wire:
         self.frames: list[Frame] = []
         self._cursor = 0
         self._neighbours: dict[str, str] = {}
-        self._tx = _open_packet_socket(ns, ifname)
-        bpf.attach_raw(self._tx, *bpf.DROP_ALL)
+        self._tx = _open_packet_socket(ns, ifname, bpf.DROP_ALL)
         self._rx: socket.socket | None = None
         if record:
-            self._rx = _open_packet_socket(ns, ifname)
-            self._rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECORD_BUFFER)
-            self._rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            self._rx.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            try:
+                self._rx = _open_packet_socket(ns, ifname, record=True)
+            except BaseException:
+                self._tx.close()
+                raise
         janitor.track(self)
 
     def __repr__(self) -> str:
@@ -233,12 +236,14 @@ class Wire:
         for p in pkts:
             self._tx.send(self.frame(p))
 
-    def inject(self, frames: Iterable[bytes]) -> int:
+    def inject(self, frames: Iterable[bytes], timeout: float = 30.0) -> int:
         """Send prebuilt frames as fast as the socket takes them; returns how many were sent.
 
         The fast path for rate tests: no per-frame checks, the caller builds the bytes once.
+        Bounded: if the link stays congested past `timeout`, the error says how far it got.
         """
         send = self._tx.send
+        deadline = time.monotonic() + timeout
         n = 0
         for data in frames:
             while True:
@@ -248,7 +253,10 @@ class Wire:
                 except OSError as exc:
                     if exc.errno not in (errno.ENOBUFS, errno.EAGAIN):
                         raise
-                    select.select([], [self._tx], [], 0.1)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise LabError(f"{self}: link congested, {n} frames sent before the {timeout:g}s limit") from None
+                    select.select([], [self._tx], [], min(left, 0.1))
             n += 1
         return n
 

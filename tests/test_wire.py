@@ -75,8 +75,15 @@ def test_drain_consumes(pair):
     w.send(ping(plan))
     w.expect(ICMP(type="echo-reply"), timeout=2)
     w.send(ping(plan, seq=2))
+    w.send(ping(plan, seq=3))
     w.expect(ICMP(type="echo-reply", seq=2), timeout=2)
-    assert w.drain() == [] or all(not f.packet.haslayer(ICMP) for f in w.drain())
+    w.expect(ICMP(type="echo-reply", seq=3), timeout=2)  # both replies are in; drain takes the rest
+    taken = w.drain()
+    assert all(not (f.packet.haslayer(ICMP) and f.packet[ICMP].type == 0) for f in taken), "drain returned consumed frames"
+    with w.capture("icmp[icmptype] == icmp-echoreply") as cap:
+        w.send(ping(plan, seq=4))
+        assert cap.wait(2), "no echo reply to the fourth ping"
+    assert any(f.packet.haslayer(ICMP) and f.packet[ICMP].seq == 4 for f in w.drain()), "drain missed a new frame"
 
 
 def test_pcap_holds_both_directions(pair, tmp_path):

@@ -56,10 +56,14 @@ class Service:
         self.kind = kind
         self.process = process
         self.events: list[dict[str, Any]] = []
-        ready = self.wait_for(lambda e: e["event"] in ("ready", "error"), ready_timeout)
-        if ready["event"] == "error":
+        self._cursor = 0
+        try:
+            ready = self.wait_for(lambda e: e["event"] in ("ready", "error"), ready_timeout)
+            if ready["event"] == "error":
+                raise LabError(f"service {kind} failed to start: {ready.get('message')}")
+        except BaseException:
             process.close()
-            raise LabError(f"service {kind} failed to start: {ready.get('message')}")
+            raise
         self.port: int = ready["port"]
 
     def _next(self, timeout: float) -> dict[str, Any] | None:
@@ -74,8 +78,14 @@ class Service:
         return event
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict[str, Any]:
-        """The first event (already seen or new) for which `predicate` holds, within `timeout`."""
-        for event in self.events:
+        """The next event for which `predicate` holds, within `timeout`.
+
+        Each event is returned at most once (like the Wire's frames), so waiting for a second
+        datagram cannot be satisfied by the first.
+        """
+        while self._cursor < len(self.events):
+            event = self.events[self._cursor]
+            self._cursor += 1
             if predicate(event):
                 return event
         deadline = time.monotonic() + timeout
@@ -89,6 +99,7 @@ class Service:
                 break
             if event is None:
                 raise LabError(f"service {self.kind} exited (code {self.process.popen.poll()}); events: {self.events[-5:]}")
+            self._cursor = len(self.events)
             if predicate(event):
                 return event
         raise TimeoutError(f"service {self.kind}: no matching event within {timeout:g}s; events so far: {self.events[-5:]}")
