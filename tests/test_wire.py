@@ -35,11 +35,12 @@ def test_expect_returns_the_matching_frame(pair):
 
 def test_timeout_names_the_closest_frame_and_the_field(pair):
     plan, w = pair
+    w.send_and_expect(ping(plan, seq=7), ICMP(type="echo-reply", seq=7), timeout=2)  # peer resolved
     w.send(ping(plan))
     with pytest.raises(ExpectTimeout) as err:
-        w.expect(IP(src=plan.stack4) / ICMP(type="echo-reply", seq=2), timeout=0.5)
+        w.expect(IP(src=plan.stack4) / ICMP(type="echo-reply", seq=2), timeout=1.5)
     text = str(err.value)
-    assert "no frame matched IP(src='198.18.0.2') / ICMP(type='echo-reply', seq=0x2) within 0.5s" in text
+    assert "no frame matched IP(src='198.18.0.2') / ICMP(type='echo-reply', seq=0x2) within 1.5s" in text
     assert "ICMP.seq: want 0x2, got 0x1" in text
 
 
