@@ -36,12 +36,8 @@ def program(expr: str) -> tuple[int, bytes]:
     return count, insns
 
 
-def attach(sock: socket.socket, expr: str) -> None:
-    """Attach the compiled `expr` to `sock` (SO_ATTACH_FILTER)."""
-    attach_raw(sock, *program(expr))
-
-
 def attach_raw(sock: socket.socket, count: int, insns: bytes) -> None:
+    """Attach a compiled program (see `program`) to `sock` (SO_ATTACH_FILTER)."""
     buf = ctypes.create_string_buffer(insns, len(insns))
     prog = _SockFprog(count, ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(prog))

@@ -9,11 +9,22 @@ in order. A failed request is reported with what it was meant to do.
 from __future__ import annotations
 
 import os
+import select
 import socket
+import time
 from dataclasses import dataclass, field
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR, nlmsg, nlmsgerr
-from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    nlmsg,
+    nlmsgerr,
+)
+from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE, RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -140,3 +151,41 @@ class Batch:
         self.fds.clear()
         self.data.clear()
         self.what.clear()
+
+
+def wait_operational(ns: NetNS, links: dict[int, str], timeout: float = 10.0) -> None:
+    """Return once every link in `links` (ifindex -> name) reports operstate UP.
+
+    A link set up is not yet usable: until linkwatch attaches its qdisc (later under load) it
+    drops what it is given. Waiting here, on the kernel's link notifications, means a test's
+    first frame is never lost to that. Bounded: a link still not up names itself in the error.
+    """
+    if not links:
+        return
+    pending = dict(links)
+    sock = ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((0, RTMGRP_LINK))  # subscribe first, then ask: no change can fall in between
+        request = ifinfmsg()
+        request["header"] = {"type": RTM_GETLINK, "flags": NLM_F_REQUEST | NLM_F_DUMP}
+        request.encode()
+        sock.send(bytes(request.data))
+        deadline = time.monotonic() + timeout
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                names = ", ".join(sorted(pending.values()))
+                raise LabError(f"links not operational in {ns.name} after {timeout:g}s: {names}")
+            buf = sock.recv(1 << 16)
+            offset = 0
+            while offset < len(buf):
+                header = nlmsg(buf[offset:])
+                header.decode()
+                if header["header"]["type"] == RTM_NEWLINK:
+                    msg = ifinfmsg(buf[offset:])
+                    msg.decode()
+                    if msg.get_attr("IFLA_OPERSTATE") == "UP":
+                        pending.pop(msg["index"], None)
+                offset += (header["header"]["length"] + 3) & ~3
+    finally:
+        sock.close()

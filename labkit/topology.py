@@ -247,6 +247,7 @@ class Topology:
                 for role, ns in self.namespaces.items():
                     self._addresses_and_routes(batches[role], ns)
                 self._commit(batches)
+                self._wait_first_ends()
             finally:
                 for batch in batches.values():
                     batch.discard()  # an fd left open would keep a deleted namespace alive
@@ -254,6 +255,26 @@ class Topology:
             self.down()
             raise
         return self
+
+    def _wait_first_ends(self) -> None:
+        """Wait until the end of each veth that came up first can carry frames.
+
+        The end that comes up second gets carrier and its qdisc in the same call. The first end
+        had no carrier then: it keeps the noop qdisc, which drops everything, until linkwatch
+        activates it. That is prompt, but late under load. Linkwatch sets operstate UP in the
+        same step, so the wait is on that notification.
+        """
+        order = {id(ns): i for i, ns in enumerate(self.namespaces.values())}
+        for ns in self.namespaces.values():
+            first: dict[int, str] = {}
+            for link in ns.links.values():
+                peer = link.peer
+                if peer is None or not (link.up and peer.up) or link.index is None:
+                    continue
+                mine, theirs = (order[id(ns)], link.index), (order[id(peer.ns)], peer.index or 0)
+                if mine < theirs:  # namespaces commit in declaration order, links by index
+                    first[link.index] = link.name
+            rtnl.wait_operational(ns.netns, first)  # type: ignore[arg-type]
 
     def _assign_indexes(self) -> None:
         # Choosing ifindexes ourselves saves a lookup per link. A new namespace holds lo (1) and,

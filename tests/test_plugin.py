@@ -12,10 +12,10 @@ def orphans() -> list[str]:
 
 
 def test_linkdispatch_passes_on_linux_under_xdist():
-    done = run_pytest("suites/linkdispatch", "-n", "2", "--stack", "linux")
+    done = run_pytest("suites/linkdispatch", "-n", "2", "--stack", "linux", "-v")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
-    assert "[linux]" in done.stdout or "linux" in done.stdout
+    assert "PASSED suites/linkdispatch/test_arp.py::test_answers_who_has_for_own_address[linux]" in done.stdout
     assert orphans() == []
 
 

@@ -52,6 +52,21 @@ def test_builds_links_addresses_and_routes_then_removes_everything():
     assert root_state() == before
 
 
+def test_up_returns_once_the_first_veth_end_can_carry_frames():
+    t = two_hosts()
+    with t, t["a"].iproute() as ipr:
+        # "a" came up first, without carrier: only linkwatch gives it a working qdisc, and it
+        # sets operstate UP in the same step. up() must not return before that.
+        assert ipr.get_links(ifname="eth0")[0].get("IFLA_OPERSTATE") == "UP"
+        with t["a"].socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as tx:
+            tx.bind(("eth0", 0))
+            with t["b"].socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5)) as rx:
+                rx.bind(("eth0", 0x88B5))
+                rx.settimeout(2)
+                tx.send(bytes.fromhex("02000000 0b01 02000000 0a01 88b5".replace(" ", "")) + b"first frame".ljust(46, b"."))
+                assert rx.recv(100)[14:25] == b"first frame"
+
+
 def test_link_declared_down_stays_down():
     t = Topology()
     a, b = t.namespace("a"), t.namespace("b")
@@ -111,3 +126,34 @@ def test_names_are_unique_and_carry_run_and_owner():
         n1, n2 = t1["x"].name, t2["x"].name
         assert n1 != n2
         assert n1.startswith(f"labkit-{owner.run_id()}-{owner.me().pid}-")
+
+
+def test_up_waits_on_the_first_end_of_each_live_veth_only(monkeypatch):
+    from labkit import rtnl
+
+    waited: list[tuple[str, dict[int, str]]] = []
+    real = rtnl.wait_operational
+    monkeypatch.setattr(
+        rtnl, "wait_operational", lambda ns, links, timeout=10.0: (waited.append((ns.name, dict(links))), real(ns, links, timeout))
+    )
+    t = two_hosts()
+    c = t.namespace("c")
+    t.veth(t["a"], "dead0", c, "dead1")
+    c.link("dead1").up = False  # no carrier ever: nothing to wait for
+    with t:
+        by_role = {ns.name: role for role, ns in t.namespaces.items()}
+        chosen = {by_role[name]: sorted(links.values()) for name, links in waited if links}
+    assert chosen == {"a": ["eth0"]}
+
+
+def test_a_link_that_never_comes_up_is_a_bounded_error():
+    from labkit import rtnl
+    from labkit.errors import LabError
+
+    t = Topology()
+    a, b = t.namespace("a"), t.namespace("b")
+    t.veth(a, "e0", b, "e1")
+    b.link("e1").up = False
+    with t:
+        with pytest.raises(LabError, match=r"links not operational in .* after 0.2s: e0"):
+            rtnl.wait_operational(a.netns, {a.link("e0").index: "e0"}, timeout=0.2)
