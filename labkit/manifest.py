@@ -1,7 +1,8 @@
 """The known-deviation manifest: where a stack is known to differ from Linux, and why.
 
 One TOML file; each `[[deviation]]` names a stack id (glob allowed, e.g. `gvisor-*`), a check
-(a test id relative to `suites/`, glob allowed) and a one-line reason. The plugin applies each as
+(a test id relative to `suites/`, glob allowed; with its other parameters in brackets, e.g.
+`...::test_datagram[ipv6]`, it names that case only) and a one-line reason. The plugin applies each as
 a strict xfail, so a deviation that stops happening turns the run red instead of hiding.
 
     [[deviation]]
@@ -29,7 +30,13 @@ class Deviation:
     reason: str
 
     def applies(self, stack_id: str, check_id: str) -> bool:
-        return fnmatch.fnmatchcase(stack_id, self.stack) and fnmatch.fnmatchcase(check_id, self.check)
+        """`check_id` may carry the check's own parameters (`FILE::TEST[ipv6]`): a manifest entry
+        with brackets must match them exactly; one without matches every case (globs allowed)."""
+        if not fnmatch.fnmatchcase(stack_id, self.stack):
+            return False
+        if "[" in self.check:
+            return check_id == self.check
+        return fnmatch.fnmatchcase(check_id.split("[", 1)[0], self.check)
 
 
 @dataclass(frozen=True)

@@ -86,8 +86,15 @@ class LabProcess:
         return line.decode(errors="replace") + "\n"
 
     def close(self, grace: float = 1.0) -> int | None:
+        """End the process: EOF on its stdin pipe first (if it has one), then TERM, then KILL."""
         janitor.untrack(self)
         p = self.popen
+        if p.stdin is not None:
+            p.stdin.close()
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
         if p.poll() is None:
             p.terminate()
             try:

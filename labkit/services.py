@@ -3,7 +3,9 @@
 Standard library only: the same file runs under the kernel (linux driver) and inside a sandbox
 (runsc exec with the host's Python). Each service prints JSON lines on stdout: first
 `{"event": "ready", "port": P}` once its socket is bound, then one line per thing it received or
-did; the lab reads them as evidence. Stop it with SIGTERM.
+did; the lab reads them as evidence. Stop it with SIGTERM or, with `--lifeline`, by closing its
+stdin: a signal does not always reach a process inside a sandbox (runsc exec does not forward
+it), but the end of a pipe always does.
 
     python -m labkit.services udp-echo --port 7
     python -m labkit.services tcp-sink --port 9
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import signal
 import socket
 import sys
@@ -106,6 +109,12 @@ def tcp_source(args: argparse.Namespace) -> None:
         emit("sent", len=sent, sha256=digest.hexdigest())
 
 
+def _exit_at_eof() -> None:
+    while sys.stdin.buffer.read(4096):
+        pass
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="labkit.services", description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=KINDS)
@@ -115,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bytes", type=int, default=65536, help="how much tcp-source sends")
     p.add_argument("--mss", type=int, default=0, help="TCP_MAXSEG for tcp-source")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--lifeline", action="store_true", help="exit when stdin reaches its end")
     args = p.parse_args(argv)
     if args.kind == "tcp-source" and not args.to:
         p.error("tcp-source needs --to ADDRESS")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.lifeline:
+        threading.Thread(target=_exit_at_eof, daemon=True).start()
     try:
         if args.kind.startswith("udp"):
             udp(args)

@@ -43,8 +43,18 @@ class Testbed:
             raise
         return self
 
+    def reset(self) -> Testbed:
+        """Ready a reused testbed for the next check: no services, no old frames, fresh log marks."""
+        assert self.stack is not None and self.wire is not None
+        self.stack.reset()
+        self.wire.forget()
+        return self
+
+    def healthy(self) -> bool:
+        return self.stack is not None and self.wire is not None and self.stack.healthy()
+
     def save_evidence(self, directory: Path, stem: str) -> list[Path]:
-        """Write the Wire's pcap and copy the stack's logs under `directory`; returns the paths."""
+        """Write the Wire's pcap and the stack's logs (since the check began) under `directory`."""
         directory.mkdir(parents=True, exist_ok=True)
         saved: list[Path] = []
         if self.wire is not None:
@@ -52,7 +62,9 @@ class Testbed:
         if self.stack is not None:
             for name, path in self.stack.logs().items():
                 dest = directory / f"{stem}.{name}"
-                shutil.copyfile(path, dest)
+                with open(path, "rb") as src, open(dest, "wb") as out:
+                    src.seek(self.stack.log_offset(path))
+                    shutil.copyfileobj(src, out)
                 saved.append(dest)
         return saved
 

@@ -357,6 +357,13 @@ class Wire:
         self._cursor = len(self.frames)
         return taken
 
+    def forget(self) -> None:
+        """Drop everything recorded so far: the next check on a reused testbed starts a new pcap."""
+        if self._rx is not None:
+            self._pull(0)
+        self.frames.clear()
+        self._cursor = 0
+
     def capture(self, expr: str) -> Capture:
         """A separate, kernel-filtered capture on this wire (e.g. to count matches at line rate)."""
         return Capture(self, expr)

@@ -14,11 +14,12 @@ from importlib.metadata import entry_points
 
 from ..errors import LabInputError
 from .base import Availability, Service, Stack
+from .gvisor import GVisorStack
 from .linux import LinuxStack
 
-BUILTIN: dict[str, type[Stack]] = {"linux": LinuxStack}
+BUILTIN: dict[str, type[Stack]] = {"linux": LinuxStack, "gvisor": GVisorStack}
 
-__all__ = ["Availability", "LinuxStack", "Service", "Stack", "StackSpec", "known_drivers", "load_driver", "resolve"]
+__all__ = ["Availability", "GVisorStack", "LinuxStack", "Service", "Stack", "StackSpec", "known_drivers", "load_driver", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class StackSpec:
     @property
     def id(self) -> str:
         return self.driver.id_for(self.variant)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.driver.capabilities_for(self.variant)
 
     def availability(self) -> Availability:
         return self.driver.availability()

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from .. import owner
 from ..errors import LabError, LabInputError
+from ..packet_sockets import PacketSocket
 from ..process import LabProcess
 from ..topology import Link, Topology
 
@@ -37,6 +38,9 @@ SERVICES = "services"  # can run the lab's services inside
 EXEC = "exec"  # can run arbitrary commands inside
 SYSCTL = "sysctl"
 CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, SYSCTL})
+# Sandbox-only traits, which the network-setup checks are about:
+NETNS_COPY = "netns-copy"  # builds its own stack from the namespace's links, addresses and routes
+AF_PACKET = "af-packet"  # reaches its link through AF_PACKET sockets the lab can inspect
 
 SERVICE_KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source")
 
@@ -125,6 +129,9 @@ class Stack(abc.ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {}}
     install: ClassVar[str | None] = None
+    # A started instance may serve several checks in a row (when starting one is slow); the
+    # testbed pool then calls reset() between checks and healthy() before handing it out.
+    reuse: ClassVar[bool] = False
 
     def __init__(self, variant: str = "") -> None:
         if variant not in self.variants:
@@ -136,6 +143,7 @@ class Stack(abc.ABC):
         self.link: Link | None = None
         self.workdir: Path | None = None
         self._services: list[Service] = []
+        self._log_marks: dict[Path, int] = {}
 
     @classmethod
     def id_for(cls, variant: str) -> str:
@@ -153,8 +161,13 @@ class Stack(abc.ABC):
         """Whether this stack can run on this machine; drivers of external programs override it."""
         return Availability(True)
 
+    @classmethod
+    def capabilities_for(cls, variant: str) -> frozenset[str]:
+        """What a variant can take part in; a variant that removes a feature overrides this."""
+        return cls.capabilities
+
     def can(self, *capabilities: str) -> bool:
-        return set(capabilities) <= self.capabilities
+        return set(capabilities) <= self.capabilities_for(self.variant)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -167,10 +180,22 @@ class Stack(abc.ABC):
     @abc.abstractmethod
     def _start(self) -> None: ...
 
-    def stop(self) -> None:
+    def reset(self) -> None:
+        """Make a reused stack ready for the next check: its services end, its logs start afresh."""
+        self._close_services()
+        self.mark_logs()
+
+    def healthy(self) -> bool:
+        """Whether a started stack is still fit to be reused."""
+        return self.workdir is not None
+
+    def _close_services(self) -> None:
         for service in self._services:
             service.close()
         self._services.clear()
+
+    def stop(self) -> None:
+        self._close_services()
         try:
             self._stop()
         finally:
@@ -206,13 +231,16 @@ class Stack(abc.ABC):
 
     @abc.abstractmethod
     def spawn(self, argv: Sequence[str]) -> LabProcess:
-        """Start a long-running command inside the stack with stdout piped to the lab."""
+        """Start a long-running command inside the stack, stdin and stdout piped to the lab.
+
+        The lab holds the only write end of stdin: closing it is how a service learns to stop.
+        """
 
     def service(self, kind: str, port: int = 0, *, family: str = "any", **options: Any) -> Service:
         """Start one of the lab's services inside the stack and wait until it is ready."""
         if kind not in SERVICE_KINDS:
             raise LabInputError(f"unknown service {kind!r}; allowed: {', '.join(SERVICE_KINDS)}")
-        argv = [sys.executable, "-m", "labkit.services", kind, "--port", str(port), "--family", family]
+        argv = [sys.executable, "-m", "labkit.services", kind, "--port", str(port), "--family", family, "--lifeline"]
         for key, value in options.items():
             argv += [f"--{key}", str(value)]
         svc = Service(kind, self.spawn(argv))
@@ -224,6 +252,17 @@ class Stack(abc.ABC):
         if self.workdir is None:
             return {}
         return {p.name: p for p in sorted(self.workdir.glob("*.log")) if p.stat().st_size}
+
+    def mark_logs(self) -> None:
+        """Remember how long each log is, so evidence holds only what came after."""
+        self._log_marks = {p: p.stat().st_size for p in self.logs().values()}
+
+    def log_offset(self, path: Path) -> int:
+        return self._log_marks.get(path, 0)
+
+    def link_sockets(self) -> list[PacketSocket]:
+        """The AF_PACKET sockets through which the stack reaches its link (none for a kernel stack)."""
+        return []
 
     @staticmethod
     def child_env() -> dict[str, str]:

@@ -45,4 +45,6 @@ class LinuxStack(base.Stack):
     def spawn(self, argv: Sequence[str]) -> LabProcess:
         assert self.workdir is not None
         with open(self.workdir / "services.log", "ab") as log:  # the child keeps its own copy of the fd
-            return LabProcess(argv, netns=self._ns.netns, stdout=subprocess.PIPE, stderr=log, env=self.child_env())
+            return LabProcess(
+                argv, netns=self._ns.netns, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=self.child_env()
+            )

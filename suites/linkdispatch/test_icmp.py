@@ -14,6 +14,7 @@ from labkit.checksum import checksum_errors
 PAYLOAD = b"labkit-echo-0123456789abcdef"
 
 
+@pytest.mark.fresh  # the peer must not be resolved yet
 @pytest.mark.needs("icmp", "ipv4", "arp")
 def test_echo_ipv4_resolves_peer_and_replies(stack, wire, plan):
     wire.send(IP(src=plan.peer4, dst=plan.stack4) / ICMP(type="echo-request", id=0x1AB, seq=1) / PAYLOAD)
@@ -28,6 +29,7 @@ def test_echo_ipv4_resolves_peer_and_replies(stack, wire, plan):
     assert checksum_errors(reply) == [], f"bad checksums in the echo reply: {checksum_errors(reply)}"
 
 
+@pytest.mark.fresh
 @pytest.mark.needs("icmp", "ipv6", "ndp")
 def test_echo_ipv6_resolves_peer_and_replies(stack, wire, plan):
     wire.send(IPv6(src=plan.peer6, dst=plan.stack6) / ICMPv6EchoRequest(id=0x1AB, seq=1, data=PAYLOAD))

@@ -1,0 +1,145 @@
+"""The AF_PACKET sockets a process holds, as the kernel sees them.
+
+A sandbox's link endpoint is nothing but a few AF_PACKET sockets on the veth; how many there are,
+which fanout group they share, and whether they speak virtio_net_hdr decides how frames are
+dispatched. The lab reads that from outside: `/proc/PID/net/packet` lists the sockets of the
+process's namespace, `/proc/PID/fd` says which of them the process holds, and a duplicate taken
+with pidfd_getfd(2) answers getsockopt without disturbing the owner.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+SOL_PACKET = 263
+PACKET_VERSION = 10
+PACKET_VNET_HDR = 15
+PACKET_FANOUT = 18
+
+FANOUT_TYPES = {0: "hash", 1: "lb", 2: "cpu", 3: "rollover", 4: "rnd", 5: "qm", 6: "cbpf", 7: "ebpf"}
+FANOUT_FLAGS = {0x1000: "rollover", 0x2000: "uniqueid", 0x4000: "ignore_outgoing", 0x8000: "defrag"}
+
+_SYS_PIDFD_GETFD = 438
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class Fanout:
+    group: int
+    type: str
+    flags: frozenset[str]
+
+    @classmethod
+    def decode(cls, value: int) -> Fanout | None:
+        """The PACKET_FANOUT getsockopt value: group id in the low 16 bits, type and flags above."""
+        value &= 0xFFFFFFFF  # getsockopt's int is signed; the defrag flag is its top bit
+        if value == 0:
+            return None
+        mode = value >> 16
+        kind = FANOUT_TYPES.get(mode & 0xFF, f"type{mode & 0xFF}")
+        return cls(value & 0xFFFF, kind, frozenset(n for bit, n in FANOUT_FLAGS.items() if mode & bit))
+
+
+@dataclass(frozen=True)
+class PacketSocket:
+    """One AF_PACKET socket: its /proc/net/packet row, and getsockopt answers when it could be read."""
+
+    inode: int
+    type: int  # SOCK_RAW (3) or SOCK_DGRAM (2)
+    protocol: int  # host order, e.g. 0x0003 for ETH_P_ALL
+    ifindex: int
+    running: bool
+    fd: int | None = None  # the fd number in the owning process
+    fanout: Fanout | None = None
+    vnet_hdr: bool | None = None
+    version: int | None = None  # TPACKET_V1..V3
+    rcvbuf: int | None = None
+    sndbuf: int | None = None
+
+
+def parse_proc_net_packet(text: str) -> list[dict[str, int]]:
+    """Rows of /proc/net/packet: sk RefCnt Type Proto Iface R Rmem User Inode."""
+    rows = []
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 9:
+            continue
+        rows.append({"type": int(f[2]), "proto": int(f[3], 16), "ifindex": int(f[4]), "running": int(f[5]), "inode": int(f[8])})
+    return rows
+
+
+def _socket_fds(pid: int) -> dict[int, int]:
+    """inode -> fd number for the sockets `pid` holds."""
+    out = {}
+    base = f"/proc/{pid}/fd"
+    for name in os.listdir(base):
+        try:
+            target = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out[int(target[8:-1])] = int(name)
+    return out
+
+
+def pidfd_getfd(pid: int, fd: int) -> int:
+    """A duplicate of `fd` from process `pid` (needs ptrace rights over it: root here)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        dup = _libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if dup < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"pidfd_getfd({pid}, {fd}): {os.strerror(err)}")
+        return dup
+    finally:
+        os.close(pidfd)
+
+
+def _int_opt(sock: socket.socket, level: int, opt: int) -> int | None:
+    try:
+        return struct.unpack("i", sock.getsockopt(level, opt, 4))[0]
+    except OSError:
+        return None
+
+
+def packet_sockets(pid: int) -> list[PacketSocket]:
+    """The AF_PACKET sockets held by `pid`, with their fanout, vnet header and buffer settings."""
+    rows = parse_proc_net_packet(open(f"/proc/{pid}/net/packet").read())
+    fds = _socket_fds(pid)
+    found = []
+    for row in rows:
+        fd = fds.get(row["inode"])
+        if fd is None:
+            continue  # another process's socket in the same namespace
+        extra: dict[str, object] = {}
+        try:
+            dup = pidfd_getfd(pid, fd)
+        except OSError:
+            dup = -1
+        if dup >= 0:
+            with socket.socket(fileno=dup) as s:
+                fanout = _int_opt(s, SOL_PACKET, PACKET_FANOUT)
+                vnet = _int_opt(s, SOL_PACKET, PACKET_VNET_HDR)
+                extra = {
+                    "fanout": Fanout.decode(fanout or 0),
+                    "vnet_hdr": None if vnet is None else bool(vnet),
+                    "version": _int_opt(s, SOL_PACKET, PACKET_VERSION),
+                    "rcvbuf": _int_opt(s, socket.SOL_SOCKET, socket.SO_RCVBUF),
+                    "sndbuf": _int_opt(s, socket.SOL_SOCKET, socket.SO_SNDBUF),
+                }
+        found.append(
+            PacketSocket(
+                inode=row["inode"],
+                type=row["type"],
+                protocol=row["proto"],  # the kernel prints it in host order
+                ifindex=row["ifindex"],
+                running=bool(row["running"]),
+                fd=fd,
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+    return found

@@ -1,0 +1,77 @@
+"""gVisor's network knobs, named: which runsc flags a variant stands for.
+
+A variant is a small dict of options over runsc's defaults (one channel, host GSO when the link
+offers it, software GSO as fallback, RX checksum offload on, TX off, fifo qdisc). Keeping the
+table as data lets `--stack gvisor-ch4` select one and lets a unit test check every flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ...errors import LabInputError
+
+DEFAULTS: Mapping[str, Any] = {
+    "network": "sandbox",
+    "channels": 1,
+    "gso": True,
+    "software_gso": True,
+    "tx_checksum": False,
+    "rx_checksum": True,
+    "qdisc": "fifo",
+}
+
+VARIANTS: Mapping[str, Mapping[str, Any]] = {
+    "": {},
+    "ch2": {"channels": 2},
+    "ch4": {"channels": 4},
+    "nogso": {"gso": False, "software_gso": False},
+    "swgso": {"gso": False, "software_gso": True},
+    "txcsum": {"tx_checksum": True},
+    "norxcsum": {"rx_checksum": False},
+    "noqdisc": {"qdisc": "none"},
+    "none": {"network": "none"},
+}
+
+_ALLOWED: Mapping[str, tuple[Any, ...]] = {
+    "network": ("sandbox", "none"),
+    "channels": tuple(range(1, 17)),
+    "gso": (True, False),
+    "software_gso": (True, False),
+    "tx_checksum": (True, False),
+    "rx_checksum": (True, False),
+    "qdisc": ("fifo", "none"),
+}
+
+
+def options(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The full option set of a variant; unknown keys and values are refused by name."""
+    out = dict(DEFAULTS)
+    for key, value in overrides.items():
+        if key not in _ALLOWED:
+            raise LabInputError(f"unknown gvisor option {key!r}; allowed: {', '.join(_ALLOWED)}")
+        if value not in _ALLOWED[key] or type(value) is not type(_ALLOWED[key][0]):
+            allowed = _ALLOWED[key] if key != "channels" else "1-16"
+            raise LabInputError(f"bad gvisor option {key}={value!r}; allowed: {allowed}")
+        out[key] = value
+    return out
+
+
+def _bool(flag: str, value: bool) -> str:
+    return f"--{flag}={'true' if value else 'false'}"
+
+
+def network_flags(opts: Mapping[str, Any]) -> list[str]:
+    """runsc global flags for the network part of `opts` (always explicit, never runsc's default)."""
+    if opts["network"] == "none":
+        return ["--network=none"]
+    return [
+        "--network=sandbox",
+        f"--num-network-channels={opts['channels']}",
+        _bool("gso", opts["gso"]),
+        _bool("software-gso", opts["software_gso"]),
+        _bool("tx-checksum-offload", opts["tx_checksum"]),
+        _bool("rx-checksum-offload", opts["rx_checksum"]),
+        f"--qdisc={opts['qdisc']}",
+    ]
