@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 SOL_PACKET = 263
 PACKET_VERSION = 10
@@ -108,7 +109,7 @@ def _int_opt(sock: socket.socket, level: int, opt: int) -> int | None:
 
 def packet_sockets(pid: int) -> list[PacketSocket]:
     """The AF_PACKET sockets held by `pid`, with their fanout, vnet header and buffer settings."""
-    rows = parse_proc_net_packet(open(f"/proc/{pid}/net/packet").read())
+    rows = parse_proc_net_packet(Path(f"/proc/{pid}/net/packet").read_text())
     fds = _socket_fds(pid)
     found = []
     for row in rows:

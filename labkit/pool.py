@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from .plan import AddressPlan
 from .stacks import StackSpec
-from .testbed import Testbed
+from .testbed import Layout, Testbed, standard_layout
 
 
 class TestbedPool:
@@ -22,23 +22,29 @@ class TestbedPool:
 
     def __init__(self, keep: int = 2, teardown_threads: int = 2) -> None:
         self.keep = keep  # idle testbeds kept at most (each is a live sandbox)
-        self._idle: OrderedDict[tuple[str, AddressPlan], Testbed] = OrderedDict()
+        self._idle: OrderedDict[tuple[str, AddressPlan, Layout], Testbed] = OrderedDict()
         self._teardown = ThreadPoolExecutor(teardown_threads, thread_name_prefix="labkit-teardown")
         self._pending: list[Future] = []
         self._lock = threading.Lock()
         self.errors: list[BaseException] = []
         self.started = self.reused = 0
 
-    def acquire(self, spec: StackSpec, plan: AddressPlan, fresh: bool = False) -> Testbed:
+    def acquire(self, spec: StackSpec, plan: AddressPlan, fresh: bool = False, layout: Layout = standard_layout) -> Testbed:
         """A testbed for `spec`: a reused one when allowed and healthy, else a newly built one."""
-        key = (spec.id, plan)
+        key = (spec.id, plan, layout)
         bed = self._idle.pop(key, None)
         if bed is not None:
             if not fresh and bed.healthy():
-                self.reused += 1
-                return bed.reset()
-            self.discard(bed)
-        bed = Testbed(spec, plan).up()
+                try:
+                    bed.reset()
+                except Exception:
+                    self.discard(bed)  # a testbed that cannot be reset is not handed out
+                else:
+                    self.reused += 1
+                    return bed
+            else:
+                self.discard(bed)
+        bed = Testbed(spec, plan, layout).up()
         self.started += 1
         return bed
 
@@ -47,7 +53,7 @@ class TestbedPool:
         if not (reusable and bed.spec.driver.reuse and self.keep > 0):
             self.discard(bed)
             return
-        key = (bed.spec.id, bed.plan)
+        key = (bed.spec.id, bed.plan, bed.layout)
         old = self._idle.pop(key, None)
         if old is not None:
             self.discard(old)

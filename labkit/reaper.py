@@ -8,6 +8,7 @@ the other xdist workers of this run, are never touched.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -49,7 +50,15 @@ def _orphaned(tag_holder: str, include_live_run: str | None) -> owners.Owner | N
     return None if o.alive() else o
 
 
+_PATH_TAG = re.compile(rb"/(" + owners.PREFIX.encode() + rb"-[0-9a-f]{4,16}-\d+)")
+
+
 def _owner_of_process(pid: int) -> str | None:
+    """The owner tag a process carries: in its environment, or in a lab path on its command line.
+
+    The second form catches what a runtime starts with a scrubbed environment: runsc's sandbox and
+    gofer keep `--root=/tmp/labkit-RUN-PID-...` and the bundle path in their arguments.
+    """
     try:
         env = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
@@ -57,7 +66,11 @@ def _owner_of_process(pid: int) -> str | None:
     for item in env.split(b"\0"):
         if item.startswith(owners.ENV_OWNER.encode() + b"="):
             return item.split(b"=", 1)[1].decode(errors="replace")
-    return None
+    try:
+        m = _PATH_TAG.search(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return None
+    return m.group(1).decode() if m else None
 
 
 def temp_roots() -> list[Path]:

@@ -7,6 +7,7 @@ and teardown removes everything even when the stack failed to start.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from .plan import AddressPlan
@@ -14,13 +15,24 @@ from .stacks import Stack, StackSpec
 from .topology import Link, Topology
 from .wire import Wire
 
+# A layout declares a topology from an address plan: (topology, the stack's end, the Wire's end).
+Layout = Callable[[AddressPlan], tuple[Topology, Link, Link]]
+
+
+def standard_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
+    return plan.build()
+
 
 class Testbed:
+    """`layout` replaces the standard topology for checks about the topology itself; the Wire
+    sits on the returned peer end and answers for the plan's peer addresses."""
+
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, spec: StackSpec, plan: AddressPlan | None = None) -> None:
+    def __init__(self, spec: StackSpec, plan: AddressPlan | None = None, layout: Layout = standard_layout) -> None:
         self.spec = spec
         self.plan = plan or AddressPlan()
+        self.layout = layout
         self.topology: Topology | None = None
         self.stack: Stack | None = None
         self.wire: Wire | None = None
@@ -28,7 +40,7 @@ class Testbed:
         self.peer_end: Link | None = None
 
     def up(self) -> Testbed:
-        self.topology, self.stack_end, self.peer_end = self.plan.build()
+        self.topology, self.stack_end, self.peer_end = self.layout(self.plan)
         try:
             self.topology.up()
             assert self.peer_end.ns.netns is not None and self.peer_end.mac is not None

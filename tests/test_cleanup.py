@@ -19,12 +19,13 @@ HOLDER = textwrap.dedent(
     import subprocess, sys, tempfile, threading
     from labkit import janitor, owner
     from labkit.process import lab_env
-    from labkit.stacks import LinuxStack, StackSpec
+    from labkit.stacks import resolve
     from labkit.testbed import Testbed
 
     if "--sigterm" in sys.argv:
         janitor.install_sigterm_handler()
-    bed = Testbed(StackSpec(LinuxStack)).up()
+    stack = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--stack=")), "linux")
+    bed = Testbed(resolve(stack)[0]).up()
     bed.stack.service("udp-echo")
     # A process that is not a child-with-deathsig: only the reaper can end it.
     stray = subprocess.Popen(["sleep", "300"], env=lab_env(), start_new_session=True)

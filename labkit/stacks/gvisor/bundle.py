@@ -19,7 +19,8 @@ SHADOWED = ("/tmp", "/dev", "/proc")  # mounted over in the container: host path
 
 
 def needs_bind(path: Path) -> bool:
-    return any(path == Path(top) or Path(top) in path.parents for top in SHADOWED)
+    """Whether a host path lies below a mount the container replaces (the mount point itself is not bound)."""
+    return any(Path(top) in path.parents for top in SHADOWED)
 
 
 def spec(netns_path: str | None, args: Sequence[str], visible: Iterable[Path] = (), hostname: str = "labkit") -> dict[str, Any]:

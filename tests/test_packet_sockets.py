@@ -1,0 +1,106 @@
+"""AF_PACKET sockets as the kernel sees them: /proc/net/packet rows, fanout values, a real socket."""
+
+import os
+import socket
+import struct
+
+import pytest
+
+from labkit.packet_sockets import Fanout, packet_sockets, parse_proc_net_packet
+
+SOL_PACKET = 263
+PACKET_VNET_HDR = 15
+PACKET_FANOUT = 18
+ETH_P_ALL = 0x0003
+FANOUT_HASH = 0
+FANOUT_FLAG_DEFRAG = 0x8000
+
+PROC_NET_PACKET = """\
+sk               RefCnt Type Proto  Iface R Rmem   User   Inode
+ffff9a0b4c1e2000 3      3    0003   2     1 0      0      41234
+ffff9a0b4c1e3000 3      2    88cc   17    0 768    0      41299
+
+"""
+
+
+def test_parse_proc_net_packet():
+    assert parse_proc_net_packet(PROC_NET_PACKET) == [
+        {"type": 3, "proto": 0x0003, "ifindex": 2, "running": 1, "inode": 41234},
+        {"type": 2, "proto": 0x88CC, "ifindex": 17, "running": 0, "inode": 41299},
+    ]
+
+
+def test_parse_proc_net_packet_header_only():
+    assert parse_proc_net_packet(PROC_NET_PACKET.splitlines()[0] + "\n") == []
+
+
+def test_fanout_decode_zero_is_no_fanout():
+    assert Fanout.decode(0) is None
+
+
+@pytest.mark.parametrize("value", [0x80000309, 0x80000309 - (1 << 32)])
+def test_fanout_decode_hash_defrag(value):
+    assert Fanout.decode(value) == Fanout(0x309, "hash", frozenset({"defrag"}))
+
+
+def test_fanout_decode_type_and_several_flags():
+    # lb (1) with rollover (0x1000) and ignore_outgoing (0x4000), group 7
+    assert Fanout.decode(7 | ((1 | 0x1000 | 0x4000) << 16)) == Fanout(7, "lb", frozenset({"rollover", "ignore_outgoing"}))
+    assert Fanout.decode(1 | (9 << 16)) == Fanout(1, "type9", frozenset())
+
+
+def packet_socket_on_lo():
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind(("lo", ETH_P_ALL))
+    return s
+
+
+@pytest.fixture
+def sockets():
+    opened = []
+
+    def make():
+        s = packet_socket_on_lo()
+        opened.append(s)
+        return s
+
+    yield make
+    for s in opened:
+        s.close()
+
+
+def find(fd):
+    found = [p for p in packet_sockets(os.getpid()) if p.fd == fd]
+    assert len(found) == 1, f"fd {fd} not reported once: {found}"
+    return found[0]
+
+
+def test_reports_fanout_and_vnet_hdr_of_own_socket(sockets):
+    s = sockets()
+    s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    group = 0x309
+    s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", group | ((FANOUT_HASH | FANOUT_FLAG_DEFRAG) << 16)))
+    p = find(s.fileno())
+    assert p.fanout == Fanout(group, "hash", frozenset({"defrag"}))
+    assert p.vnet_hdr is True
+    assert p.type == socket.SOCK_RAW
+    assert p.protocol == ETH_P_ALL
+    assert p.ifindex == socket.if_nametoindex("lo")
+    assert p.running is True
+    assert p.inode == os.fstat(s.fileno()).st_ino
+    assert p.rcvbuf is not None and p.rcvbuf > 0
+    assert p.sndbuf is not None and p.sndbuf > 0
+
+
+def test_socket_without_fanout(sockets):
+    s = sockets()
+    p = find(s.fileno())
+    assert p.fanout is None
+    assert p.vnet_hdr is False
+
+
+def test_closed_socket_is_not_reported(sockets):
+    s = sockets()
+    fd = s.fileno()
+    s.close()
+    assert [p for p in packet_sockets(os.getpid()) if p.fd == fd] == []
