@@ -4,6 +4,8 @@ What the sandbox's network must look like is a conformance question (suites/nets
 tests check that the driver starts, observes and ends sandboxes as it claims.
 """
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,3 +122,15 @@ def test_sigkill_with_a_sandbox_then_labkit_clean_leaves_nothing():
     assert runsc_processes(owner_tag) == [], "runsc processes survived labkit clean"
     assert lab_namespaces_of(p.pid) == []
     assert list(tmp.parent.glob(f"{owner_tag}-*")) == [], "runsc state or stack workdir left in /tmp"
+
+
+@pytest.mark.parametrize("sig, args", [(signal.SIGINT, ()), (signal.SIGTERM, ("--sigterm",))], ids=["ctrl-c", "sigterm"])
+def test_owner_with_a_sandbox_unwinds_on_ctrl_c_and_sigterm(sig, args):
+    p, stray, tmp = start_holder("--stack=gvisor", *args)
+    owner_tag = owner.Owner.parse(tmp.name).tag + "-"
+    assert runsc_processes(owner_tag)
+    os.kill(stray, signal.SIGKILL)  # the stray is the reaper's job
+    p.send_signal(sig)
+    p.wait(20)
+    assert runsc_processes(owner_tag) == [], "runsc processes survived the owner's unwind"
+    assert lab_namespaces_of(p.pid) == []

@@ -3,6 +3,8 @@ import pytest
 from labkit.errors import LabInputError
 from labkit.stacks import LinuxStack, resolve
 
+from .conftest import run_pytest
+
 
 def test_names_variants_globs_and_all():
     assert [s.id for s in resolve("linux")] == ["linux"]
@@ -29,3 +31,28 @@ def test_unknown_names_are_refused(name, expected):
     with pytest.raises(LabInputError) as err:
         resolve(name)
     assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_gvisor_variants_are_named():
+    ids = {s.id for s in resolve("gvisor*")}
+    assert ids == {
+        "gvisor",
+        "gvisor-ch2",
+        "gvisor-ch4",
+        "gvisor-nogso",
+        "gvisor-swgso",
+        "gvisor-txcsum",
+        "gvisor-norxcsum",
+        "gvisor-noqdisc",
+        "gvisor-none",
+    }
+    (none,) = resolve("gvisor-none")
+    assert "arp" not in none.capabilities and "exec" in none.capabilities
+
+
+def test_missing_runsc_is_a_skip_that_names_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no runsc on it
+    done = run_pytest("suites/linkdispatch/test_arp.py", "--stack", "gvisor", "-rs")
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "2 skipped" in done.stdout, done.stdout[-2000:]
+    assert "gvisor unavailable: runsc is not installed; install: apt-get install -y runsc" in done.stdout, done.stdout[-2000:]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import owner
+from .. import janitor, owner
 from ..errors import LabError, LabInputError
 from ..packet_sockets import PacketSocket
 from ..process import LabProcess
@@ -175,6 +175,7 @@ class Stack(abc.ABC):
         """Bring the stack up behind `link` (the sandbox end of a veth in a built topology)."""
         self.topology, self.link = topology, link
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{owner.new_name('stack')}-"))
+        janitor.track(self)  # Ctrl-C or SIGTERM before stop(): the janitor stops it
         self._start()
 
     @abc.abstractmethod
@@ -195,6 +196,7 @@ class Stack(abc.ABC):
         self._services.clear()
 
     def stop(self) -> None:
+        janitor.untrack(self)
         self._close_services()
         try:
             self._stop()
@@ -202,6 +204,8 @@ class Stack(abc.ABC):
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self.workdir = None
+
+    close = stop
 
     def _stop(self) -> None:  # noqa: B027 - optional hook, most drivers have nothing to stop
         """Driver-specific teardown; the topology itself is removed by whoever built it."""

@@ -1,6 +1,6 @@
 """runsc, the gVisor runtime, as the lab drives it: one state root per sandbox, fixed global flags.
 
-Two facts of this machine shape the code (see docs/stacks.md):
+Two facts of Debian 12 on a new kernel shape the code (README, "Stacks"):
 - `runsc create` hands its stdio to the sandbox, which keeps it open: its output goes to a file,
   never to a pipe that the lab would wait on forever.
 - runsc refuses `--network=sandbox` when it thinks it runs in the root network namespace, and it
