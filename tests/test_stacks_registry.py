@@ -56,3 +56,14 @@ def test_missing_runsc_is_a_skip_that_names_the_install_command(monkeypatch, tmp
     assert done.returncode == 0, done.stdout[-2000:]
     assert "2 skipped" in done.stdout, done.stdout[-2000:]
     assert "gvisor unavailable: runsc is not installed; install: apt-get install -y runsc" in done.stdout, done.stdout[-2000:]
+
+
+def test_named_variants_combine_with_plus():
+    (spec,) = resolve("gvisor-ch4+txcsum")
+    stack = spec.create()
+    assert (stack.options["channels"], stack.options["tx_checksum"]) == (4, True)
+    assert spec.id == "gvisor-ch4+txcsum"
+    with pytest.raises(LabInputError, match=r"'nogso\+swgso'.*sets software_gso twice"):
+        resolve("gvisor-nogso+swgso")
+    with pytest.raises(LabInputError, match=r"unknown variant 'ch4\+bogus' of stack 'gvisor'; allowed: gvisor, gvisor-ch2"):
+        resolve("gvisor-ch4+bogus")

@@ -2,7 +2,8 @@
 
 Built-in drivers are listed here; third-party ones come from the `labkit.stacks` entry point
 group or from `module.path:ClassName`. A name selects a driver and a variant:
-`linux` (the default variant), `linux-txcsum`, `linux-*` (every variant).
+`linux` (the default variant), `linux-txcsum`, `linux-*` (every variant), `gvisor-ch4+txcsum`
+(named variants combined).
 """
 
 from __future__ import annotations
@@ -85,12 +86,24 @@ def resolve(names: str | list[str]) -> list[StackSpec]:
         elif any(ch in item for ch in "*?["):
             found = [s for i, s in all_ids.items() if fnmatch.fnmatchcase(i, item)]
         else:
-            found = [all_ids[item]] if item in all_ids else []
+            found = [all_ids[item]] if item in all_ids else _combined(item, drivers)
         if not found:
             allowed = ", ".join(sorted(all_ids)) + ", all, NAME-* or module.path:ClassName"
             raise LabInputError(f"unknown stack {item!r}; allowed: {allowed}")
         specs.extend(s for s in found if s not in specs)
     return specs
+
+
+def _combined(item: str, drivers: dict[str, type[Stack]]) -> list[StackSpec]:
+    """`gvisor-ch4+txcsum`: a driver's named variants joined by '+' (refused if they conflict)."""
+    if "+" not in item:
+        return []
+    for cls in drivers.values():
+        if item.startswith(f"{cls.kind}-"):
+            variant = item[len(cls.kind) + 1 :]
+            cls.variant_options(variant)  # raises a one-line error naming what is wrong
+            return [StackSpec(cls, variant)]
+    return []
 
 
 def default_specs() -> list[StackSpec]:

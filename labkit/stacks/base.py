@@ -134,16 +134,35 @@ class Stack(abc.ABC):
     reuse: ClassVar[bool] = False
 
     def __init__(self, variant: str = "") -> None:
-        if variant not in self.variants:
-            allowed = ", ".join(self.id_for(v) for v in self.variants)
-            raise LabInputError(f"unknown variant {variant!r} of stack {self.kind!r}; allowed: {allowed}")
         self.variant = variant
-        self.options: dict[str, Any] = dict(self.variants[variant])
+        self.options: dict[str, Any] = dict(self.variant_options(variant))
         self.topology: Topology | None = None
         self.link: Link | None = None
         self.workdir: Path | None = None
         self._services: list[Service] = []
         self._log_marks: dict[Path, int] = {}
+
+    @classmethod
+    def variant_options(cls, variant: str) -> Mapping[str, Any]:
+        """The options of a named variant, or of named variants joined by '+' (`ch4+txcsum`).
+
+        A combination may not set one option to two values (`nogso+swgso` is refused).
+        """
+        if variant in cls.variants:
+            return cls.variants[variant]
+        parts = variant.split("+")
+        if len(parts) < 2 or not all(p and p in cls.variants for p in parts):
+            allowed = ", ".join(cls.id_for(v) for v in cls.variants)
+            raise LabInputError(
+                f"unknown variant {variant!r} of stack {cls.kind!r}; allowed: {allowed}, or named variants joined by '+'"
+            )
+        merged: dict[str, Any] = {}
+        for part in parts:
+            for key, value in cls.variants[part].items():
+                if key in merged and merged[key] != value:
+                    raise LabInputError(f"variant {variant!r} of stack {cls.kind!r} sets {key} twice ({merged[key]!r}, {value!r})")
+                merged[key] = value
+        return merged
 
     @classmethod
     def id_for(cls, variant: str) -> str:

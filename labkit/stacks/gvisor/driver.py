@@ -55,7 +55,7 @@ class GVisorStack(base.Stack):
 
     @classmethod
     def capabilities_for(cls, variant: str) -> frozenset[str]:
-        if cls.variants.get(variant, {}).get("network") == "none":
+        if cls.variant_options(variant).get("network") == "none":
             return frozenset({base.EXEC, base.SERVICES})
         return cls.capabilities
 
