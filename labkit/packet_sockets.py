@@ -107,40 +107,47 @@ def _int_opt(sock: socket.socket, level: int, opt: int) -> int | None:
         return None
 
 
+def _describe(dup: socket.socket, inode: int, fd: int, row: dict[str, int] | None) -> PacketSocket:
+    fanout = _int_opt(dup, SOL_PACKET, PACKET_FANOUT)
+    vnet = _int_opt(dup, SOL_PACKET, PACKET_VNET_HDR)
+    return PacketSocket(
+        inode=inode,
+        type=row["type"] if row else (_int_opt(dup, socket.SOL_SOCKET, socket.SO_TYPE) or 0),
+        protocol=row["proto"] if row else (_int_opt(dup, socket.SOL_SOCKET, socket.SO_PROTOCOL) or 0),
+        ifindex=row["ifindex"] if row else -1,  # -1: the socket lives in another namespace's table
+        running=bool(row["running"]) if row else False,
+        fd=fd,
+        fanout=Fanout.decode(fanout or 0),
+        vnet_hdr=None if vnet is None else bool(vnet),
+        version=_int_opt(dup, SOL_PACKET, PACKET_VERSION),
+        rcvbuf=_int_opt(dup, socket.SOL_SOCKET, socket.SO_RCVBUF),
+        sndbuf=_int_opt(dup, socket.SOL_SOCKET, socket.SO_SNDBUF),
+    )
+
+
 def packet_sockets(pid: int) -> list[PacketSocket]:
-    """The AF_PACKET sockets held by `pid`, with their fanout, vnet header and buffer settings."""
-    rows = parse_proc_net_packet(Path(f"/proc/{pid}/net/packet").read_text())
-    fds = _socket_fds(pid)
+    """The AF_PACKET sockets held by `pid`, with their fanout, vnet header and buffer settings.
+
+    Every socket fd of the process is looked at, not only the rows of its namespace's
+    /proc/net/packet: a socket made in another namespace (runsc opens its channels before the
+    sandbox moves) is listed there, not here. A duplicate whose inode is not the one listed (the
+    fd number was reused meanwhile) is skipped.
+    """
+    rows = {r["inode"]: r for r in parse_proc_net_packet(Path(f"/proc/{pid}/net/packet").read_text())}
     found = []
-    for row in rows:
-        fd = fds.get(row["inode"])
-        if fd is None:
-            continue  # another process's socket in the same namespace
-        extra: dict[str, object] = {}
+    for inode, fd in sorted(_socket_fds(pid).items(), key=lambda item: item[1]):
         try:
             dup = pidfd_getfd(pid, fd)
         except OSError:
-            dup = -1
-        if dup >= 0:
-            with socket.socket(fileno=dup) as s:
-                fanout = _int_opt(s, SOL_PACKET, PACKET_FANOUT)
-                vnet = _int_opt(s, SOL_PACKET, PACKET_VNET_HDR)
-                extra = {
-                    "fanout": Fanout.decode(fanout or 0),
-                    "vnet_hdr": None if vnet is None else bool(vnet),
-                    "version": _int_opt(s, SOL_PACKET, PACKET_VERSION),
-                    "rcvbuf": _int_opt(s, socket.SOL_SOCKET, socket.SO_RCVBUF),
-                    "sndbuf": _int_opt(s, socket.SOL_SOCKET, socket.SO_SNDBUF),
-                }
-        found.append(
-            PacketSocket(
-                inode=row["inode"],
-                type=row["type"],
-                protocol=row["proto"],  # the kernel prints it in host order
-                ifindex=row["ifindex"],
-                running=bool(row["running"]),
-                fd=fd,
-                **extra,  # type: ignore[arg-type]
-            )
-        )
+            continue  # closed meanwhile, or no right to look
+        try:
+            sock = socket.socket(fileno=dup) if os.fstat(dup).st_ino == inode else None
+        except OSError:
+            sock = None
+        if sock is None:
+            os.close(dup)
+            continue
+        with sock:
+            if _int_opt(sock, socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_PACKET:
+                found.append(_describe(sock, inode, fd, rows.get(inode)))
     return found

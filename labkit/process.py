@@ -163,12 +163,13 @@ def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> list[int]:
     try:
         while waiting and (left := deadline - time.monotonic()) > 0:
             for fd in select.select(list(waiting), [], [], left)[0]:
-                pid = waiting.pop(fd)
-                os.close(fd)
-                try:
-                    os.waitpid(pid, os.WNOHANG)
+                waiting.pop(fd)
+                try:  # reap through the pidfd: a recycled pid number cannot be mistaken for it
+                    os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
                 except ChildProcessError:
                     pass  # not our child: its parent reaps it
+                finally:
+                    os.close(fd)
     finally:
         for fd in waiting:
             os.close(fd)

@@ -50,14 +50,15 @@ def _orphaned(tag_holder: str, include_live_run: str | None) -> owners.Owner | N
     return None if o.alive() else o
 
 
-_PATH_TAG = re.compile(rb"/(" + owners.PREFIX.encode() + rb"-[0-9a-f]{4,16}-\d+)")
+_ROOT_TAG = re.compile(rb"^--root=.*/(" + owners.PREFIX.encode() + rb"-[0-9a-f]{4,16}-\d+)")
 
 
 def _owner_of_process(pid: int) -> str | None:
-    """The owner tag a process carries: in its environment, or in a lab path on its command line.
+    """The owner tag a process carries: in its environment or, for runsc, in its state root.
 
-    The second form catches what a runtime starts with a scrubbed environment: runsc's sandbox and
-    gofer keep `--root=/tmp/labkit-RUN-PID-...` and the bundle path in their arguments.
+    runsc starts its sandbox and gofer with a scrubbed environment, but they keep
+    `--root=/tmp/labkit-RUN-PID-...` in their arguments. Only runsc's own processes are judged
+    by that; any other process that merely names a lab path (a `tail -f` of a log) is not.
     """
     try:
         env = Path(f"/proc/{pid}/environ").read_bytes()
@@ -67,10 +68,15 @@ def _owner_of_process(pid: int) -> str | None:
         if item.startswith(owners.ENV_OWNER.encode() + b"="):
             return item.split(b"=", 1)[1].decode(errors="replace")
     try:
-        m = _PATH_TAG.search(Path(f"/proc/{pid}/cmdline").read_bytes())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    return m.group(1).decode() if m else None
+    if not argv or not os.path.basename(argv[0]).startswith(b"runsc"):
+        return None
+    for arg in argv[1:]:
+        if m := _ROOT_TAG.match(arg):
+            return m.group(1).decode()
+    return None
 
 
 def temp_roots() -> list[Path]:

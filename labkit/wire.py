@@ -192,6 +192,7 @@ class Wire:
         self.far_mac = far_mac
         self.frames: list[Frame] = []
         self._cursor = 0
+        self._since = 0.0  # frames stamped before this belong to an earlier check
         self._neighbours: dict[str, str] = {}
         self._tx = _open_packet_socket(ns, ifname, bpf.DROP_ALL)
         self._rx: socket.socket | None = None
@@ -302,9 +303,11 @@ class Wire:
             return 0
         n = 0
         for frame in _read_frames(self._rx):
+            n += 1
+            if frame.ts < self._since:
+                continue  # recorded for an earlier check (see forget)
             self.frames.append(frame)
             self._answer_neighbours(frame)
-            n += 1
         return n
 
     def _incoming(self, timeout: float) -> Iterator[Frame]:
@@ -358,9 +361,15 @@ class Wire:
         return taken
 
     def forget(self) -> None:
-        """Drop everything recorded so far: the next check on a reused testbed starts a new pcap."""
+        """Drop everything recorded so far: the next check on a reused testbed starts a new pcap.
+
+        Reads the socket dry (one pull takes at most READ_BATCH frames); a frame that the kernel
+        stamped before this call but that comes later is dropped by `_pull` as well.
+        """
+        self._since = time.time()
         if self._rx is not None:
-            self._pull(0)
+            while self._pull(0) == READ_BATCH:
+                pass
         self.frames.clear()
         self._cursor = 0
 

@@ -151,3 +151,34 @@ def test_interrupted_pytest_run_cleans_up(tmp_path):
     p.send_signal(signal.SIGINT)
     p.wait(30)
     assert lab_namespaces_of(p.pid) == []
+
+
+def test_reaper_spares_a_process_that_only_names_a_dead_runs_path(tmp_path):
+    # A `tail -f` of a dead run's log is not the lab's process, whatever path it names.
+    path = tmp_path / "labkit-abcd-999999-notes.txt"
+    path.write_text("x")
+    reader = subprocess.Popen(["tail", "-f", str(path)], stdout=subprocess.DEVNULL)
+    try:
+        reaper.reap()
+        assert reader.poll() is None, "the reaper killed a process that is not the lab's"
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def test_a_failing_service_close_still_stops_the_stack(monkeypatch, no_leftovers):
+    from labkit.stacks import LinuxStack, StackSpec
+    from labkit.stacks.base import Service
+    from labkit.testbed import Testbed
+
+    bed = Testbed(StackSpec(LinuxStack)).up()
+    bed.stack.service("udp-echo")
+    workdir = bed.stack.workdir
+
+    def broken(self):
+        raise OSError("close failed")
+
+    monkeypatch.setattr(Service, "close", broken)
+    with pytest.raises(OSError, match="close failed"):
+        bed.down()
+    assert not workdir.exists(), "the stack's workdir outlived a failed service close"

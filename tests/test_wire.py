@@ -130,3 +130,15 @@ def test_inject_sends_prebuilt_bytes(pair):
         assert w.inject([frame] * 100) == 100
         # The capture sits on the sending end, so it sees the frames leave.
         assert cap.count() == 100
+
+
+def test_forget_drops_everything_recorded_even_past_one_read_batch(pair):
+    plan, w = pair
+    old = bytes(Ether(src=w.mac, dst=w.far_mac) / IP(src=plan.peer4, dst=plan.stack4) / UDP(sport=1, dport=9) / b"old")
+    w.inject([old] * 6000)  # more than one read pass takes (READ_BATCH)
+    w.forget()
+    assert w.frames == []
+    w.send(ping(plan, seq=7))
+    w.expect(IP(src=plan.stack4) / ICMP(type="echo-reply", seq=7), timeout=2)
+    stale = [f for f in w.frames if f.packet.haslayer(UDP) and f.packet[UDP].dport == 9]
+    assert stale == [], f"{len(stale)} frames of before forget() are back in the record"

@@ -101,7 +101,7 @@ def _combined(item: str, drivers: dict[str, type[Stack]]) -> list[StackSpec]:
     for cls in drivers.values():
         if item.startswith(f"{cls.kind}-"):
             variant = item[len(cls.kind) + 1 :]
-            cls.variant_options(variant)  # raises a one-line error naming what is wrong
+            cls(variant)  # the driver validates the combination: a one-line error naming what is wrong
             return [StackSpec(cls, variant)]
     return []
 

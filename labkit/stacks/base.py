@@ -151,17 +151,25 @@ class Stack(abc.ABC):
         if variant in cls.variants:
             return cls.variants[variant]
         parts = variant.split("+")
-        if len(parts) < 2 or not all(p and p in cls.variants for p in parts):
-            allowed = ", ".join(cls.id_for(v) for v in cls.variants)
+        allowed = ", ".join(cls.id_for(v) for v in cls.variants)
+        bad = [p for p in parts if not p or p not in cls.variants]
+        if len(parts) < 2 or bad:
+            what = f"{bad[0]!r} in {variant!r}" if len(parts) > 1 and bad else repr(variant)
             raise LabInputError(
-                f"unknown variant {variant!r} of stack {cls.kind!r}; allowed: {allowed}, or named variants joined by '+'"
+                f"unknown variant {what} of stack {cls.kind!r}; allowed: {allowed}, or named variants joined by '+'"
             )
+        if len(set(parts)) < len(parts):
+            raise LabInputError(f"variant {variant!r} of stack {cls.kind!r} names a variant twice; allowed: each at most once")
         merged: dict[str, Any] = {}
+        origin: dict[str, str] = {}
         for part in parts:
             for key, value in cls.variants[part].items():
                 if key in merged and merged[key] != value:
-                    raise LabInputError(f"variant {variant!r} of stack {cls.kind!r} sets {key} twice ({merged[key]!r}, {value!r})")
-                merged[key] = value
+                    raise LabInputError(
+                        f"variants {origin[key]!r} and {part!r} of stack {cls.kind!r} conflict on {key} "
+                        f"({merged[key]!r} vs {value!r}); allowed: variants that set different options"
+                    )
+                merged[key], origin[key] = value, part
         return merged
 
     @classmethod
@@ -210,19 +218,28 @@ class Stack(abc.ABC):
         return self.workdir is not None
 
     def _close_services(self) -> None:
-        for service in self._services:
-            service.close()
-        self._services.clear()
+        services, self._services = self._services, []
+        errors = []
+        for service in services:
+            try:
+                service.close()
+            except Exception as exc:  # close the others all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def stop(self) -> None:
-        janitor.untrack(self)
-        self._close_services()
+        """End services and the stack and remove its workdir, whatever fails on the way."""
         try:
-            self._stop()
+            try:
+                self._close_services()
+            finally:
+                self._stop()
         finally:
             if self.workdir is not None:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self.workdir = None
+            janitor.untrack(self)
 
     close = stop
 

@@ -37,6 +37,15 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead sandbox waits for PID 1 to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 class GVisorStack(base.Stack):
     kind = "gvisor"
     capabilities = (base.CAPABILITIES - {base.SYSCTL}) | {base.NETNS_COPY, base.AF_PACKET}
@@ -118,19 +127,17 @@ class GVisorStack(base.Stack):
 
     def _stop(self) -> None:
         # SIGKILL and a bounded wait beat `runsc delete -force` (which also polls); the state
-        # root lives in the workdir and goes with it.
-        if self.workdir is not None:
-            kill_pids(self._processes(), timeout=10.0)
+        # root lives in the workdir and goes with it, so nothing may outlive this.
         self.runsc = self.cid = self.sandbox_pid = None
+        if self.workdir is None:
+            return
+        kill_pids(self._processes(), timeout=10.0)
+        survivors = [p for p in self._processes() if _running(p)]
+        if survivors:
+            raise LabError(f"{self.id}: runsc processes {survivors} survived SIGKILL for 10s; `labkit clean` will retry")
 
     def healthy(self) -> bool:
-        if self.sandbox_pid is None:
-            return False
-        try:
-            os.kill(self.sandbox_pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+        return self.sandbox_pid is not None and _running(self.sandbox_pid)
 
     # -- inside the sandbox -------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ def options(overrides: Mapping[str, Any]) -> dict[str, Any]:
             allowed = _ALLOWED[key] if key != "channels" else "1-16"
             raise LabInputError(f"bad gvisor option {key}={value!r}; allowed: {allowed}")
         out[key] = value
+    extra = sorted(k for k in overrides if k != "network")
+    if out["network"] == "none" and extra:
+        raise LabInputError(f"gvisor network=none takes no link options, got {', '.join(extra)}; allowed: none on its own")
     return out
 
 
