@@ -40,6 +40,8 @@ class Testbed:
         self.peer_end: Link | None = None
 
     def up(self) -> Testbed:
+        if self.topology is not None:
+            return self  # already up (`with Testbed(...).up()` must not build a second one)
         self.topology, self.stack_end, self.peer_end = self.layout(self.plan)
         try:
             self.topology.up()

@@ -6,6 +6,7 @@ tests check that the driver starts, observes and ends sandboxes as it claims.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,3 +135,47 @@ def test_owner_with_a_sandbox_unwinds_on_ctrl_c_and_sigterm(sig, args):
     p.wait(20)
     assert runsc_processes(owner_tag) == [], "runsc processes survived the owner's unwind"
     assert lab_namespaces_of(p.pid) == []
+
+
+def kernel_peer_layout(plan: AddressPlan):
+    """The standard topology, but the peer end is a kernel host (addresses, IPv6) instead of a Wire."""
+    topo, stack_end, peer_end = plan.build()
+    peer_end.ipv6 = True
+    peer_end.addr(f"{plan.peer4}/{plan.net4.prefixlen}").addr(f"{plan.peer6}/{plan.net6.prefixlen}")
+    return topo, stack_end, peer_end
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_tcp_services_run_inside_the_sandbox(family, no_leftovers):
+    plan = AddressPlan()
+    with Testbed(StackSpec(GVisorStack), plan, kernel_peer_layout) as bed:
+        stack, peer = bed.stack, bed.topology["peer"]
+        there = plan.stack4 if family == socket.AF_INET else plan.stack6
+        here = plan.peer4 if family == socket.AF_INET else plan.peer6
+        echo = stack.service("tcp-echo")
+        payload = bytes(range(256)) * 64
+        with peer.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect((there, echo.port))
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got == payload, f"echoed {len(got)} bytes of {len(payload)}"
+        closed = echo.wait_for(lambda e: e["event"] == "closed", timeout=5)
+        assert closed["len"] == len(payload) and closed["peer"][0] == here, closed
+
+        with peer.socket(family, socket.SOCK_STREAM) as listener:
+            listener.settimeout(5)
+            listener.bind((here, 0))
+            listener.listen(1)
+            source = stack.service("tcp-source", to=here, port=listener.getsockname()[1], bytes=100_000)
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(5)
+                received = 0
+                while chunk := conn.recv(65536):
+                    received += len(chunk)
+            sent = source.wait_for(lambda e: e["event"] == "sent", timeout=5)
+        assert received == sent["len"] == 100_000
