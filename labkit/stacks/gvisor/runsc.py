@@ -19,9 +19,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ... import owner
 from ...errors import LabError
 from ...netns import CLONE_NEWNET, NetNS
+from ...process import lab_env
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
@@ -70,11 +70,6 @@ class Runsc:
     def argv(self, *command: str) -> list[str]:
         return [self.binary, f"--root={self.root}", *self.flags, *command]
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env[owner.ENV_OWNER] = owner.me().tag
-        return env
-
     def _run_to_file(self, command: Sequence[str], log: Path, timeout: float, preexec=_pdeathsig) -> None:
         with open(log, "ab") as out:
             try:
@@ -84,7 +79,7 @@ class Runsc:
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     preexec_fn=preexec,
-                    env=self._env(),
+                    env=lab_env(),
                     timeout=timeout,
                 )
             except subprocess.TimeoutExpired:
@@ -107,13 +102,13 @@ class Runsc:
             os.close(home_fd)
 
     def state(self, cid: str, timeout: float = 10.0) -> dict:
-        done = subprocess.run(self.argv("state", cid), capture_output=True, text=True, timeout=timeout, env=self._env())
+        done = subprocess.run(self.argv("state", cid), capture_output=True, text=True, timeout=timeout, env=lab_env())
         if done.returncode != 0:
             raise LabError(f"runsc state {cid} failed: {done.stderr.strip()[-300:]}")
         return json.loads(done.stdout)
 
     def list(self, timeout: float = 10.0) -> list[str]:
-        done = subprocess.run(self.argv("list", "-quiet"), capture_output=True, text=True, timeout=timeout, env=self._env())
+        done = subprocess.run(self.argv("list", "-quiet"), capture_output=True, text=True, timeout=timeout, env=lab_env())
         return done.stdout.split()
 
     def exec_argv(self, cid: str, argv: Sequence[str], env: Mapping[str, str] = {}) -> list[str]:
@@ -127,7 +122,7 @@ class Runsc:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             timeout=timeout,
-            env=self._env(),
+            env=lab_env(),
         )
 
 
