@@ -67,6 +67,7 @@ class Link:
     up: bool = True
     tx_checksum: bool | None = None  # None: leave the kernel's default (on for veth)
     ipv6: bool = True
+    await_up: bool = False  # up() waits until this end is UP too (a kernel host that must answer at once)
     addresses: list[IPInterface] = field(default_factory=list)
     peer: Link | None = None
     index: int | None = None  # known after build
@@ -247,7 +248,7 @@ class Topology:
                 for role, ns in self.namespaces.items():
                     self._addresses_and_routes(batches[role], ns)
                 self._commit(batches)
-                self._wait_first_ends()
+                self._wait_live_ends()
             finally:
                 for batch in batches.values():
                     batch.discard()  # an fd left open would keep a deleted namespace alive
@@ -256,25 +257,28 @@ class Topology:
             raise
         return self
 
-    def _wait_first_ends(self) -> None:
-        """Wait until the end of each veth that came up first can carry frames.
+    def _wait_live_ends(self) -> None:
+        """Wait until the end of each veth that came up first, and each `await_up` end, is UP.
 
-        The end that comes up second gets carrier and its qdisc in the same call. The first end
-        had no carrier then: it keeps the noop qdisc, which drops everything, until linkwatch
-        activates it. That is prompt, but late under load. Linkwatch sets operstate UP in the
-        same step, so the wait is on that notification.
+        The end that came up first had no carrier then: it keeps the noop qdisc, which drops
+        everything, until linkwatch activates it. That is prompt, but late under load. The other
+        end gets its qdisc at once, but IPv6 counts it ready only once linkwatch reports it UP,
+        which can take a second: until then its addresses stay tentative and it answers no
+        neighbour solicitation. Ends where a kernel host must answer at once ask for that wait
+        with `await_up`. Linkwatch sets operstate UP in the same step, so the wait is on that
+        notification.
         """
         order = {id(ns): i for i, ns in enumerate(self.namespaces.values())}
         for ns in self.namespaces.values():
-            first: dict[int, str] = {}
+            live: dict[int, str] = {}
             for link in ns.links.values():
                 peer = link.peer
                 if peer is None or not (link.up and peer.up) or link.index is None:
                     continue
                 mine, theirs = (order[id(ns)], link.index), (order[id(peer.ns)], peer.index or 0)
-                if mine < theirs:  # namespaces commit in declaration order, links by index
-                    first[link.index] = link.name
-            rtnl.wait_operational(ns.netns, first)  # type: ignore[arg-type]
+                if mine < theirs or link.await_up:  # namespaces commit in declaration order, links by index
+                    live[link.index] = link.name
+            rtnl.wait_operational(ns.netns, live)  # type: ignore[arg-type]
 
     def _assign_indexes(self) -> None:
         # Choosing ifindexes ourselves saves a lookup per link. A new namespace holds lo (1) and,

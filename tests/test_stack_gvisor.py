@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from labkit import owner
+from labkit import layouts, owner
 from labkit.errors import LabError
 from labkit.netns import NetNS
 from labkit.plan import AddressPlan
@@ -137,18 +137,10 @@ def test_owner_with_a_sandbox_unwinds_on_ctrl_c_and_sigterm(sig, args):
     assert lab_namespaces_of(p.pid) == []
 
 
-def kernel_peer_layout(plan: AddressPlan):
-    """The standard topology, but the peer end is a kernel host (addresses, IPv6) instead of a Wire."""
-    topo, stack_end, peer_end = plan.build()
-    peer_end.ipv6 = True
-    peer_end.addr(f"{plan.peer4}/{plan.net4.prefixlen}").addr(f"{plan.peer6}/{plan.net6.prefixlen}")
-    return topo, stack_end, peer_end
-
-
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
 def test_tcp_services_run_inside_the_sandbox(family, no_leftovers):
     plan = AddressPlan()
-    with Testbed(StackSpec(GVisorStack), plan, kernel_peer_layout) as bed:
+    with Testbed(StackSpec(GVisorStack), plan, layouts.kernel_peer) as bed:
         stack, peer = bed.stack, bed.topology["peer"]
         there = plan.stack4 if family == socket.AF_INET else plan.stack6
         here = plan.peer4 if family == socket.AF_INET else plan.peer6

@@ -146,6 +146,20 @@ def test_up_waits_on_the_first_end_of_each_live_veth_only(monkeypatch):
     assert chosen == {"a": ["eth0"]}
 
 
+def test_an_await_up_end_answers_neighbour_solicitation_when_up_returns():
+    # Until linkwatch reports the second end UP, IPv6 does not treat it as ready and leaves
+    # the first neighbour solicitation unanswered: the first connection waits for a retransmit.
+    t = two_hosts()
+    t["b"].link("eth0").await_up = True
+    with t:
+        with t["b"].socket(socket.AF_INET6, socket.SOCK_STREAM) as listener:
+            listener.bind(("2001:db8:1::2", 0))
+            listener.listen(1)
+            with t["a"].socket(socket.AF_INET6, socket.SOCK_STREAM) as c:
+                c.settimeout(0.8)  # a neighbour solicitation is retransmitted after 1 s
+                c.connect(("2001:db8:1::2", listener.getsockname()[1]))
+
+
 def test_a_link_that_never_comes_up_is_a_bounded_error():
     from labkit import rtnl
     from labkit.errors import LabError

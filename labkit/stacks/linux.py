@@ -25,7 +25,11 @@ class LinuxStack(base.Stack):
     capabilities = base.CAPABILITIES
     # tx_checksum off: the kernel finishes checksums itself, as on a NIC without offload, so the
     # Wire sees final checksums. `txcsum` keeps veth's offload (frames arrive CHECKSUM_PARTIAL).
-    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {"tx_checksum": False}, "txcsum": {"tx_checksum": True}}
+    # TSO needs TX checksumming, so `gso` follows it: declared for the checks that expect it.
+    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "": {"tx_checksum": False, "gso": False},
+        "txcsum": {"tx_checksum": True, "gso": True},
+    }
     sysctls: ClassVar[Mapping[str, object]] = {}
 
     @property
