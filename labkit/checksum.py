@@ -6,8 +6,8 @@ rebuilt), so the check follows the protocol definition rather than a second impl
 
 from __future__ import annotations
 
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, TCP, UDP, in4_pseudoheader
+from scapy.layers.inet6 import IPv6, in6_pseudoheader
 from scapy.packet import NoPayload, Packet
 from scapy.utils import checksum as internet_checksum
 
@@ -74,4 +74,22 @@ def finish_partial(pkt: Packet) -> Packet:
     if isinstance(l4, UDP) and value == 0:
         value = 0xFFFF
     l4.chksum = value
+    return type(pkt)(bytes(out))
+
+
+def leave_to_device(pkt: Packet) -> Packet:
+    """The frame as a sender using checksum offload hands it over (the inverse of finish_partial).
+
+    The TCP/UDP checksum field holds only the folded pseudo-header sum, with the full L4
+    length; the device (or the receiver trusting CHECKSUM_PARTIAL) does the rest.
+    """
+    out = type(pkt)(bytes(pkt))
+    l4 = out.getlayer(TCP) or out.getlayer(UDP)
+    ip = out.getlayer(IP) or out.getlayer(IPv6)
+    if l4 is None or ip is None:
+        return out
+    proto = 6 if isinstance(l4, TCP) else 17
+    length = len(bytes(l4))
+    pseudo = bytes(in4_pseudoheader(proto, ip, length) if isinstance(ip, IP) else in6_pseudoheader(proto, ip, length))
+    l4.chksum = ~internet_checksum(pseudo) & 0xFFFF
     return type(pkt)(bytes(out))

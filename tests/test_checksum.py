@@ -1,8 +1,9 @@
+import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 
-from labkit.checksum import checksum_errors, checksums_present
+from labkit.checksum import checksum_errors, checksums_present, finish_partial, leave_to_device
 
 E = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
 
@@ -65,3 +66,12 @@ def test_finish_partial_does_the_devices_part():
     wrong_seed = partial.copy()
     wrong_seed[UDP].chksum = seed ^ 0x0100
     assert checksum_errors(finish_partial(wire(wrong_seed))) != []
+
+
+@pytest.mark.parametrize("ip", [IP(src="198.18.0.1", dst="198.18.0.2"), IPv6(src="2001:db8::1", dst="2001:db8::2")])
+def test_leave_to_device_is_what_finish_partial_completes(ip):
+    frame = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / TCP(sport=1, dport=2, seq=7) / (b"p" * 333)
+    partial = leave_to_device(frame)
+    assert checksum_errors(partial) != [], "a partial checksum must not pass as final"
+    assert checksum_errors(finish_partial(partial)) == []
+    assert finish_partial(partial)[TCP].chksum == Ether(bytes(frame))[TCP].chksum
