@@ -9,6 +9,8 @@ a strict xfail, so a deviation that stops happening turns the run red instead of
     stack = "linux-arpignore"
     check = "linkdispatch/test_arp.py::test_answers_who_has_for_own_address"
     reason = "arp_ignore=8 makes the kernel answer no ARP request"
+
+`unless = "GLOB"` leaves out the stacks it matches (`stack = "gvisor*"`, `unless = "*norxcsum*"`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from .errors import LabInputError
 
 KEYS = {"stack", "check", "reason"}
+OPTIONAL = {"unless"}  # a stack glob the entry does not apply to (e.g. "*norxcsum*")
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,12 @@ class Deviation:
     stack: str
     check: str
     reason: str
+    unless: str = ""
 
     def applies(self, stack_id: str, check_id: str) -> bool:
         """`check_id` may carry the check's own parameters (`FILE::TEST[ipv6]`): a manifest entry
         with brackets must match them exactly; one without matches every case (globs allowed)."""
-        if not fnmatch.fnmatchcase(stack_id, self.stack):
+        if not fnmatch.fnmatchcase(stack_id, self.stack) or (self.unless and fnmatch.fnmatchcase(stack_id, self.unless)):
             return False
         if "[" in self.check:
             return check_id == self.check
@@ -76,10 +80,10 @@ class Manifest:
             where = f"deviation manifest {path}, entry {n}"
             if not isinstance(entry, dict):
                 raise LabInputError(f"{where}: not a table; allowed: stack, check, reason")
-            unknown = set(entry) - KEYS
+            unknown = set(entry) - KEYS - OPTIONAL
             if unknown:
-                raise LabInputError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: stack, check, reason")
-            for key in sorted(KEYS):
+                raise LabInputError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: stack, check, reason, unless")
+            for key in sorted(KEYS | (OPTIONAL & set(entry))):
                 value = entry.get(key)
                 if not isinstance(value, str) or not value.strip():
                     raise LabInputError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
@@ -89,5 +93,7 @@ class Manifest:
                 raise LabInputError(
                     f"{where}: check {entry['check']!r} is not a test id; allowed: SUITE/FILE.py::TEST (globs allowed)"
                 )
-            out.append(Deviation(entry["stack"].strip(), entry["check"].strip(), entry["reason"].strip()))
+            out.append(
+                Deviation(entry["stack"].strip(), entry["check"].strip(), entry["reason"].strip(), entry.get("unless", "").strip())
+            )
         return cls(path, tuple(out))

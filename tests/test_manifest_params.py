@@ -65,3 +65,12 @@ def test_bracketed_entry_loads_from_toml(tmp_path):
     m = Manifest.load(p)
     assert m.lookup("linux-txcsum", f"{CHECK}[ipv6]").reason == "one case"
     assert m.lookup("linux-txcsum", f"{CHECK}[ipv4]") is None
+
+
+def test_unless_leaves_out_matching_stacks(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('[[deviation]]\nstack = "gvisor*"\nunless = "*norxcsum*"\ncheck = "a/test_x.py::test_y"\nreason = "r"\n')
+    m = Manifest.load(path)
+    assert m.lookup("gvisor-ch4", "a/test_x.py::test_y") is not None
+    assert m.lookup("gvisor-norxcsum", "a/test_x.py::test_y") is None
+    assert m.lookup("gvisor-ch4+norxcsum", "a/test_x.py::test_y") is None
