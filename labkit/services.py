@@ -10,6 +10,8 @@ it), but the end of a pipe always does.
     python -m labkit.services udp-echo --port 7
     python -m labkit.services tcp-sink --port 9
     python -m labkit.services tcp-source --to 198.18.0.1 --port 9 --bytes 100000
+    python -m labkit.services udp-send --to 198.18.0.5 --port 9 --payload 6c6162   # one datagram
+    python -m labkit.services tcp-connect --to 198.18.0.9 --port 9   # "connected" or "error" + errno
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 
-KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source")
+KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source", "udp-send", "tcp-connect")
 SHOW_BYTES = 256  # payloads up to this size are reported in full (hex), larger ones by digest
 
 
@@ -115,6 +118,29 @@ def _exit_at_eof() -> None:
     os._exit(0)
 
 
+def udp_send(args: argparse.Namespace) -> None:
+    fam = socket.AF_INET6 if ":" in args.to else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        emit("ready", port=0)
+        n = s.sendto(bytes.fromhex(args.payload), (args.to, args.port))
+        emit("sent", len=n)
+
+
+def tcp_connect(args: argparse.Namespace) -> None:
+    """One connection attempt; the outcome (and how long it took) is the evidence."""
+    fam = socket.AF_INET6 if ":" in args.to else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.settimeout(args.timeout)
+        emit("ready", port=0)
+        started = time.monotonic()
+        try:
+            s.connect((args.to, args.port))
+        except OSError as exc:
+            emit("failed", errno=exc.errno, message=str(exc), after=round(time.monotonic() - started, 3))
+            return
+        emit("connected", after=round(time.monotonic() - started, 3))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="labkit.services", description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=KINDS)
@@ -123,21 +149,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", help="destination address (tcp-source)")
     p.add_argument("--bytes", type=int, default=65536, help="how much tcp-source sends")
     p.add_argument("--mss", type=int, default=0, help="TCP_MAXSEG for tcp-source")
+    p.add_argument("--payload", default="6c61626b6974", help="hex bytes udp-send sends")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--lifeline", action="store_true", help="exit when stdin reaches its end")
     args = p.parse_args(argv)
-    if args.kind == "tcp-source" and not args.to:
-        p.error("tcp-source needs --to ADDRESS")
+    if args.kind in ("tcp-source", "udp-send", "tcp-connect") and not args.to:
+        p.error(f"{args.kind} needs --to ADDRESS")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.lifeline:
         threading.Thread(target=_exit_at_eof, daemon=True).start()
     try:
-        if args.kind.startswith("udp"):
-            udp(args)
-        elif args.kind == "tcp-source":
-            tcp_source(args)
-        else:
-            tcp(args)
+        {
+            "udp-echo": udp,
+            "udp-sink": udp,
+            "tcp-echo": tcp,
+            "tcp-sink": tcp,
+            "tcp-source": tcp_source,
+            "udp-send": udp_send,
+            "tcp-connect": tcp_connect,
+        }[args.kind](args)
     except OSError as exc:
         emit("error", errno=exc.errno, message=str(exc))
         return 1

@@ -48,9 +48,7 @@ class Testbed:
             assert self.peer_end.ns.netns is not None and self.peer_end.mac is not None
             # The Wire listens before the stack starts, so the pcap has the stack's first frames.
             self.wire = Wire(self.peer_end.ns.netns, self.peer_end.name, mac=self.peer_end.mac, far_mac=self.stack_end.mac)
-            if not self.peer_end.addresses:  # a kernel peer answers for itself
-                self.wire.own(self.plan.peer4)
-                self.wire.own(self.plan.peer6)
+            self._own_peer_addresses()
             self.stack = self.spec.create()
             self.stack.start(self.topology, self.stack_end)  # if this fails, down() still stops it
         except BaseException:
@@ -58,11 +56,20 @@ class Testbed:
             raise
         return self
 
+    def _own_peer_addresses(self) -> None:
+        assert self.wire is not None and self.peer_end is not None
+        self.wire.disown_all()
+        if not self.peer_end.addresses:  # a kernel peer answers for itself
+            self.wire.own(self.plan.peer4)
+            self.wire.own(self.plan.peer6)
+
     def reset(self) -> Testbed:
-        """Ready a reused testbed for the next check: no services, no old frames, fresh log marks."""
+        """Ready a reused testbed for the next check: no services, no old frames, fresh log marks,
+        and the Wire answering as the peer again (a check may have made it answer otherwise)."""
         assert self.stack is not None and self.wire is not None
         self.stack.reset()
         self.wire.forget()
+        self._own_peer_addresses()
         return self
 
     def healthy(self) -> bool:

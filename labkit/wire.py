@@ -263,9 +263,16 @@ class Wire:
 
     # -- neighbour protocol -------------------------------------------------------------------
 
-    def own(self, address: str) -> None:
-        """Answer ARP who-has / NDP neighbour solicitations for `address` with this end's MAC."""
-        self._neighbours[str(lab_address(address))] = self.mac
+    def own(self, address: str, mac: str | None = None) -> None:
+        """Answer ARP who-has / NDP neighbour solicitations for `address` with `mac` (this end's by
+        default; another MAC lets a check see which answer the stack really uses)."""
+        self._neighbours[str(lab_address(address))] = mac or self.mac
+
+    def disown(self, address: str) -> None:
+        self._neighbours.pop(str(lab_address(address)), None)
+
+    def disown_all(self) -> None:
+        self._neighbours.clear()
 
     def _answer_neighbours(self, frame: Frame) -> None:
         if not self._neighbours or frame.outgoing or len(frame.data) < 14:
@@ -274,22 +281,21 @@ class Wire:
         if etype == b"\x08\x06":
             arp = frame.packet.getlayer(ARP)
             if arp is not None and arp.op == 1 and arp.pdst in self._neighbours:
+                mac = self._neighbours[arp.pdst]
                 self._tx.send(
-                    bytes(
-                        Ether(src=self.mac, dst=arp.hwsrc)
-                        / ARP(op=2, hwsrc=self.mac, psrc=arp.pdst, hwdst=arp.hwsrc, pdst=arp.psrc)
-                    )
+                    bytes(Ether(src=mac, dst=arp.hwsrc) / ARP(op=2, hwsrc=mac, psrc=arp.pdst, hwdst=arp.hwsrc, pdst=arp.psrc))
                 )
         elif etype == b"\x86\xdd" and len(frame.data) > 54 and frame.data[20] == 58 and frame.data[54] == 135:
             ns = frame.packet.getlayer(ICMPv6ND_NS)
             ip6 = frame.packet.getlayer(IPv6)
             if ns is not None and ns.tgt in self._neighbours and ip6.src != "::":
+                mac = self._neighbours[ns.tgt]
                 self._tx.send(
                     bytes(
-                        Ether(src=self.mac, dst=frame.packet.src)
+                        Ether(src=mac, dst=frame.packet.src)
                         / IPv6(src=ns.tgt, dst=ip6.src, hlim=255)
                         / ICMPv6ND_NA(tgt=ns.tgt, R=0, S=1, O=1)
-                        / ICMPv6NDOptDstLLAddr(lladdr=self.mac)
+                        / ICMPv6NDOptDstLLAddr(lladdr=mac)
                     )
                 )
 

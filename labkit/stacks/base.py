@@ -42,7 +42,7 @@ CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, 
 NETNS_COPY = "netns-copy"  # builds its own stack from the namespace's links, addresses and routes
 AF_PACKET = "af-packet"  # reaches its link through AF_PACKET sockets the lab can inspect
 
-SERVICE_KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source")
+SERVICE_KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source", "udp-send", "tcp-connect")
 
 
 @dataclass(frozen=True)
