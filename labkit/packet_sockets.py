@@ -151,3 +151,19 @@ def packet_sockets(pid: int) -> list[PacketSocket]:
             if _int_opt(sock, socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_PACKET:
                 found.append(_describe(sock, inode, fd, rows.get(inode)))
     return found
+
+
+PACKET_STATISTICS = 6
+
+
+def packet_statistics(pid: int, fd: int) -> tuple[int, int]:
+    """(packets, drops) the socket `fd` of `pid` counted since the last call, which resets them.
+
+    The counters are the kernel's own for that socket (struct tpacket_stats; the V3 form adds a
+    freeze count after the same two fields).
+    """
+    dup = pidfd_getfd(pid, fd)
+    with socket.socket(fileno=dup) as s:
+        raw = s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
+    packets, drops = struct.unpack_from("II", raw)
+    return packets, drops

@@ -61,6 +61,11 @@ def _peer(addr: tuple) -> list[object]:
 
 def udp(args: argparse.Namespace) -> None:
     s = _bound(socket.SOCK_DGRAM, args.family, args.port)
+    # A burst must be lost (or not) by the stack under test, not by this slow reader's buffer.
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, args.rcvbuf)  # SO_RCVBUFFORCE: past rmem_max, as root
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
     emit("ready", port=s.getsockname()[1])
     while True:
         data, addr = s.recvfrom(65535)
@@ -150,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bytes", type=int, default=65536, help="how much tcp-source sends")
     p.add_argument("--mss", type=int, default=0, help="TCP_MAXSEG for tcp-source")
     p.add_argument("--payload", default="6c61626b6974", help="hex bytes udp-send sends")
+    p.add_argument("--rcvbuf", type=int, default=4 << 20, help="receive buffer of the UDP services")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--lifeline", action="store_true", help="exit when stdin reaches its end")
     args = p.parse_args(argv)

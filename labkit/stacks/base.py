@@ -304,6 +304,18 @@ class Stack(abc.ABC):
         """The AF_PACKET sockets through which the stack reaches its link (none for a kernel stack)."""
         return []
 
+    def channel_counts(self) -> dict[int, int]:
+        """Frames each link socket (by fd) received since the last read of the counters
+        (this or channel_drops: the kernel resets both together); empty for a kernel stack."""
+        return {fd: packets for fd, (packets, _drops) in self.channel_statistics().items()}
+
+    def channel_drops(self) -> dict[int, int]:
+        """Frames the kernel dropped at each link socket (its queue was full) since the last read."""
+        return {fd: drops for fd, (_packets, drops) in self.channel_statistics().items()}
+
+    def channel_statistics(self) -> dict[int, tuple[int, int]]:
+        return {}
+
     @staticmethod
     def child_env() -> dict[str, str]:
         """Environment for lab commands inside the stack: labkit importable, owner tagged."""

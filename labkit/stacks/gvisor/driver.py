@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from ...errors import LabError
 from ...netns import NetNS
-from ...packet_sockets import PacketSocket, packet_sockets
+from ...packet_sockets import PacketSocket, packet_sockets, packet_statistics
 from ...process import LabProcess, kill_pids, run_in
 from .. import base
 from . import bundle
@@ -180,3 +180,9 @@ class GVisorStack(base.Stack):
         if self.sandbox_pid is None:
             raise LabError(f"{self.id} is not running")
         return packet_sockets(self.sandbox_pid)
+
+    def channel_statistics(self) -> dict[int, tuple[int, int]]:
+        pid = self.sandbox_pid
+        if pid is None:
+            raise LabError(f"{self.id} is not running")
+        return {s.fd: packet_statistics(pid, s.fd) for s in self.link_sockets() if s.fd is not None}

@@ -1,0 +1,201 @@
+"""Fanout: many flows into a stack with one or several channels, and the kernel's fanout itself.
+
+A stack with N channels reads its link through N AF_PACKET sockets in one fanout group; the
+kernel hashes each flow to one of them. Every datagram of every flow must arrive, each flow's
+datagrams in the order sent, and with several channels more than one must carry traffic: the
+kernel's own per-socket counters (PACKET_STATISTICS) say which did. Fragmented datagrams must
+be reassembled. On the kernel reference, the lab's own fanout group shows what the stacks rely
+on: a flow always lands on the same socket, flows spread over all of them, and a group cannot
+be joined with another mode.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import socket
+import struct
+from collections import defaultdict
+
+import pytest
+from scapy.layers.inet import IP, UDP, fragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.l2 import Ether
+
+from labkit.packet_sockets import PACKET_FANOUT, SOL_PACKET
+from labkit.plan import AddressPlan
+
+FLOWS = 64
+PER_FLOW = 8
+FANOUT_HASH, FANOUT_LB, FLAG_DEFRAG = 0, 1, 0x8000
+
+
+def flow_frames(wire, plan, family: str, dport: int) -> tuple[list[bytes], dict[int, list[int]]]:
+    """FLOWS flows (source ports) of PER_FLOW numbered datagrams, interleaved across flows."""
+    peer, me, ip = (plan.peer4, plan.stack4, IP) if family == "ipv4" else (plan.peer6, plan.stack6, IPv6)
+    ports = random.sample(range(20000, 60000), FLOWS)
+    frames = []
+    for n in range(PER_FLOW):
+        for port in ports:
+            frames.append(bytes(wire.ether() / ip(src=peer, dst=me) / UDP(sport=port, dport=dport) / struct.pack("!HI", port, n)))
+    return frames, {port: list(range(PER_FLOW)) for port in ports}
+
+
+def received_sequences(sink, expected: int, timeout: float = 15, got=None) -> dict[int, list[int]]:
+    got = defaultdict(list) if got is None else got
+    count = 0
+    try:
+        while count < expected:
+            event = sink.wait_for(lambda e: e["event"] == "datagram", timeout=timeout)
+            port, n = struct.unpack("!HI", bytes.fromhex(event["data"]))
+            got[port].append(n)
+            count += 1
+    except TimeoutError:
+        pass
+    return got
+
+
+ROUND = 16  # frames in flight at once: two consecutive datagrams of each of 8 flows
+
+
+def lost_and_disordered(sent, got) -> tuple[dict, dict]:
+    missing = {p: sorted(set(want) - set(got.get(p, []))) for p, want in sent.items() if set(want) - set(got.get(p, []))}
+    disordered = {p: seq for p, seq in got.items() if seq != sorted(seq)}
+    return missing, disordered
+
+
+@pytest.mark.needs("udp", "services")
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_many_flows_arrive_complete_and_in_order(stack, wire, plan, family):
+    """Paced in rounds of ROUND frames, each round two datagrams of each of 8 flows (so each
+    flow has two in flight at once), the next round once the service has this one."""
+    if not stack.can(family):
+        pytest.skip(f"{stack.id} lacks {family}")
+    sink = stack.service("udp-sink")
+    frames, sent = flow_frames(wire, plan, family, sink.port)
+    stack.channel_counts()  # read (and so reset) the per-channel counters
+    by_flow = [frames[i::FLOWS] for i in range(FLOWS)]  # frames of one flow, in sequence
+    got: dict[int, list[int]] = defaultdict(list)
+    for first in range(0, FLOWS, ROUND // 2):
+        flows = by_flow[first : first + ROUND // 2]
+        for n in range(0, PER_FLOW, 2):
+            wire.inject([f[n] for f in flows] + [f[n + 1] for f in flows])
+            received_sequences(sink, ROUND, timeout=5, got=got)
+    missing, disordered = lost_and_disordered(sent, got)
+    assert not missing, (
+        f"{sum(map(len, missing.values()))} of {len(frames)} datagrams lost, e.g. flow {next(iter(missing))}: {next(iter(missing.values()))}"
+    )
+    assert not disordered, f"{len(disordered)} flows delivered out of order, e.g. {next(iter(disordered.items()))}"
+    channels = stack.options.get("channels", 1)
+    if channels > 1:
+        counts = stack.channel_counts()
+        busy = [fd for fd, n in counts.items() if n > 0]
+        assert len(busy) > 1, (
+            f"{channels} channels, yet only {len(busy)} carried the {FLOWS} flows (frames per channel fd: {counts})"
+        )
+
+
+@pytest.mark.needs("udp", "services")
+def test_a_burst_within_the_kernels_backlog_is_absorbed(stack, wire, plan):
+    """All FLOWS x PER_FLOW datagrams at once (512, half of Linux's default netdev_max_backlog)."""
+    sink = stack.service("udp-sink")
+    frames, sent = flow_frames(wire, plan, "ipv4", sink.port)
+    stack.channel_counts()
+    wire.inject(frames)
+    got = received_sequences(sink, len(frames), timeout=5)
+    missing, _ = lost_and_disordered(sent, got)
+    lost = sum(map(len, missing.values()))
+    drops = {fd: n for fd, n in stack.channel_drops().items() if n}
+    assert not lost, f"{lost} of {len(frames)} datagrams of a burst lost" + (
+        f"; the kernel dropped {sum(drops.values())} at the stack's AF_PACKET channels (PACKET_STATISTICS, by fd: {drops})"
+        if drops
+        else ""
+    )
+
+
+@pytest.mark.needs("udp", "services")
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_fragmented_datagrams_are_reassembled(stack, wire, plan, family):
+    if not stack.can(family):
+        pytest.skip(f"{stack.id} lacks {family}")
+    sink = stack.service("udp-sink")
+    peer, me = (plan.peer4, plan.stack4) if family == "ipv4" else (plan.peer6, plan.stack6)
+    payloads = {}
+    for i in range(16):
+        port = 30000 + i
+        payload = struct.pack("!HI", port, 0) + random.randbytes(3000)
+        payloads[port] = payload
+        if family == "ipv4":
+            pieces = fragment(IP(src=peer, dst=me, id=0x100 + i) / UDP(sport=port, dport=sink.port) / payload, fragsize=1200)
+        else:
+            pieces = fragment6(
+                IPv6(src=peer, dst=me) / IPv6ExtHdrFragment(id=0x100 + i) / UDP(sport=port, dport=sink.port) / payload, 1280
+            )
+        wire.send(*[wire.ether() / p for p in pieces])
+    got = {}
+    for _ in payloads:
+        event = sink.wait_for(lambda e: e["event"] == "datagram", timeout=5)
+        got[event["peer"][1]] = event
+    bad = [p for p, want in payloads.items() if p not in got or got[p]["len"] != len(want)]
+    assert not bad, f"{len(bad)} of {len(payloads)} fragmented datagrams not delivered whole: ports {bad[:5]}"
+
+
+# -- the kernel's fanout, as the stacks use it ---------------------------------------------------
+
+
+def _fanout_socket(ns, ifname: str, group: int, mode: int) -> socket.socket:
+    s = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    s.bind((ifname, 0x0003))
+    s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", group | (mode << 16)))
+    return s
+
+
+@pytest.fixture(scope="module")
+def kernel_link():
+    plan = AddressPlan()
+    topo, near, far = plan.build()
+    with topo:
+        yield plan, near, far
+
+
+def test_kernel_fanout_keeps_each_flow_on_one_socket_and_spreads_flows(kernel_link):
+    from labkit.wire import Wire
+
+    plan, near, far = kernel_link
+    group = random.randint(1, 0xFFFF)
+    socks = [_fanout_socket(near.ns.netns, near.name, group, FANOUT_HASH | FLAG_DEFRAG) for _ in range(4)]
+    try:
+        with Wire(far.ns.netns, far.name, mac=far.mac, far_mac=near.mac, record=False) as w:
+            frames, sent = flow_frames(w, plan, "ipv4", 9)
+            w.inject(frames)
+        where: dict[int, set[int]] = defaultdict(set)
+        for i, s in enumerate(socks):
+            s.setblocking(False)
+            while True:
+                try:
+                    data = s.recv(2048)
+                except BlockingIOError:
+                    break
+                pkt = Ether(data)
+                if pkt.haslayer(UDP) and pkt[UDP].dport == 9:
+                    where[pkt[UDP].sport].add(i)
+    finally:
+        for s in socks:
+            s.close()
+    assert set(where) == set(sent), f"{len(set(sent) - set(where))} flows never reached the group"
+    split = {p: sorted(i) for p, i in where.items() if len(i) > 1}
+    assert not split, f"{len(split)} flows were split across sockets, e.g. {next(iter(split.items()))}"
+    used = {i for s in where.values() for i in s}
+    assert used == {0, 1, 2, 3}, f"{FLOWS} flows reached only sockets {sorted(used)} of 4"
+
+
+def test_kernel_refuses_to_join_a_group_with_another_mode(kernel_link):
+    _plan, near, _far = kernel_link
+    group = random.randint(1, 0xFFFF)
+    first = _fanout_socket(near.ns.netns, near.name, group, FANOUT_HASH | FLAG_DEFRAG)
+    try:
+        with pytest.raises(OSError) as refused:
+            _fanout_socket(near.ns.netns, near.name, group, FANOUT_LB).close()
+        assert refused.value.errno == errno.EINVAL, f"joining with another mode gave {refused.value}"
+    finally:
+        first.close()
