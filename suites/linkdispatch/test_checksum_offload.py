@@ -14,8 +14,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+from scapy.layers.inet import ICMP, IP, TCP, UDP, in4_pseudoheader
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6, in6_pseudoheader
 from scapy.utils import checksum as internet_checksum
 
 from labkit.checksum import checksum_errors, finish_partial
@@ -107,9 +107,6 @@ def test_udp_checksum_that_computes_to_zero_is_sent_as_ffff(stack, wire, plan, f
 
 
 def _pseudo_and_udp(pkt, ip) -> bytes:
-    from scapy.layers.inet import in4_pseudoheader
-    from scapy.layers.inet6 import in6_pseudoheader
-
     built = ip(bytes(pkt))
     udp = bytes(built[UDP])
     pseudo = in4_pseudoheader(17, built, len(udp)) if ip is IP else bytes(in6_pseudoheader(17, built, len(udp)))
