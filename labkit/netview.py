@@ -76,6 +76,3 @@ class NetView:
                     continue  # a stack that ignores the family filter: not this family's route
                 routes.add(RouteEntry(dst, r.get("gateway"), r.get("dev")))
         return cls(links, addresses, frozenset(routes))
-
-    def routes_via(self, dev: str) -> set[RouteEntry]:
-        return {r for r in self.routes if r.dev == dev}

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import select
 import socket
+import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from pyroute2.netlink import (
@@ -130,16 +132,13 @@ class Batch:
             pending = len(self.data)
             done = 0
             while done < pending:
-                buf = sock.recv(1 << 16)
-                offset = 0
-                while offset < len(buf):
-                    reply = nlmsgerr(buf[offset:])
-                    reply.decode()
-                    if reply["header"]["type"] == NLMSG_ERROR:
+                for kind, data in _messages(sock.recv(1 << 16)):
+                    if kind == NLMSG_ERROR:
+                        reply = nlmsgerr(data)
+                        reply.decode()
                         if reply["error"]:
                             raise LabError(f"{self.what[done]} in {self.ns.name}: {os.strerror(-reply['error'])}")
                         done += 1
-                    offset += (reply["header"]["length"] + 3) & ~3
         finally:
             sock.close()
             self.discard()
@@ -151,6 +150,17 @@ class Batch:
         self.fds.clear()
         self.data.clear()
         self.what.clear()
+
+
+def _messages(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, bytes) of each netlink message in one datagram (lengths padded to 4)."""
+    offset = 0
+    while offset + 16 <= len(buf):
+        length, kind = struct.unpack_from("=IH", buf, offset)
+        if length < 16:
+            return
+        yield kind, buf[offset : offset + length]
+        offset += (length + 3) & ~3
 
 
 def wait_operational(ns: NetNS, links: dict[int, str], timeout: float = 10.0) -> None:
@@ -176,16 +186,11 @@ def wait_operational(ns: NetNS, links: dict[int, str], timeout: float = 10.0) ->
             if left <= 0 or not select.select([sock], [], [], left)[0]:
                 names = ", ".join(sorted(pending.values()))
                 raise LabError(f"links not operational in {ns.name} after {timeout:g}s: {names}")
-            buf = sock.recv(1 << 16)
-            offset = 0
-            while offset < len(buf):
-                header = nlmsg(buf[offset:])
-                header.decode()
-                if header["header"]["type"] == RTM_NEWLINK:
-                    msg = ifinfmsg(buf[offset:])
+            for kind, data in _messages(sock.recv(1 << 16)):
+                if kind == RTM_NEWLINK:
+                    msg = ifinfmsg(data)
                     msg.decode()
                     if msg.get_attr("IFLA_OPERSTATE") == "UP":
                         pending.pop(msg["index"], None)
-                offset += (header["header"]["length"] + 3) & ~3
     finally:
         sock.close()

@@ -268,9 +268,6 @@ class Wire:
         default; another MAC lets a check see which answer the stack really uses)."""
         self._neighbours[str(lab_address(address))] = mac or self.mac
 
-    def disown(self, address: str) -> None:
-        self._neighbours.pop(str(lab_address(address)), None)
-
     def disown_all(self) -> None:
         self._neighbours.clear()
 

@@ -107,23 +107,9 @@ class Runsc:
             raise LabError(f"runsc state {cid} failed: {done.stderr.strip()[-300:]}")
         return json.loads(done.stdout)
 
-    def list(self, timeout: float = 10.0) -> list[str]:
-        done = subprocess.run(self.argv("list", "-quiet"), capture_output=True, text=True, timeout=timeout, env=lab_env())
-        return done.stdout.split()
-
     def exec_argv(self, cid: str, argv: Sequence[str], env: Mapping[str, str] = {}) -> list[str]:
         env_flags = [x for k, v in env.items() for x in ("-env", f"{k}={v}")]
         return self.argv("exec", *env_flags, cid, *argv)
-
-    def delete(self, cid: str, timeout: float = 10.0) -> None:
-        subprocess.run(
-            self.argv("delete", "-force", cid),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            env=lab_env(),
-        )
 
 
 def last_error(log: Path) -> str:
