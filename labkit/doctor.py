@@ -50,6 +50,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("iproute2", "iproute2", "debugging lab namespaces; the ip-command benchmark", "ip", ("-V",)),
     Tool("ethtool", "ethtool", "inspecting offloads by hand", "ethtool", ("--version",)),
     Tool("tcpdump", "tcpdump", "reading the lab's pcaps", "tcpdump", ("--version",)),
+    Tool("nftables", "nftables", "the checksum mutants (examples/mutants.py, tests/test_mutants.py)", "nft", ("--version",)),
     Tool("runsc", "runsc", "the gvisor stack", "runsc", ("--version",)),
     Tool("slirp4netns", "slirp4netns", "the slirp4netns stack", "slirp4netns", ("--version",)),
     Tool("pasta", "passt", "the pasta stack", "pasta", ("--version",)),

@@ -3,9 +3,15 @@
 (ARP answering is shown by examples.arp_ignore in test_plugin.py.)
 """
 
+import shutil
+
 import pytest
 
 from .conftest import run_pytest
+
+NFT = pytest.mark.skipif(
+    not shutil.which("nft"), reason="the mutant loads an nftables ruleset; install: apt-get install -y nftables"
+)
 
 
 @pytest.mark.parametrize(
@@ -29,8 +35,28 @@ from .conftest import run_pytest
             1,
             "198.19.64.5",
         ),
+        (
+            "examples.mutants:ReorderingLinux",
+            "suites/linkdispatch/test_fanout.py::test_many_flows_arrive_complete_and_in_order",
+            2,
+            "flows delivered out of order",
+        ),
+        pytest.param(
+            "examples.mutants:ChecksumBlindLinux",
+            "suites/linkdispatch/test_checksum_offload.py::test_udp_with_a_wrong_checksum_is_dropped",
+            1,
+            "a UDP datagram with a wrong checksum was delivered",
+            marks=NFT,
+        ),
+        pytest.param(
+            "examples.mutants:BadTxChecksumLinux",
+            "suites/linkdispatch/test_udp.py::test_datagram_reaches_service_and_reply_checksum_is_valid",
+            2,
+            "UDP.chksum: 0x1234, should be",
+            marks=NFT,
+        ),
     ],
-    ids=["gratuitous-arp", "unsolicited-na", "longest-prefix"],
+    ids=["gratuitous-arp", "unsolicited-na", "longest-prefix", "flow-order", "rx-checksum", "tx-checksum"],
 )
 def test_checks_fail_on_a_mutant(mutant, target, failing, evidence):
     done = run_pytest(target, "--stack", f"linux,{mutant}", "-p", "no:randomly")
