@@ -30,6 +30,17 @@ class NoUnsolicitedNaLinux(LinuxStack):
         self._ns.sysctl(f"net.ipv6.conf.{self.link.name}.drop_unsolicited_na", 1)  # per device: "all" is not read
 
 
+class NoDadLinux(LinuxStack):
+    """Skips duplicate address detection: a new IPv6 address is used at once, whoever else has it."""
+
+    kind = "linux-nodad"
+
+    def _start(self) -> None:
+        super()._start()
+        assert self.link is not None
+        self._ns.sysctl("net.ipv6.conf.all.accept_dad", 0).sysctl(f"net.ipv6.conf.{self.link.name}.accept_dad", 0)
+
+
 class WrongRouteLinux(LinuxStack):
     """Loses the more specific of two overlapping routes, so the wider one carries its traffic."""
 

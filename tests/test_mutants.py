@@ -30,6 +30,13 @@ NFT = pytest.mark.skipif(
             "after an unsolicited NA",
         ),
         (
+            "examples.mutants:NoDadLinux",
+            "suites/linkdispatch/test_neighbours.py::test_a_new_ipv6_address_is_probed_before_use"
+            " suites/linkdispatch/test_neighbours.py::test_a_duplicate_ipv6_address_is_given_up",
+            2,
+            "is another node's (it answered the DAD probe)",
+        ),
+        (
             "examples.mutants:WrongRouteLinux",
             "suites/linkdispatch/test_routes.py::test_datagram_leaves_where_the_longest_matching_route_says",
             1,
@@ -56,10 +63,10 @@ NFT = pytest.mark.skipif(
             marks=NFT,
         ),
     ],
-    ids=["gratuitous-arp", "unsolicited-na", "longest-prefix", "flow-order", "rx-checksum", "tx-checksum"],
+    ids=["gratuitous-arp", "unsolicited-na", "duplicate-address", "longest-prefix", "flow-order", "rx-checksum", "tx-checksum"],
 )
 def test_checks_fail_on_a_mutant(mutant, target, failing, evidence):
-    done = run_pytest(target, "--stack", f"linux,{mutant}", "-p", "no:randomly")
+    done = run_pytest(*target.split(), "--stack", f"linux,{mutant}", "-p", "no:randomly")
     assert done.returncode == 1, done.stdout[-3000:]
     assert f"{failing} failed" in done.stdout, done.stdout[-3000:]
     assert evidence in done.stdout, done.stdout[-3000:]

@@ -283,27 +283,34 @@ def kernel_link():
         yield plan, near, far
 
 
-def test_kernel_fanout_keeps_each_flow_on_one_socket_and_spreads_flows(kernel_link):
+def _flows_by_socket(kernel_link, socks: list[socket.socket]) -> tuple[dict[int, set[int]], dict]:
+    """Inject FLOWS flows from the far end; which of `socks` (by index) saw each flow (source port)."""
     from labkit.wire import Wire
 
     plan, near, far = kernel_link
+    with Wire(far.ns.netns, far.name, mac=far.mac, far_mac=near.mac, record=False) as w:
+        frames, sent = flow_frames(w, plan, "ipv4", 9)
+        w.inject(frames)
+    where: dict[int, set[int]] = defaultdict(set)
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        while True:
+            try:
+                data = s.recv(2048)
+            except BlockingIOError:
+                break
+            pkt = Ether(data)
+            if pkt.haslayer(UDP) and pkt[UDP].dport == 9:
+                where[pkt[UDP].sport].add(i)
+    return where, sent
+
+
+def test_kernel_fanout_keeps_each_flow_on_one_socket_and_spreads_flows(kernel_link):
+    _plan, near, _far = kernel_link
     group = random.randint(1, 0xFFFF)
     socks = [_fanout_socket(near.ns.netns, near.name, group, FANOUT_HASH | FLAG_DEFRAG) for _ in range(4)]
     try:
-        with Wire(far.ns.netns, far.name, mac=far.mac, far_mac=near.mac, record=False) as w:
-            frames, sent = flow_frames(w, plan, "ipv4", 9)
-            w.inject(frames)
-        where: dict[int, set[int]] = defaultdict(set)
-        for i, s in enumerate(socks):
-            s.setblocking(False)
-            while True:
-                try:
-                    data = s.recv(2048)
-                except BlockingIOError:
-                    break
-                pkt = Ether(data)
-                if pkt.haslayer(UDP) and pkt[UDP].dport == 9:
-                    where[pkt[UDP].sport].add(i)
+        where, sent = _flows_by_socket(kernel_link, socks)
     finally:
         for s in socks:
             s.close()
@@ -312,6 +319,30 @@ def test_kernel_fanout_keeps_each_flow_on_one_socket_and_spreads_flows(kernel_li
     assert not split, f"{len(split)} flows were split across sockets, e.g. {next(iter(split.items()))}"
     used = {i for s in where.values() for i in s}
     assert used == {0, 1, 2, 3}, f"{FLOWS} flows reached only sockets {sorted(used)} of 4"
+
+
+@pytest.mark.parametrize("same_id", [False, True], ids=["own-ids", "shared-id"])
+def test_kernel_gives_each_group_every_frame_but_merges_a_shared_id(kernel_link, same_id):
+    """Two sandboxes of two channels each on one device. With their own group ids each group gets
+    every frame; with one id (and mode) the kernel makes them one group and hashes each flow to a
+    single socket of either, which is why a stack must pick an id no other one on the namespace uses."""
+    _plan, near, _far = kernel_link
+    first = random.randint(1, 0x7FFF)
+    ids = (first, first if same_id else first + 0x8000)
+    socks = [_fanout_socket(near.ns.netns, near.name, ids[i // 2], FANOUT_HASH | FLAG_DEFRAG) for i in range(4)]
+    try:
+        where, sent = _flows_by_socket(kernel_link, socks)
+    finally:
+        for s in socks:
+            s.close()
+    sandboxes = {p: {"first" if i < 2 else "second" for i in seen_by} for p, seen_by in where.items()}
+    both = [p for p, who in sandboxes.items() if len(who) == 2]
+    if same_id:
+        assert len(where) == len(sent) and not both, f"one shared id: {len(both)} of {FLOWS} flows reached both sandboxes"
+        reached = {who for whos in sandboxes.values() for who in whos}
+        assert reached == {"first", "second"}, f"one shared id, yet all flows went to the {reached} sandbox"
+    else:
+        assert len(both) == len(sent), f"own ids: only {len(both)} of {FLOWS} flows reached both sandboxes' groups"
 
 
 def test_kernel_refuses_to_join_a_group_with_another_mode(kernel_link):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from socket import AF_INET6, inet_ntop, inet_pton
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
@@ -22,10 +23,11 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
     IPv6,
+    in6_getnsma,
 )
 from scapy.layers.l2 import ARP, Ether
 
-from labkit.wire import UnexpectedFrame
+from labkit.wire import ExpectTimeout, UnexpectedFrame
 
 OTHER_MAC = "02:00:00:00:00:55"  # the MAC a neighbour answers with, unlike the Wire's own
 EHOSTUNREACH = 113
@@ -159,4 +161,63 @@ def test_unsolicited_advertisement_updates_the_neighbour(stack, wire, plan):
             break
     assert second[Ether].dst == OTHER_MAC, (
         f"after an unsolicited NA for {plan.peer6} at {OTHER_MAC}, the reply went to {second[Ether].dst}"
+    )
+
+
+# -- duplicate address detection ---------------------------------------------------------------
+
+
+def _add_address_inside(stack, testbed, address: str, prefixlen: int) -> None:
+    """`ip addr add` run inside the stack, as a container's tooling would."""
+    done = stack.run(["ip", "-6", "addr", "add", f"{address}/{prefixlen}", "dev", testbed.stack_end.name])
+    assert done.returncode == 0, f"{stack.id}: ip addr add {address}/{prefixlen} failed: {done.stderr.strip()}"
+
+
+def _dad_probe(address: str):
+    return IPv6(src="::", dst=in6_getnsma_str(address)) / ICMPv6ND_NS(tgt=address)
+
+
+def in6_getnsma_str(address: str) -> str:
+    return inet_ntop(AF_INET6, in6_getnsma(inet_pton(AF_INET6, address)))
+
+
+@pytest.mark.fresh  # the check adds an address inside the stack
+@pytest.mark.needs("ndp", "ipv6")
+def test_a_new_ipv6_address_is_probed_before_use(testbed, stack, wire, plan):
+    """RFC 4862 5.4: before an address is used, a neighbour solicitation for it from the
+    unspecified address goes to its solicited-node group."""
+    address = plan.unused6()
+    _add_address_inside(stack, testbed, address, plan.net6.prefixlen)
+    try:
+        wire.expect(_dad_probe(address), timeout=3)
+    except ExpectTimeout as exc:
+        raise AssertionError(f"no duplicate address detection probe for {address} within 3 s after it was added\n{exc}") from None
+
+
+@pytest.mark.fresh
+@pytest.mark.needs("ndp", "ipv6")
+def test_a_duplicate_ipv6_address_is_given_up(testbed, stack, wire, plan):
+    """Another node answers the probe for the new address: the stack must not take it. An echo
+    request to it then goes unanswered, while one to the stack's own address, sent after it, is
+    answered (so the silence is not a deaf stack's)."""
+    address = plan.unused6()
+    _add_address_inside(stack, testbed, address, plan.net6.prefixlen)
+    with contextlib.suppress(ExpectTimeout):  # a stack without DAD sends no probe; it is told all the same
+        wire.expect(_dad_probe(address), timeout=3)
+    wire.send(
+        Ether(src=wire.mac, dst="33:33:00:00:00:01")
+        / IPv6(src=plan.peer6, dst="ff02::1", hlim=255)
+        / ICMPv6ND_NA(tgt=address, R=0, S=0, O=1)
+        / ICMPv6NDOptDstLLAddr(lladdr=wire.mac)
+    )
+    ident = random.randint(1, 0xFFFF)
+    wire.send(IPv6(src=plan.peer6, dst=address) / ICMPv6EchoRequest(id=ident, seq=1))
+    wire.send(IPv6(src=plan.peer6, dst=plan.stack6) / ICMPv6EchoRequest(id=ident, seq=2))
+    wire.expect(IPv6(src=plan.stack6) / ICMPv6EchoReply(id=ident, seq=2), timeout=3)
+    wire.drain()
+    answered = [
+        f.packet for f in wire.frames if not f.outgoing and f.packet.haslayer(ICMPv6EchoReply) and f.packet[IPv6].src == address
+    ]
+    assert not answered, (
+        f"{address} is another node's (it answered the DAD probe), yet the stack answered an echo to it: {answered[0].summary()}"
     )
