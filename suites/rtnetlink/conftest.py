@@ -1,0 +1,218 @@
+"""The rtnetlink suite: the same requests to the kernel and to the stack, answers side by side.
+
+The stack under test runs on a topology made for route lookups (`rtnl_layout`), and a kernel
+namespace with the very same topology is the reference: a probe (labkit.nlprobe) asks both,
+from inside, and the checks compare the normalised answers (labkit.nldiff). Each check also
+adds rows to the support table (message type x stack: supported, differs, unsupported, and the
+attributes each returned), written to the evidence directory as rtnetlink-support.json.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from labkit import nldiff, nlprobe
+from labkit.plan import AddressPlan
+from labkit.stacks import resolve
+from labkit.testbed import Testbed
+from labkit.topology import Link, Topology
+
+SPECIFIC4, SPECIFIC6 = "198.19.64.0/24", "2001:db8:64::/64"  # via the peer: more specific than any default
+IN_SPECIFIC4, IN_SPECIFIC6 = "198.19.64.9", "2001:db8:64::9"
+UNROUTED4 = "198.19.77.7"  # IPv4 has no default route here: nothing matches it
+DEFAULTED6 = "2001:db8:77::7"  # IPv6 has one: only the default matches
+LINKS = {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}}
+SUPPORT_FILE = "rtnetlink-support.json"
+
+
+def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
+    """The standard pair; routes: on-link, a /24 via the peer, and a default route for IPv6 only."""
+    topo = Topology()
+    sb, peer = topo.namespace("sb"), topo.namespace("peer")
+    stack_end, peer_end = topo.veth(
+        sb, plan.stack_ifname, peer, plan.peer_ifname, mtu=plan.mtu, a_mac=plan.stack_mac, b_mac=plan.peer_mac
+    )
+    peer_end.ipv6 = False
+    stack_end.addr(f"{plan.stack4}/{plan.net4.prefixlen}").addr(f"{plan.stack6}/{plan.net6.prefixlen}")
+    sb.route(SPECIFIC4, via=plan.peer4).route(SPECIFIC6, via=plan.peer6).route("default", via=plan.peer6)
+    return topo, stack_end, peer_end
+
+
+@dataclass
+class Pair:
+    """The kernel's and the stack's answers to one set of requests, with their normalisers."""
+
+    kernel: dict[str, nlprobe.Answer]
+    stack: dict[str, nlprobe.Answer]
+    stack_id: str
+
+    def __post_init__(self) -> None:
+        self.kernel_norm = nldiff.Normaliser(self.kernel.get("_links"))
+        self.stack_norm = nldiff.Normaliser(self.stack.get("_links"))
+
+    def records(self, name: str) -> tuple[list[nldiff.Record], list[nldiff.Record]]:
+        return self.kernel_norm.records(self.kernel[name]), self.stack_norm.records(self.stack[name])
+
+    def differences(self, name: str, ignore: tuple[str, ...] = ()) -> list[nldiff.Difference]:
+        """The request's outcome first (errno, ACK, silence), then its records."""
+        outcome = nldiff.diff_outcome(self.kernel[name], self.stack[name])
+        return outcome + nldiff.diff_records(*self.records(name), ignore=ignore)
+
+    def report(self, name: str, differences: list[nldiff.Difference]) -> str:
+        return f"{self.stack_id} answers {name} unlike the kernel:\n{nldiff.explain(differences)}"
+
+
+class Differential:
+    def __init__(self, kernel: Testbed, stack, support: SupportTable, check: str) -> None:
+        self.kernel, self.stack, self.support, self.check = kernel, stack, support, check
+
+    def ask(self, requests: dict[str, dict], *, unprivileged: bool = False, quiet: float = 0.3) -> Pair:
+        """Ask both, each request in order, after a link dump both normalisers need."""
+        requests = {"_links": LINKS, **requests}
+        kernel = nlprobe.ask(self.kernel.stack, requests, unprivileged=unprivileged, quiet=quiet)
+        stack = nlprobe.ask(self.stack, requests, unprivileged=unprivileged, quiet=quiet)
+        crashed = [f"{n}: {a.crashed}" for side in (kernel, stack) for n, a in side.items() if a.crashed]
+        assert not crashed, f"the probe itself failed: {crashed}"
+        return Pair(kernel, stack, self.stack.id)
+
+    def note(self, message_type: str, pair: Pair, name: str, differences: list[nldiff.Difference]) -> None:
+        """A support-table row for this check: how the stack did with `message_type`."""
+        k, s = pair.kernel[name], pair.stack[name]
+        if s.errno in (errno.EOPNOTSUPP, errno.ENOSYS) and k.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            status = "unsupported"
+        else:
+            status = "differs" if differences else "supported"
+        self.support.add(
+            {
+                "check": self.check,
+                "message": message_type,
+                "stack": self.stack.id,
+                "status": status,
+                "differences": [str(d) for d in differences[:10]],
+                "attrs": nldiff.attribute_names(s),
+                "kernel_attrs": nldiff.attribute_names(k),
+            }
+        )
+
+
+class SupportTable:
+    """Rows from this process's checks, written to a file per xdist worker; the controller
+    merges them (pytest_sessionfinish below)."""
+
+    def __init__(self, directory: Path, worker: str) -> None:
+        self.path = directory / "rtnetlink-support.d" / f"{worker}.jsonl"
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def merge_support(directory: Path) -> Path | None:
+    """rtnetlink-support.json: for each message type and stack, the worst status over its checks
+    (unsupported > differs > supported), the checks behind it, and the attributes seen."""
+    parts = sorted((directory / "rtnetlink-support.d").glob("*.jsonl"))
+    if not parts:
+        return None
+    rank = {"supported": 0, "differs": 1, "unsupported": 2}
+    table: dict[str, dict[str, dict]] = {}
+    kernel_attrs: dict[str, set[str]] = {}
+    for part in parts:
+        for line in part.read_text().splitlines():
+            row = json.loads(line)
+            cell = table.setdefault(row["message"], {}).setdefault(
+                row["stack"], {"status": "supported", "checks": {}, "attrs": set(), "differences": []}
+            )
+            cell["checks"][row["check"]] = row["status"]
+            if rank[row["status"]] > rank[cell["status"]]:
+                cell["status"] = row["status"]
+            cell["differences"] += row["differences"]
+            for names in row["attrs"].values():
+                cell["attrs"].update(names)
+            for names in row["kernel_attrs"].values():
+                kernel_attrs.setdefault(row["message"], set()).update(names)
+    out = {
+        "messages": {
+            msg: {
+                stack: {**cell, "attrs": sorted(cell["attrs"]), "differences": cell["differences"][:20]}
+                for stack, cell in sorted(stacks.items())
+            }
+            for msg, stacks in sorted(table.items())
+        },
+        "kernel_attrs": {msg: sorted(names) for msg, names in sorted(kernel_attrs.items())},
+    }
+    path = directory / SUPPORT_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def _evidence_dir(config: pytest.Config) -> Path:
+    """--lab-evidence, else the run's base temp directory (the controller's, also on a worker)."""
+    settings = config.stash.get(_settings_key(), None)
+    if settings is not None and settings.evidence:
+        return settings.evidence
+    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    return (base.parent if hasattr(config, "workerinput") else base) / "evidence"
+
+
+def _settings_key():
+    from fixtures.plugin import SETTINGS
+
+    return SETTINGS
+
+
+@pytest.fixture(scope="session")
+def support_table(request: pytest.FixtureRequest) -> SupportTable:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return SupportTable(_evidence_dir(request.config), worker)
+
+
+@pytest.fixture(scope="session")
+def _shared_kernel(lab_settings) -> Iterator[Testbed]:
+    with Testbed(resolve("linux")[0], lab_settings.plan, rtnl_layout).up() as bed:
+        yield bed
+
+
+@pytest.fixture
+def kernel_reference(request: pytest.FixtureRequest, lab_settings) -> Iterator[Testbed]:
+    """The kernel with the suite's topology: shared by the checks that only read, new for a
+    check marked `fresh` (it changes what it asks about)."""
+    if request.node.get_closest_marker("fresh") is None:
+        yield request.getfixturevalue("_shared_kernel")
+        return
+    with Testbed(resolve("linux")[0], lab_settings.plan, rtnl_layout).up() as bed:
+        yield bed
+
+
+@pytest.fixture
+def rtnl(request: pytest.FixtureRequest, stack, kernel_reference: Testbed, support_table: SupportTable) -> Differential:
+    check = request.node.nodeid.split("::")[-1].split("[")[0]
+    params = (
+        [v for k, v in getattr(request.node, "callspec", None).params.items() if k != "stack_spec"]
+        if hasattr(request.node, "callspec")
+        else []
+    )
+    return Differential(kernel_reference, stack, support_table, check + (f"[{'-'.join(map(str, params))}]" if params else ""))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Every process that ran checks merges all parts written so far, under a lock: the last one
+    to finish sees every part. (Under xdist the controller never loads this conftest.)"""
+    directory = _evidence_dir(session.config)
+    if not (directory / "rtnetlink-support.d").is_dir():
+        return
+    with (directory / "rtnetlink-support.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merge_support(directory)
