@@ -5,9 +5,11 @@ answered. Each check sends the bad frame, then a good one of the same flow that 
 field it can tell apart (payload or sequence number), waits for the good one's answer and then
 looks at everything that came: being of one flow, the two reach even a stack with several
 channels on the same one, in order, so an answer to the bad one would be there already. The
-verdict does not depend on a timeout, and silence cannot come from a deaf stack. UDP's "no checksum" (0) is allowed on IPv4 and forbidden on IPv6, and a UDP
-checksum that computes to 0 must be sent as 0xFFFF. Frames the stack leaves CHECKSUM_PARTIAL are
-judged as the device would finish them.
+verdict does not depend on a timeout, and silence cannot come from a deaf stack.
+
+UDP's "no checksum" (0) is allowed on IPv4 and forbidden on IPv6, and a UDP checksum that
+computes to 0 must be sent as 0xFFFF. Frames the stack leaves CHECKSUM_PARTIAL are judged as the
+device would finish them.
 """
 
 from __future__ import annotations
