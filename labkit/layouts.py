@@ -20,7 +20,7 @@ FAR4, FAR6 = "198.19.9.2", "2001:db8:9::2"
 FAR_IFNAME = "far0"
 
 
-def _kernel_host(link: Link) -> None:
+def kernel_host(link: Link) -> None:
     """An end where the lab's kernel must answer at once: no duplicate address detection (its
     link-local address would stay tentative for a second), and up() waits until IPv6 counts it
     ready (see Topology._wait_live_ends)."""
@@ -32,7 +32,7 @@ def kernel_peer(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     topo, stack_end, peer_end = plan.build()
     peer_end.ipv6 = True
     peer_end.addr(f"{plan.peer4}/{plan.net4.prefixlen}").addr(f"{plan.peer6}/{plan.net6.prefixlen}")
-    _kernel_host(peer_end)
+    kernel_host(peer_end)
     return topo, stack_end, peer_end
 
 
@@ -43,8 +43,8 @@ def routed(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     inner, outer = topo.veth(router, "r1", far, FAR_IFNAME, mtu=plan.mtu, tx_checksum=False)
     inner.addr(f"{ROUTER4}/24").addr(f"{ROUTER6}/64")
     outer.addr(f"{FAR4}/24").addr(f"{FAR6}/64")
-    _kernel_host(inner)
-    _kernel_host(outer)
+    kernel_host(inner)
+    kernel_host(outer)
     router.sysctl("net.ipv4.ip_forward", 1).sysctl("net.ipv6.conf.all.forwarding", 1)
     far.route("default", via=ROUTER4).route("default", via=ROUTER6)
     return topo, stack_end, peer_end

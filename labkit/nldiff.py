@@ -27,7 +27,7 @@ COMPARED_FIELDS = {
     "RTM_NEWLINK": ("family", "ifi_type", "flags"),
     "RTM_NEWADDR": ("family", "prefixlen", "scope", "flags"),
     "RTM_NEWROUTE": ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type"),
-    "RTM_NEWNEIGH": ("family", "state", "flags"),
+    "RTM_NEWNEIGH": ("family", "flags"),  # not the NUD state: it moves with time
 }
 IFF_NAMES = {0x1: "UP", 0x2: "BROADCAST", 0x8: "LOOPBACK", 0x10: "POINTOPOINT", 0x40: "RUNNING", 0x80: "NOARP",
              0x100: "PROMISC", 0x1000: "MULTICAST", 0x10000: "LOWER_UP", 0x20000: "DORMANT"}  # fmt: skip

@@ -76,9 +76,11 @@ class Answer:
 
     request: str
     sent: str = ""  # hex of what was sent
+    port: int = 0  # the probe socket's netlink port id, which answers must carry as their pid
     messages: list[Message] = field(default_factory=list)
     send_errno: int | None = None  # the send itself failed (e.g. EPERM at sendmsg on some stacks)
     silent: bool = False  # nothing came before the quiet timeout
+    unterminated: bool = False  # messages kept coming until the deadline, with no end in sight
     crashed: str | None = None  # the probe's own failure (never the stack's answer)
 
     @property
@@ -96,6 +98,12 @@ class Answer:
     def payload(self) -> list[Message]:
         """The answer's messages other than DONE and errors/ACKs."""
         return [m for m in self.messages if m.type not in ("NLMSG_DONE", "NLMSG_ERROR", "NLMSG_NOOP")]
+
+
+def raw_message(type_: int, flags: int, seq: int, body: bytes = b"", length: int | None = None) -> str:
+    """A hand-made message, as the hex a `raw` request carries; `length` may lie."""
+    size = NLMSG_HDR.size + len(body)
+    return (NLMSG_HDR.pack(size if length is None else length, type_, flags, seq, 0) + body).hex()
 
 
 def encode(request: dict[str, Any], seq: int) -> bytes:
@@ -205,7 +213,7 @@ class Probe:
 
     def ask(self, name: str, request: dict[str, Any]) -> Answer:
         self.seq += 1
-        answer = Answer(request=name)
+        answer = Answer(request=name, port=self.port)
         try:
             data = encode(request, self.seq)
         except Exception as exc:
@@ -218,14 +226,16 @@ class Probe:
             answer.send_errno = exc.errno
             return answer
         seq = struct.unpack_from("=I", data, 8)[0] if len(data) >= 12 else None
-        self._gather(answer, seq)
+        flags = struct.unpack_from("=H", data, 6)[0] if len(data) >= 8 else 0
+        self._gather(answer, seq, wants_ack=bool(flags & NLM_F["ACK"]))
         return answer
 
-    def _gather(self, answer: Answer, seq: int | None) -> None:
+    def _gather(self, answer: Answer, seq: int | None, wants_ack: bool) -> None:
         end = time.monotonic() + self.deadline
         while True:
             left = end - time.monotonic()
             if left <= 0:
+                answer.unterminated = True
                 return
             ready, _, _ = select.select([self.sock], [], [], min(self.quiet, left))
             if not ready:
@@ -238,17 +248,16 @@ class Probe:
                 return
             got = decode(data)
             answer.messages.extend(got)
-            if any(_ends(m, seq) for m in got):
+            if any(_ends(m, seq, wants_ack) for m in got):
                 return
 
 
-def _ends(message: Message, seq: int | None) -> bool:
-    if message.type == "NLMSG_DONE":
+def _ends(message: Message, seq: int | None, wants_ack: bool) -> bool:
+    if message.type in ("NLMSG_DONE", "NLMSG_ERROR"):
         return True
-    if message.type == "NLMSG_ERROR":
-        return True
-    # A single (non-multipart) answer to a GET is complete in itself.
-    return not message.flags & NLM_F["MULTI"] and message.type.startswith("RTM_NEW") and (seq is None or message.seq == seq)
+    # A single (non-multipart) answer to a GET is complete in itself, unless an ACK is to follow.
+    single = not message.flags & NLM_F["MULTI"] and message.type.startswith("RTM_NEW")
+    return single and not wants_ack and (seq is None or message.seq == seq)
 
 
 CAP_NET_ADMIN = 12

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import nldiff, nlprobe
+from labkit import layouts, nldiff, nlprobe
 from labkit.plan import AddressPlan
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
@@ -34,7 +34,9 @@ SUPPORT_FILE = "rtnetlink-support.json"
 
 
 def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
-    """The standard pair; routes: on-link, a /24 via the peer, and a default route for IPv6 only."""
+    """The standard pair; routes: on-link, a /24 via the peer, and a default route for IPv6 only.
+    The sandbox end skips duplicate address detection and is up before the stack starts, so
+    the kernel's link-local address is not tentative in one namespace and settled in the other."""
     topo = Topology()
     sb, peer = topo.namespace("sb"), topo.namespace("peer")
     stack_end, peer_end = topo.veth(
@@ -42,6 +44,7 @@ def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     )
     peer_end.ipv6 = False
     stack_end.addr(f"{plan.stack4}/{plan.net4.prefixlen}").addr(f"{plan.stack6}/{plan.net6.prefixlen}")
+    layouts.kernel_host(stack_end)
     sb.route(SPECIFIC4, via=plan.peer4).route(SPECIFIC6, via=plan.peer6).route("default", via=plan.peer6)
     return topo, stack_end, peer_end
 
@@ -61,10 +64,15 @@ class Pair:
     def records(self, name: str) -> tuple[list[nldiff.Record], list[nldiff.Record]]:
         return self.kernel_norm.records(self.kernel[name]), self.stack_norm.records(self.stack[name])
 
-    def differences(self, name: str, ignore: tuple[str, ...] = ()) -> list[nldiff.Difference]:
-        """The request's outcome first (errno, ACK, silence), then its records."""
+    def differences(self, name: str, ignore: tuple[str, ...] = (), about: str | None = None) -> list[nldiff.Difference]:
+        """The request's outcome first (errno, ACK, silence), then its records: all of them, or
+        only those whose identity mentions `about` (a check about one address or link leaves
+        the rest of a dump to the dump checks)."""
         outcome = nldiff.diff_outcome(self.kernel[name], self.stack[name])
-        return outcome + nldiff.diff_records(*self.records(name), ignore=ignore)
+        kernel, stack = self.records(name)
+        if about is not None:
+            kernel, stack = ([r for r in records if any(about in str(k) for k in r.key)] for records in (kernel, stack))
+        return outcome + nldiff.diff_records(kernel, stack, ignore=ignore)
 
     def report(self, name: str, differences: list[nldiff.Difference]) -> str:
         return f"{self.stack_id} answers {name} unlike the kernel:\n{nldiff.explain(differences)}"

@@ -1,0 +1,239 @@
+"""Requests that change the stack: addresses (and what follows from them on the wire), routes,
+links and the neighbour table. Each runs on a fresh stack and a fresh kernel namespace, and
+every step's outcome is compared with the kernel's; the support table records which of these
+message types each stack carries out.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+from scapy.layers.inet import ICMP, IP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
+
+from labkit import nldiff
+from labkit.match import compare
+
+from .conftest import IN_SPECIFIC4, SPECIFIC4, rtnl_layout
+
+pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout), pytest.mark.fresh]
+
+ADD = ["REQUEST", "ACK", "CREATE", "EXCL"]
+
+
+def address_request(type_: str, ifname: str, address: str, prefixlen: int, flags=("REQUEST", "ACK")) -> dict:
+    """As `ip addr add|del`. (The layout turned duplicate address detection off, so a new IPv6
+    address works at once on the kernel; DAD has its own checks in linkdispatch.)"""
+    family = 10 if ":" in address else 2
+    return {
+        "type": type_,
+        "flags": list(flags),
+        "fields": {"family": family, "prefixlen": prefixlen, "index": {"ifindex_of": ifname}},
+        "attrs": [["IFA_LOCAL", address], ["IFA_ADDRESS", address]],
+    }
+
+
+def addr_dump(family: int) -> dict:
+    return {"type": "RTM_GETADDR", "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
+
+
+def route_dump(family: int) -> dict:
+    return {"type": "RTM_GETROUTE", "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
+
+
+def _echo_request(src: str, dst: str, ident: int, seq: int):
+    if ":" in dst:
+        return IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=ident, seq=seq)
+    return IP(src=src, dst=dst) / ICMP(id=ident, seq=seq)
+
+
+def _echo_reply(src: str, ident: int, seq: int):
+    if ":" in src:
+        return IPv6(src=src) / ICMPv6EchoReply(id=ident, seq=seq)
+    return IP(src=src) / ICMP(type="echo-reply", id=ident, seq=seq)
+
+
+def echo_outcome(wire, plan, address: str) -> str:
+    """ "answered" or "silent" for an echo request to `address`; "deaf" if one to the stack's own
+    address, sent after it, is not answered either (then silence says nothing about `address`)."""
+    ident = random.randint(1, 0xFFFF)
+    me, peer = (plan.stack6, plan.peer6) if ":" in address else (plan.stack4, plan.peer4)
+    wire.send(_echo_request(peer, address, ident, 1))
+    wire.send(_echo_request(peer, me, ident, 2))
+    try:
+        wire.expect(_echo_reply(me, ident, 2), timeout=3)
+    except AssertionError:
+        return "deaf"
+    wire.drain()
+    answered = any(not f.outgoing and compare(_echo_reply(address, ident, 1), f.packet).matched for f in wire.frames)
+    return "answered" if answered else "silent"
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, family):
+    net = plan.net4 if family == "ipv4" else plan.net6
+    address, prefixlen, fam = str(net.network_address + 50), net.prefixlen, (2 if family == "ipv4" else 10)
+    ifname = plan.stack_ifname
+    steps = {
+        "add": address_request("RTM_NEWADDR", ifname, address, prefixlen, ADD),
+        "add-again-excl": address_request("RTM_NEWADDR", ifname, address, prefixlen, ADD),
+        "add-again": address_request("RTM_NEWADDR", ifname, address, prefixlen, ("REQUEST", "ACK", "CREATE")),
+        "dump-after-add": addr_dump(fam),
+    }
+    pair = rtnl.ask(steps)
+    want = {"add": None, "add-again-excl": errno.EEXIST, "add-again": errno.EEXIST}
+    assert {s: pair.kernel[s].errno for s in want} == want, f"the kernel: {[(s, pair.kernel[s].errno) for s in want]}"
+    differences = [d for step in steps for d in pair.differences(step, about=address)]
+    assert echo_outcome(kernel_reference.wire, plan, address) == "answered", f"the kernel does not answer at {address}"
+    if (seen := echo_outcome(wire, plan, address)) != "answered":
+        differences.append(nldiff.Difference(f"echo to {address} after the add", "outcome", "answered", seen))
+    deleted = rtnl.ask(
+        {
+            "delete": address_request("RTM_DELADDR", ifname, address, prefixlen),
+            "delete-missing": address_request("RTM_DELADDR", ifname, address, prefixlen),
+            "dump-after-delete": addr_dump(fam),
+            "routes-after-delete": route_dump(fam),
+        }
+    )
+    assert deleted.kernel["delete"].acked and deleted.kernel["delete-missing"].errno == errno.EADDRNOTAVAIL, "the kernel's delete"
+    for step in ("delete", "delete-missing", "dump-after-delete"):
+        differences += deleted.differences(step, about=address)
+    differences += deleted.differences("routes-after-delete", about=str(net))  # the subnet's route stays
+    assert echo_outcome(kernel_reference.wire, plan, address) == "silent", f"the kernel still answers at {address}"
+    if (seen := echo_outcome(wire, plan, address)) != "silent":
+        differences.append(nldiff.Difference(f"echo to {address} after the delete", "outcome", "silent", seen))
+    rtnl.note("RTM_NEWADDR", pair, "add", [d for d in differences if "delete" not in d.where])
+    rtnl.note("RTM_DELADDR", deleted, "delete", [d for d in differences if "delete" in d.where])
+    assert not differences, pair.report(f"adding and deleting {address}/{prefixlen}", differences)
+
+
+def test_address_in_a_new_subnet_brings_its_route(rtnl, plan):
+    """Linux adds the subnet's route with the address and removes it with the address."""
+    ifname, address = plan.stack_ifname, "198.19.99.5"
+    pair = rtnl.ask(
+        {
+            "add": address_request("RTM_NEWADDR", ifname, address, 24, ADD),
+            "routes-after-add": route_dump(2),
+            "delete": address_request("RTM_DELADDR", ifname, address, 24),
+            "routes-after-delete": route_dump(2),
+        }
+    )
+    main = [r for r in pair.kernel_norm.records(pair.kernel["routes-after-add"]) if r.key[1] == "198.19.99.0/24"]
+    assert main, "the kernel added no route for the new subnet"
+    steps = ("add", "routes-after-add", "delete", "routes-after-delete")
+    differences = [d for step in steps for d in pair.differences(step, about="198.19.99.")]
+    rtnl.note("RTM_NEWADDR", pair, "add", differences)
+    assert not differences, pair.report(f"the routes around adding and deleting {address}/24", differences)
+
+
+CHANGES = {
+    "RTM_NEWROUTE": (
+        {
+            "type": "RTM_NEWROUTE",
+            "flags": ADD,
+            "fields": {"family": 2, "dst_len": 24, "table": 254, "proto": 4, "scope": 0, "type": 1},
+            "attrs": [["RTA_DST", "198.19.251.0"], ["RTA_GATEWAY", "PEER4"], ["RTA_OIF", {"ifindex_of": "IFNAME"}]],
+        },
+        {
+            "type": "RTM_GETROUTE",
+            "flags": ["REQUEST"],
+            "fields": {"family": 2, "dst_len": 32},
+            "attrs": [["RTA_DST", "198.19.251.7"]],
+        },
+    ),
+    "RTM_DELROUTE": (
+        {
+            "type": "RTM_DELROUTE",
+            "flags": ["REQUEST", "ACK"],
+            "fields": {"family": 2, "dst_len": 24, "table": 254},
+            "attrs": [["RTA_DST", SPECIFIC4.split("/")[0]]],
+        },
+        {
+            "type": "RTM_GETROUTE",
+            "flags": ["REQUEST"],
+            "fields": {"family": 2, "dst_len": 32},
+            "attrs": [["RTA_DST", IN_SPECIFIC4]],
+        },
+    ),
+    "RTM_NEWLINK": (
+        {
+            "type": "RTM_NEWLINK",
+            "flags": ADD,
+            "fields": {"family": 0},
+            "attrs": [["IFLA_IFNAME", "labkit0"], ["IFLA_LINKINFO", {"attrs": [["IFLA_INFO_KIND", "bridge"]]}]],
+        },
+        {"type": "RTM_GETLINK", "flags": ["REQUEST"], "fields": {"family": 0}, "attrs": [["IFLA_IFNAME", "labkit0"]]},
+    ),
+    "RTM_SETLINK": (
+        {
+            "type": "RTM_SETLINK",
+            "flags": ["REQUEST", "ACK"],
+            "fields": {"family": 0, "index": {"ifindex_of": "IFNAME"}},
+            "attrs": [["IFLA_MTU", 1400]],
+        },
+        {"type": "RTM_GETLINK", "flags": ["REQUEST"], "fields": {"family": 0, "index": {"ifindex_of": "IFNAME"}}},
+    ),
+}
+
+
+CHANGED = {"RTM_NEWROUTE": "198.19.251.", "RTM_DELROUTE": IN_SPECIFIC4, "RTM_NEWLINK": "labkit0", "RTM_SETLINK": "eth0"}
+
+
+def _with_plan(request: dict, plan) -> dict:
+    def fill(value):
+        if value == "PEER4":
+            return plan.peer4
+        if value == {"ifindex_of": "IFNAME"}:
+            return {"ifindex_of": plan.stack_ifname}
+        return value
+
+    return {
+        **request,
+        "fields": {k: fill(v) for k, v in request.get("fields", {}).items()},
+        "attrs": [[k, fill(v)] for k, v in request.get("attrs", [])],
+    }
+
+
+@pytest.mark.parametrize("type_", list(CHANGES))
+def test_change_is_carried_out(rtnl, plan, type_):
+    """The change, then a GET that shows whether it happened, both compared with the kernel."""
+    change, check = (_with_plan(r, plan) for r in CHANGES[type_])
+    pair = rtnl.ask({"change": change, "after": check})
+    assert pair.kernel["change"].acked, f"the kernel refused the {type_}: errno {pair.kernel['change'].errno}"
+    # A link the check creates gets a random MAC in each namespace.
+    differences = pair.differences("change") + pair.differences(
+        "after", ignore=("IFLA_ADDRESS",) if type_ == "RTM_NEWLINK" else (), about=CHANGED[type_]
+    )
+    rtnl.note(type_, pair, "change", differences)
+    assert not differences, pair.report(type_, differences)
+
+
+@pytest.mark.parametrize("by", ["index", "name"])
+def test_dellink(rtnl, plan, by):
+    ident = {"index": {"ifindex_of": plan.stack_ifname}} if by == "index" else {"index": 0}
+    attrs = [] if by == "index" else [["IFLA_IFNAME", plan.stack_ifname]]
+    pair = rtnl.ask(
+        {
+            "delete": {"type": "RTM_DELLINK", "flags": ["REQUEST", "ACK"], "fields": {"family": 0, **ident}, "attrs": attrs},
+            "links-after": {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}},
+        }
+    )
+    assert pair.kernel["delete"].acked, (
+        f"the kernel did not delete {plan.stack_ifname} by {by}: errno {pair.kernel['delete'].errno}"
+    )
+    differences = pair.differences("delete") + pair.differences("links-after", about=plan.stack_ifname)
+    rtnl.note("RTM_DELLINK", pair, "delete", differences)
+    assert not differences, pair.report(f"RTM_DELLINK by {by}", differences)
+
+
+def test_neighbour_dump_after_traffic(rtnl, plan, wire, kernel_reference):
+    """Both resolve the peer (an echo from the Wire makes them answer it), then list neighbours."""
+    for bed_wire in (kernel_reference.wire, wire):
+        echo_outcome(bed_wire, plan, plan.stack4)
+    pair = rtnl.ask({"neighbours": {"type": "RTM_GETNEIGH", "flags": ["REQUEST", "DUMP"], "fields": {"family": 2}}})
+    assert any(r.key[1] == plan.peer4 for r in pair.kernel_norm.records(pair.kernel["neighbours"])), "the kernel lists no peer"
+    differences = pair.differences("neighbours")
+    rtnl.note("RTM_GETNEIGH", pair, "neighbours", differences)
+    assert not differences, pair.report("the neighbour dump", differences)

@@ -1,0 +1,99 @@
+"""RTM_GETROUTE: dumps per family and table, and lookups (`ip route get`): the longest prefix,
+the default route, no route at all, and the rtm_flags a lookup may carry."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+
+from labkit import nldiff
+
+from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, UNROUTED4, rtnl_layout
+
+pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
+
+MAIN, LOCAL = 254, 255
+RTM_F_NOTIFY, RTM_F_LOOKUP_TABLE, RTM_F_FIB_MATCH = 0x100, 0x1000, 0x2000
+FAMILY = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
+
+
+def lookup(dst: str, flags: int = 0) -> dict:
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    return {
+        "type": "RTM_GETROUTE",
+        "flags": ["REQUEST"],
+        "fields": {"family": family, "dst_len": 128 if family == socket.AF_INET6 else 32, "flags": flags},
+        "attrs": [["RTA_DST", dst]],
+    }
+
+
+def route_dump(family: int) -> dict:
+    return {"type": "RTM_GETROUTE", "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
+
+
+@pytest.mark.parametrize("family", list(FAMILY))
+def test_route_dump_honours_the_family_filter(rtnl, family):
+    pair = rtnl.ask({"dump": route_dump(FAMILY[family])})
+    kernel, stack = pair.records("dump")
+    assert kernel and all(r.values["family"] == FAMILY[family] for r in kernel), f"the kernel's {family} dump: {kernel}"
+    differences = [
+        nldiff.Difference(r.label(), "family", "filtered out", "returned") for r in stack if r.values["family"] != FAMILY[family]
+    ]
+    rtnl.note("RTM_GETROUTE", pair, "dump", differences)
+    assert not differences, pair.report(f"a route dump filtered to {family}", differences)
+
+
+@pytest.mark.parametrize("table", ["main", "local"])
+@pytest.mark.parametrize("family", list(FAMILY))
+def test_route_dump_per_table(rtnl, family, table):
+    """The routes of one family (the filter itself is the check above), compared table by table:
+    `ip route` shows main, `ip route show table local` the local and broadcast routes the kernel
+    adds for each address."""
+    pair = rtnl.ask({"dump": route_dump(FAMILY[family])})
+    number = MAIN if table == "main" else LOCAL
+    kernel, stack = (
+        [r for r in records if r.key[0] == f"table {number}" and r.values["family"] == FAMILY[family]]
+        for records in pair.records("dump")
+    )
+    assert kernel, f"the kernel's {family} dump has no {table} routes"
+    differences = nldiff.diff_outcome(pair.kernel["dump"], pair.stack["dump"]) + nldiff.diff_records(kernel, stack)
+    rtnl.note("RTM_GETROUTE", pair, "dump", differences)
+    assert not differences, pair.report(f"the {family} route dump ({table} table)", differences)
+
+
+@pytest.mark.parametrize(
+    "dst, expect",
+    [
+        (IN_SPECIFIC4, "specific"),
+        (IN_SPECIFIC6, "specific"),
+        (DEFAULTED6, "default"),
+        (UNROUTED4, "unreachable"),
+    ],
+    ids=["v4-longest-prefix", "v6-longest-prefix", "v6-default", "v4-no-route"],
+)
+def test_route_lookup(rtnl, plan, dst, expect):
+    pair = rtnl.ask({"get": lookup(dst)})
+    kernel = pair.kernel["get"]
+    if expect == "unreachable":
+        assert kernel.errno == errno.ENETUNREACH, f"the kernel's lookup of {dst} gave errno {kernel.errno}"
+    else:
+        (route,) = kernel.payload()
+        gateway = plan.peer6 if ":" in dst else plan.peer4
+        assert route.attr("RTA_GATEWAY") == gateway, f"the kernel routes {dst} via {route.attr('RTA_GATEWAY')}"
+    differences = pair.differences("get")
+    rtnl.note("RTM_GETROUTE", pair, "get", differences)
+    assert not differences, pair.report(f"ip route get {dst}", differences)
+
+
+@pytest.mark.parametrize("flags", [RTM_F_LOOKUP_TABLE, RTM_F_FIB_MATCH, RTM_F_NOTIFY], ids=["lookup-table", "fib-match", "notify"])
+def test_route_lookup_flags(rtnl, flags):
+    """iproute2 sets RTM_F_LOOKUP_TABLE on every `ip route get`; `ip route get fibmatch` sets
+    RTM_F_FIB_MATCH. A stack that does not support a flag may refuse it (EOPNOTSUPP), which the
+    support table shows, but that is still a difference from the kernel."""
+    pair = rtnl.ask({"get": lookup(IN_SPECIFIC4, flags)})
+    assert pair.kernel["get"].errno is None, f"the kernel refused rtm_flags {flags:#x}: errno {pair.kernel['get'].errno}"
+    differences = pair.differences("get")
+    rtnl.note("RTM_GETROUTE", pair, "get", differences)
+    assert not differences, pair.report(f"a lookup with rtm_flags {flags:#x}", differences)
