@@ -31,8 +31,10 @@ COMPARED_FIELDS = {
 }
 IFF_NAMES = {0x1: "UP", 0x2: "BROADCAST", 0x8: "LOOPBACK", 0x10: "POINTOPOINT", 0x40: "RUNNING", 0x80: "NOARP",
              0x100: "PROMISC", 0x1000: "MULTICAST", 0x10000: "LOWER_UP", 0x20000: "DORMANT"}  # fmt: skip
+# Not "tentative": an IPv6 address is tentative for a moment after it is added even when no DAD
+# is done, so a dump right after an add may or may not catch it; DAD has its own checks.
 IFA_F_NAMES = {0x01: "secondary", 0x02: "nodad", 0x04: "optimistic", 0x08: "dadfailed", 0x10: "homeaddress",
-               0x20: "deprecated", 0x40: "tentative", 0x80: "permanent"}  # fmt: skip
+               0x20: "deprecated", 0x80: "permanent"}  # fmt: skip
 FOREVER = 0xFFFFFFFF
 
 
@@ -103,8 +105,11 @@ class Difference:
         return f"{self.where}: {self.what} kernel {self.kernel!r}, stack {self.stack!r}"
 
 
-def diff_records(kernel: list[Record], stack: list[Record], ignore: tuple[str, ...] = ()) -> list[Difference]:
-    """What differs between two record sets: records one side lacks, then values by key."""
+def diff_records(
+    kernel: list[Record], stack: list[Record], ignore: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> list[Difference]:
+    """What differs between two record sets: records one side lacks, then values by key (all of
+    them but `ignore`, or `only` those named; `only=()` compares presence alone)."""
     mine = {r.key: r for r in stack}
     theirs = {r.key: r for r in kernel}
     out = [Difference(r.label(), "record", "present", "absent") for k, r in theirs.items() if k not in mine]
@@ -112,7 +117,9 @@ def diff_records(kernel: list[Record], stack: list[Record], ignore: tuple[str, .
     for key in theirs.keys() & mine.keys():
         a, b = theirs[key], mine[key]
         for name in a.values.keys() | b.values.keys():
-            if name not in ignore and a.values.get(name) != b.values.get(name):
+            if name in ignore or (only is not None and name not in only):
+                continue
+            if a.values.get(name) != b.values.get(name):
                 out.append(Difference(a.label(), name, a.values.get(name), b.values.get(name)))
     return sorted(out, key=lambda d: (d.where, d.what))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from labkit import layouts, nldiff, nlprobe
+from labkit.nlsupport import PARTS, SupportTable, merge_support
 from labkit.plan import AddressPlan
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
@@ -30,7 +30,6 @@ IN_SPECIFIC4, IN_SPECIFIC6 = "198.19.64.9", "2001:db8:64::9"
 UNROUTED4 = "198.19.77.7"  # IPv4 has no default route here: nothing matches it
 DEFAULTED6 = "2001:db8:77::7"  # IPv6 has one: only the default matches
 LINKS = {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}}
-SUPPORT_FILE = "rtnetlink-support.json"
 
 
 def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
@@ -64,15 +63,18 @@ class Pair:
     def records(self, name: str) -> tuple[list[nldiff.Record], list[nldiff.Record]]:
         return self.kernel_norm.records(self.kernel[name]), self.stack_norm.records(self.stack[name])
 
-    def differences(self, name: str, ignore: tuple[str, ...] = (), about: str | None = None) -> list[nldiff.Difference]:
+    def differences(
+        self, name: str, ignore: tuple[str, ...] = (), about: str | None = None, only: tuple[str, ...] | None = None
+    ) -> list[nldiff.Difference]:
         """The request's outcome first (errno, ACK, silence), then its records: all of them, or
-        only those whose identity mentions `about` (a check about one address or link leaves
-        the rest of a dump to the dump checks)."""
+        only those whose identity mentions `about`, and of their values all, or `only` those
+        named (`only=()`: presence alone). A check about one address or one flag leaves the
+        attributes of a dump to the dump checks, so each difference fails one check."""
         outcome = nldiff.diff_outcome(self.kernel[name], self.stack[name])
         kernel, stack = self.records(name)
         if about is not None:
             kernel, stack = ([r for r in records if any(about in str(k) for k in r.key)] for records in (kernel, stack))
-        return outcome + nldiff.diff_records(kernel, stack, ignore=ignore)
+        return outcome + nldiff.diff_records(kernel, stack, ignore=ignore, only=only)
 
     def report(self, name: str, differences: list[nldiff.Difference]) -> str:
         return f"{self.stack_id} answers {name} unlike the kernel:\n{nldiff.explain(differences)}"
@@ -109,61 +111,6 @@ class Differential:
                 "kernel_attrs": nldiff.attribute_names(k),
             }
         )
-
-
-class SupportTable:
-    """Rows from this process's checks, written to a file per xdist worker; the controller
-    merges them (pytest_sessionfinish below)."""
-
-    def __init__(self, directory: Path, worker: str) -> None:
-        self.path = directory / "rtnetlink-support.d" / f"{worker}.jsonl"
-        self.rows: list[dict] = []
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def merge_support(directory: Path) -> Path | None:
-    """rtnetlink-support.json: for each message type and stack, the worst status over its checks
-    (unsupported > differs > supported), the checks behind it, and the attributes seen."""
-    parts = sorted((directory / "rtnetlink-support.d").glob("*.jsonl"))
-    if not parts:
-        return None
-    rank = {"supported": 0, "differs": 1, "unsupported": 2}
-    table: dict[str, dict[str, dict]] = {}
-    kernel_attrs: dict[str, set[str]] = {}
-    for part in parts:
-        for line in part.read_text().splitlines():
-            row = json.loads(line)
-            cell = table.setdefault(row["message"], {}).setdefault(
-                row["stack"], {"status": "supported", "checks": {}, "attrs": set(), "differences": []}
-            )
-            cell["checks"][row["check"]] = row["status"]
-            if rank[row["status"]] > rank[cell["status"]]:
-                cell["status"] = row["status"]
-            cell["differences"] += row["differences"]
-            for names in row["attrs"].values():
-                cell["attrs"].update(names)
-            for names in row["kernel_attrs"].values():
-                kernel_attrs.setdefault(row["message"], set()).update(names)
-    out = {
-        "messages": {
-            msg: {
-                stack: {**cell, "attrs": sorted(cell["attrs"]), "differences": cell["differences"][:20]}
-                for stack, cell in sorted(stacks.items())
-            }
-            for msg, stacks in sorted(table.items())
-        },
-        "kernel_attrs": {msg: sorted(names) for msg, names in sorted(kernel_attrs.items())},
-    }
-    path = directory / SUPPORT_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(path)
-    return path
 
 
 def _evidence_dir(config: pytest.Config) -> Path:
@@ -219,7 +166,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """Every process that ran checks merges all parts written so far, under a lock: the last one
     to finish sees every part. (Under xdist the controller never loads this conftest.)"""
     directory = _evidence_dir(session.config)
-    if not (directory / "rtnetlink-support.d").is_dir():
+    if not (directory / PARTS).is_dir():
         return
     with (directory / "rtnetlink-support.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
