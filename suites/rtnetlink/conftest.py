@@ -91,6 +91,9 @@ class Differential:
         stack = nlprobe.ask(self.stack, requests, unprivileged=unprivileged, quiet=quiet)
         crashed = [f"{n}: {a.crashed}" for side in (kernel, stack) for n, a in side.items() if a.crashed]
         assert not crashed, f"the probe itself failed: {crashed}"
+        # A client library breaking on the stack's answer is a finding in any check: with the bytes.
+        broken = [f"{n}: {m.type}: {m.decode_error}; bytes {m.raw}" for n, a in stack.items() for m in a.messages if m.decode_error]
+        assert not broken, f"pyroute2 cannot decode {self.stack.id}'s answers:\n" + "\n".join(broken[:5])
         return Pair(kernel, stack, self.stack.id)
 
     def note(self, message_type: str, pair: Pair, name: str, differences: list[nldiff.Difference]) -> None:
