@@ -7,8 +7,11 @@ guards, so labkit's own tests can show those checks fail when it is broken.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from labkit.errors import LabError
+from labkit.ethtool import set_tso
 from labkit.stacks import LinuxStack
 
 
@@ -39,6 +42,19 @@ class NoDadLinux(LinuxStack):
         super()._start()
         assert self.link is not None
         self._ns.sysctl("net.ipv6.conf.all.accept_dad", 0).sysctl(f"net.ipv6.conf.{self.link.name}.accept_dad", 0)
+
+
+class NoTsoLinux(LinuxStack):
+    """Says it hands the device GSO super-frames (TX checksumming on), but has TSO off: a large
+    write leaves already cut into segments."""
+
+    kind = "linux-notso"
+    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {"tx_checksum": True, "gso": True}}
+
+    def _start(self) -> None:
+        super()._start()
+        assert self.link is not None
+        set_tso(self._ns.netns, self.link.name, False)
 
 
 class WrongRouteLinux(LinuxStack):

@@ -1,4 +1,4 @@
-"""The one ethtool knob the lab needs: tx checksumming on a veth end.
+"""The ethtool knobs the lab needs on a veth end: tx checksumming, and TSO (for a mutant).
 
 veth passes CHECKSUM_PARTIAL packets to its peer, so a raw socket on the other end sees
 unfinished TCP/UDP checksums unless the sending side computes them in software.
@@ -16,6 +16,7 @@ from .netns import NetNS
 SIOCETHTOOL = 0x8946
 ETHTOOL_GTXCSUM = 0x16
 ETHTOOL_STXCSUM = 0x17
+ETHTOOL_STSO = 0x1F
 
 
 def _ethtool_value(ns: NetNS, ifname: str, cmd: int, value: int = 0) -> int:
@@ -33,3 +34,7 @@ def set_tx_checksum(ns: NetNS, ifname: str, on: bool) -> None:
 
 def tx_checksum(ns: NetNS, ifname: str) -> bool:
     return bool(_ethtool_value(ns, ifname, ETHTOOL_GTXCSUM))
+
+
+def set_tso(ns: NetNS, ifname: str, on: bool) -> None:
+    _ethtool_value(ns, ifname, ETHTOOL_STSO, int(on))

@@ -37,6 +37,12 @@ NFT = pytest.mark.skipif(
             "is another node's (it answered the DAD probe)",
         ),
         (
+            "examples.mutants:NoTsoLinux",
+            "suites/linkdispatch/test_gso.py::test_gso_frames_carry_a_header_a_device_can_act_on",
+            2,
+            "has GSO on, yet all",
+        ),
+        (
             "examples.mutants:WrongRouteLinux",
             "suites/linkdispatch/test_routes.py::test_datagram_leaves_where_the_longest_matching_route_says",
             1,
@@ -63,7 +69,16 @@ NFT = pytest.mark.skipif(
             marks=NFT,
         ),
     ],
-    ids=["gratuitous-arp", "unsolicited-na", "duplicate-address", "longest-prefix", "flow-order", "rx-checksum", "tx-checksum"],
+    ids=[
+        "gratuitous-arp",
+        "unsolicited-na",
+        "duplicate-address",
+        "gso",
+        "longest-prefix",
+        "flow-order",
+        "rx-checksum",
+        "tx-checksum",
+    ],
 )
 def test_checks_fail_on_a_mutant(mutant, target, failing, evidence):
     done = run_pytest(*target.split(), "--stack", f"linux,{mutant}", "-p", "no:randomly")
