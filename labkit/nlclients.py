@@ -49,16 +49,23 @@ def run_ip(what: str, argv: list[str]) -> dict[str, Any]:
     return out
 
 
+def _route(r: Any, names: dict[int, str]) -> str:
+    dst = f"{r.get_attr('RTA_DST') or 'default'}/{r['dst_len']}"
+    dev = names.get(r.get_attr("RTA_OIF"), r.get_attr("RTA_OIF"))
+    return f"{dst} table {r.get_attr('RTA_TABLE') or r['table']} via {r.get_attr('RTA_GATEWAY') or '-'} dev {dev}"
+
+
 def run_pyroute2() -> dict[str, Any]:
     try:
         from pyroute2 import IPRoute
 
         with IPRoute() as ipr:
+            names = {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
             return {
-                "links": sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()),
+                "links": sorted(names.values()),
                 "addrs": sorted(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr()),
-                "routes4": len(ipr.get_routes(family=2)),
-                "routes6": len(ipr.get_routes(family=10)),
+                "routes4": sorted(_route(r, names) for r in ipr.get_routes(family=2)),
+                "routes6": sorted(_route(r, names) for r in ipr.get_routes(family=10)),
             }
     except Exception as exc:  # a client library breaking on the answers is the finding
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -10,6 +10,7 @@ say "route 198.19.64.0/24 in main: RTA_GATEWAY kernel 198.18.0.1, gvisor absent"
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,15 +32,21 @@ COMPARED_FIELDS = {
 }
 IFF_NAMES = {0x1: "UP", 0x2: "BROADCAST", 0x8: "LOOPBACK", 0x10: "POINTOPOINT", 0x40: "RUNNING", 0x80: "NOARP",
              0x100: "PROMISC", 0x1000: "MULTICAST", 0x10000: "LOWER_UP", 0x20000: "DORMANT"}  # fmt: skip
-# Not "tentative": an IPv6 address is tentative for a moment after it is added even when no DAD
-# is done, so a dump right after an add may or may not catch it; DAD has its own checks.
 IFA_F_NAMES = {0x01: "secondary", 0x02: "nodad", 0x04: "optimistic", 0x08: "dadfailed", 0x10: "homeaddress",
-               0x20: "deprecated", 0x80: "permanent"}  # fmt: skip
+               0x20: "deprecated", 0x40: "tentative", 0x80: "permanent", 0x100: "managetempaddr",
+               0x200: "noprefixroute", 0x400: "mcautojoin", 0x800: "stable-privacy"}  # fmt: skip
+# Left out on purpose: an IPv6 address is tentative for a moment after it is added even when no
+# DAD is done, so a dump right after an add may or may not catch it; DAD has its own checks.
+IFA_F_TENTATIVE = 0x40
 FOREVER = 0xFFFFFFFF
 
 
-def _flag_names(value: int, names: dict[int, str]) -> str:
-    return ",".join(n for bit, n in sorted(names.items()) if value & bit) or "-"
+def _flag_names(value: int, names: dict[int, str], skip: int = 0) -> str:
+    """Named bits by name, any others as hex (so no difference hides), `skip` bits left out."""
+    value &= ~skip
+    known = [n for bit, n in sorted(names.items()) if value & bit]
+    rest = value & ~sum(names)
+    return ",".join(known + ([f"{rest:#x}"] if rest else [])) or "-"
 
 
 @dataclass
@@ -75,7 +82,7 @@ class Normaliser:
             values["flags"] = _flag_names(values["flags"] or 0, IFF_NAMES)
             key: tuple = (m.attr("IFLA_IFNAME"),)
         elif m.type == "RTM_NEWADDR":
-            values["flags"] = _flag_names((m.attr("IFA_FLAGS") or values["flags"] or 0), IFA_F_NAMES)
+            values["flags"] = _flag_names((m.attr("IFA_FLAGS") or values["flags"] or 0), IFA_F_NAMES, skip=IFA_F_TENTATIVE)
             cache = m.attr("IFA_CACHEINFO") or {}
             values["lifetime"] = "forever" if cache.get("ifa_valid", FOREVER) == FOREVER else "finite"
             key = (self.name(m.fields.get("index")), f"{m.attr('IFA_ADDRESS')}/{m.fields.get('prefixlen')}")
@@ -105,15 +112,24 @@ class Difference:
         return f"{self.where}: {self.what} kernel {self.kernel!r}, stack {self.stack!r}"
 
 
+def _counted(records: list[Record]) -> tuple[dict[tuple, Record], dict[tuple, int]]:
+    return {r.key: r for r in records}, Counter(r.key for r in records)
+
+
 def diff_records(
     kernel: list[Record], stack: list[Record], ignore: tuple[str, ...] = (), only: tuple[str, ...] | None = None
 ) -> list[Difference]:
     """What differs between two record sets: records one side lacks, then values by key (all of
     them but `ignore`, or `only` those named; `only=()` compares presence alone)."""
-    mine = {r.key: r for r in stack}
-    theirs = {r.key: r for r in kernel}
+    mine, my_count = _counted(stack)
+    theirs, their_count = _counted(kernel)
     out = [Difference(r.label(), "record", "present", "absent") for k, r in theirs.items() if k not in mine]
     out += [Difference(r.label(), "record", "absent", "present") for k, r in mine.items() if k not in theirs]
+    out += [
+        Difference(theirs[k].label(), "times listed", their_count[k], my_count[k])
+        for k in theirs.keys() & mine.keys()
+        if their_count[k] != my_count[k]
+    ]
     for key in theirs.keys() & mine.keys():
         a, b = theirs[key], mine[key]
         for name in a.values.keys() | b.values.keys():
@@ -127,7 +143,13 @@ def diff_records(
 def diff_outcome(kernel: Answer, stack: Answer) -> list[Difference]:
     """How the request ended: its errno, an ACK, silence."""
     out = []
-    for what, get in (("errno", lambda a: a.errno), ("acked", lambda a: a.acked), ("silent", lambda a: a.silent)):
+    checks = (
+        ("errno", lambda a: a.errno),
+        ("acked", lambda a: a.acked),
+        ("silent", lambda a: a.silent),
+        ("ended", lambda a: not (a.incomplete or a.unterminated)),
+    )
+    for what, get in checks:
         if get(kernel) != get(stack):
             out.append(Difference(kernel.request, what, get(kernel), get(stack)))
     return out

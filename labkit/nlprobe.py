@@ -81,14 +81,17 @@ class Answer:
     send_errno: int | None = None  # the send itself failed (e.g. EPERM at sendmsg on some stacks)
     silent: bool = False  # nothing came before the quiet timeout
     unterminated: bool = False  # messages kept coming until the deadline, with no end in sight
+    incomplete: bool = False  # messages came, then silence, without the DONE/ACK/error that ends them
+    strays: list[Message] = field(default_factory=list)  # messages for another seq or port (late answers)
     crashed: str | None = None  # the probe's own failure (never the stack's answer)
 
     @property
     def errno(self) -> int | None:
-        """The request's error: a failed send, or the errno of the NLMSG_ERROR that answers it."""
+        """The request's error: a failed send, the errno of the NLMSG_ERROR that answers it, or
+        the one a dump's NLMSG_DONE carries (a dump that failed part-way)."""
         if self.send_errno is not None:
             return self.send_errno
-        err = next((m.error for m in self.messages if m.type == "NLMSG_ERROR"), None)
+        err = next((m.error for m in self.messages if m.type in ("NLMSG_ERROR", "NLMSG_DONE") and m.error), None)
         return err or None
 
     @property
@@ -175,15 +178,17 @@ def decode(data: bytes) -> list[Message]:
 
 def _decode_one(chunk: bytes, type_: int, flags: int, seq: int, pid: int, length: int) -> Message:
     msg = Message(TYPE_NAMES.get(type_, f"TYPE_{type_}"), flags, seq, pid, length, raw=chunk.hex())
+    if type_ in (NLMSG_ERROR, NLMSG_DONE) and len(chunk) >= 20:
+        msg.error = -struct.unpack_from("=i", chunk, 16)[0]
     if type_ == NLMSG_ERROR:
-        if len(chunk) >= 20:
-            msg.error = -struct.unpack_from("=i", chunk, 16)[0]
+        if len(chunk) < 20:
+            msg.decode_error = f"NLMSG_ERROR of {len(chunk)} bytes has no error code"
         if len(chunk) >= 36:
             e_len, e_type, e_flags, e_seq, e_pid = NLMSG_HDR.unpack_from(chunk, 20)
             msg.echoed = {"length": e_len, "type": e_type, "flags": e_flags, "seq": e_seq, "pid": e_pid}
         return msg
     if type_ in (NLMSG_DONE, NLMSG_NOOP):
-        return msg
+        return msg  # (a DONE's error code, if any, was read above)
     cls = _message_class(type_)
     if cls is None:
         msg.decode_error = f"no decoder for type {type_}"
@@ -231,6 +236,9 @@ class Probe:
         return answer
 
     def _gather(self, answer: Answer, seq: int | None, wants_ack: bool) -> None:
+        """Read until the request's answer ends, the socket stays quiet for `quiet` s, or the
+        deadline. Messages for another seq or port (a late answer to an earlier request) are
+        kept apart as strays."""
         end = time.monotonic() + self.deadline
         while True:
             left = end - time.monotonic()
@@ -240,16 +248,20 @@ class Probe:
             ready, _, _ = select.select([self.sock], [], [], min(self.quiet, left))
             if not ready:
                 answer.silent = not answer.messages
+                answer.incomplete = bool(answer.messages)
                 return
             try:
                 data = self.sock.recv(1 << 20)
             except OSError as exc:  # e.g. ENOBUFS: an answer that overran us is an answer too
                 answer.messages.append(Message("RECV_ERROR", 0, 0, 0, 0, error=exc.errno))
                 return
-            got = decode(data)
-            answer.messages.extend(got)
-            if any(_ends(m, seq, wants_ack) for m in got):
-                return
+            for m in decode(data):
+                if (seq is not None and m.seq != seq) or m.pid not in (0, self.port):
+                    answer.strays.append(m)
+                    continue
+                answer.messages.append(m)
+                if _ends(m, seq, wants_ack):
+                    return
 
 
 def _ends(message: Message, seq: int | None, wants_ack: bool) -> bool:
@@ -321,7 +333,8 @@ def answers_from_json(text: str) -> list[Answer]:
     out = []
     for item in json.loads(text):
         messages = [Message(**m) for m in item.pop("messages")]
-        out.append(Answer(messages=messages, **item))
+        strays = [Message(**m) for m in item.pop("strays", [])]
+        out.append(Answer(messages=messages, strays=strays, **item))
     return out
 
 

@@ -15,11 +15,11 @@ PARTS = "rtnetlink-support.d"
 
 
 class SupportTable:
-    """Rows from this process's checks, written to a file per xdist worker; the controller
-    merges them (pytest_sessionfinish below)."""
+    """Rows from this process's checks, in a file of its own (`RUN-WORKER.jsonl`): a run only
+    merges its own parts, so an evidence directory kept across runs does not mix them."""
 
-    def __init__(self, directory: Path, worker: str) -> None:
-        self.path = directory / PARTS / f"{worker}.jsonl"
+    def __init__(self, directory: Path, run: str, worker: str) -> None:
+        self.path = directory / PARTS / f"{run}-{worker}.jsonl"
         self.rows: list[dict] = []
 
     def add(self, row: dict) -> None:
@@ -29,18 +29,25 @@ class SupportTable:
             f.write(json.dumps(row) + "\n")
 
 
-def merge_support(directory: Path) -> Path | None:
+def _rows(part: Path):
+    for line in part.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except ValueError:
+            continue  # a line another worker is still writing; its own merge will see it whole
+
+
+def merge_support(directory: Path, run: str) -> Path | None:
     """rtnetlink-support.json: for each message type and stack, the worst status over its checks
     (unsupported > differs > supported), the checks behind it, and the attributes seen."""
-    parts = sorted((directory / PARTS).glob("*.jsonl"))
+    parts = sorted((directory / PARTS).glob(f"{run}-*.jsonl"))
     if not parts:
         return None
     rank = {"supported": 0, "differs": 1, "unsupported": 2}
     table: dict[str, dict[str, dict]] = {}
     kernel_attrs: dict[str, set[str]] = {}
     for part in parts:
-        for line in part.read_text().splitlines():
-            row = json.loads(line)
+        for row in _rows(part):
             cell = table.setdefault(row["message"], {}).setdefault(
                 row["stack"], {"status": "supported", "checks": {}, "attrs": set(), "differences": []}
             )
@@ -53,6 +60,7 @@ def merge_support(directory: Path) -> Path | None:
             for names in row["kernel_attrs"].values():
                 kernel_attrs.setdefault(row["message"], set()).update(names)
     out = {
+        "run": run,
         "messages": {
             msg: {
                 stack: {**cell, "attrs": sorted(cell["attrs"]), "differences": cell["differences"][:20]}

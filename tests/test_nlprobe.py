@@ -97,10 +97,13 @@ def test_differ_only_and_ignore():
 
 def test_support_table_merges_parts_worst_status_first(tmp_path):
     for worker, status in (("gw0", "supported"), ("gw1", "unsupported")):
-        table = SupportTable(tmp_path, worker)
+        table = SupportTable(tmp_path, "run1", worker)
         table.add({"check": f"c-{worker}", "message": "RTM_GETNEIGH", "stack": "s", "status": status, "differences": [],
                    "attrs": {"RTM_NEWNEIGH": ["NDA_DST"]}, "kernel_attrs": {"RTM_NEWNEIGH": ["NDA_DST", "NDA_LLADDR"]}})  # fmt: skip
-    merged = json.loads(merge_support(tmp_path).read_text())
+    SupportTable(tmp_path, "run0", "gw0").add({"check": "old", "message": "RTM_GETNEIGH", "stack": "old"})  # another run's
+    (tmp_path / "rtnetlink-support.d" / "run1-gw1.jsonl").open("a").write('{"check": "half-writ')
+    merged = json.loads(merge_support(tmp_path, "run1").read_text())
+    assert set(merged["messages"]["RTM_GETNEIGH"]) == {"s"}
     cell = merged["messages"]["RTM_GETNEIGH"]["s"]
     assert cell["status"] == "unsupported" and cell["checks"] == {"c-gw0": "supported", "c-gw1": "unsupported"}
     assert merged["kernel_attrs"]["RTM_GETNEIGH"] == ["NDA_DST", "NDA_LLADDR"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import random
+import select
 import socket
 import struct
 import time
@@ -283,8 +284,9 @@ def kernel_link():
         yield plan, near, far
 
 
-def _flows_by_socket(kernel_link, socks: list[socket.socket]) -> tuple[dict[int, set[int]], dict]:
-    """Inject FLOWS flows from the far end; which of `socks` (by index) saw each flow (source port)."""
+def _flows_by_socket(kernel_link, socks: list[socket.socket], expected: int) -> tuple[dict[int, set[int]], dict]:
+    """Inject FLOWS flows from the far end; which of `socks` (by index) saw each flow (source
+    port). Reads until `expected` frames of them arrived in all, or the sockets stay quiet 0.5 s."""
     from labkit.wire import Wire
 
     plan, near, far = kernel_link
@@ -292,16 +294,17 @@ def _flows_by_socket(kernel_link, socks: list[socket.socket]) -> tuple[dict[int,
         frames, sent = flow_frames(w, plan, "ipv4", 9)
         w.inject(frames)
     where: dict[int, set[int]] = defaultdict(set)
-    for i, s in enumerate(socks):
-        s.setblocking(False)
-        while True:
-            try:
-                data = s.recv(2048)
-            except BlockingIOError:
-                break
-            pkt = Ether(data)
+    index = {s.fileno(): i for i, s in enumerate(socks)}
+    seen = 0
+    while seen < expected:
+        ready, _, _ = select.select(socks, [], [], 0.5)
+        if not ready:
+            break
+        for s in ready:
+            pkt = Ether(s.recv(2048))
             if pkt.haslayer(UDP) and pkt[UDP].dport == 9:
-                where[pkt[UDP].sport].add(i)
+                where[pkt[UDP].sport].add(index[s.fileno()])
+                seen += 1
     return where, sent
 
 
@@ -310,7 +313,7 @@ def test_kernel_fanout_keeps_each_flow_on_one_socket_and_spreads_flows(kernel_li
     group = random.randint(1, 0xFFFF)
     socks = [_fanout_socket(near.ns.netns, near.name, group, FANOUT_HASH | FLAG_DEFRAG) for _ in range(4)]
     try:
-        where, sent = _flows_by_socket(kernel_link, socks)
+        where, sent = _flows_by_socket(kernel_link, socks, expected=FLOWS * PER_FLOW)
     finally:
         for s in socks:
             s.close()
@@ -331,7 +334,8 @@ def test_kernel_gives_each_group_every_frame_but_merges_a_shared_id(kernel_link,
     ids = (first, first if same_id else first + 0x8000)
     socks = [_fanout_socket(near.ns.netns, near.name, ids[i // 2], FANOUT_HASH | FLAG_DEFRAG) for i in range(4)]
     try:
-        where, sent = _flows_by_socket(kernel_link, socks)
+        # Every frame reaches one socket of each group: two groups, or one merged group.
+        where, sent = _flows_by_socket(kernel_link, socks, expected=FLOWS * PER_FLOW * (1 if same_id else 2))
     finally:
         for s in socks:
             s.close()

@@ -27,6 +27,7 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Ether
 
+from labkit.echo import echo_outcome
 from labkit.wire import ExpectTimeout, UnexpectedFrame
 
 OTHER_MAC = "02:00:00:00:00:55"  # the MAC a neighbour answers with, unlike the Wire's own
@@ -210,14 +211,6 @@ def test_a_duplicate_ipv6_address_is_given_up(testbed, stack, wire, plan):
         / ICMPv6ND_NA(tgt=address, R=0, S=0, O=1)
         / ICMPv6NDOptDstLLAddr(lladdr=wire.mac)
     )
-    ident = random.randint(1, 0xFFFF)
-    wire.send(IPv6(src=plan.peer6, dst=address) / ICMPv6EchoRequest(id=ident, seq=1))
-    wire.send(IPv6(src=plan.peer6, dst=plan.stack6) / ICMPv6EchoRequest(id=ident, seq=2))
-    wire.expect(IPv6(src=plan.stack6) / ICMPv6EchoReply(id=ident, seq=2), timeout=3)
-    wire.drain()
-    answered = [
-        f.packet for f in wire.frames if not f.outgoing and f.packet.haslayer(ICMPv6EchoReply) and f.packet[IPv6].src == address
-    ]
-    assert not answered, (
-        f"{address} is another node's (it answered the DAD probe), yet the stack answered an echo to it: {answered[0].summary()}"
-    )
+    outcome = echo_outcome(wire, plan.peer6, address, control=plan.stack6)
+    assert outcome != "deaf", f"{stack.id} no longer answers at its own address {plan.stack6}"
+    assert outcome == "silent", f"{address} is another node's (it answered the DAD probe), yet the stack answered an echo to it"

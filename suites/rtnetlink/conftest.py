@@ -12,8 +12,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,14 @@ SPECIFIC4, SPECIFIC6 = "198.19.64.0/24", "2001:db8:64::/64"  # via the peer: mor
 IN_SPECIFIC4, IN_SPECIFIC6 = "198.19.64.9", "2001:db8:64::9"
 UNROUTED4 = "198.19.77.7"  # IPv4 has no default route here: nothing matches it
 DEFAULTED6 = "2001:db8:77::7"  # IPv6 has one: only the default matches
-LINKS = {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}}
+
+
+def dump(type_: str, family: int = 0) -> dict:
+    """A dump request (`ip link|addr|route show`) of one message type, filtered to `family`."""
+    return {"type": type_, "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
+
+
+LINKS = dump("RTM_GETLINK")
 
 
 def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
@@ -46,6 +54,13 @@ def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     layouts.kernel_host(stack_end)
     sb.route(SPECIFIC4, via=plan.peer4).route(SPECIFIC6, via=plan.peer6).route("default", via=plan.peer6)
     return topo, stack_end, peer_end
+
+
+def _is_about(key_part: object, about: str) -> bool:
+    """`about` names this part of a record's identity: equal, the same address with a prefix
+    length ("198.18.0.50" in "198.18.0.50/24"), or a prefix ending in "." or ":" ("198.19.99.")."""
+    text = str(key_part)
+    return text == about or text.startswith(about + "/") or (about[-1:] in ".:" and text.startswith(about))
 
 
 @dataclass
@@ -73,8 +88,9 @@ class Pair:
         outcome = nldiff.diff_outcome(self.kernel[name], self.stack[name])
         kernel, stack = self.records(name)
         if about is not None:
-            kernel, stack = ([r for r in records if any(about in str(k) for k in r.key)] for records in (kernel, stack))
-        return outcome + nldiff.diff_records(kernel, stack, ignore=ignore, only=only)
+            kernel, stack = ([r for r in records if any(_is_about(k, about) for k in r.key)] for records in (kernel, stack))
+        records = nldiff.diff_records(kernel, stack, ignore=ignore, only=only)
+        return outcome + [replace(d, where=f"{name}: {d.where}") for d in records]  # which step saw it
 
     def report(self, name: str, differences: list[nldiff.Difference]) -> str:
         return f"{self.stack_id} answers {name} unlike the kernel:\n{nldiff.explain(differences)}"
@@ -95,6 +111,11 @@ class Differential:
         broken = [f"{n}: {m.type}: {m.decode_error}; bytes {m.raw}" for n, a in stack.items() for m in a.messages if m.decode_error]
         assert not broken, f"pyroute2 cannot decode {self.stack.id}'s answers:\n" + "\n".join(broken[:5])
         return Pair(kernel, stack, self.stack.id)
+
+    def verdict(self, message_type: str, pair: Pair, name: str, differences: list[nldiff.Difference], what: str) -> None:
+        """Note the support-table row, then fail on any difference, saying what was asked."""
+        self.note(message_type, pair, name, differences)
+        assert not differences, pair.report(what, differences)
 
     def note(self, message_type: str, pair: Pair, name: str, differences: list[nldiff.Difference]) -> None:
         """A support-table row for this check: how the stack did with `message_type`."""
@@ -131,10 +152,22 @@ def _settings_key():
     return SETTINGS
 
 
+_RUN = pytest.StashKey[str]()
+
+
+def _run_id(config: pytest.Config) -> str:
+    """The same on every xdist worker of a run (xdist's testrunuid), new for each run."""
+    if hasattr(config, "workerinput"):
+        return config.workerinput["testrunuid"]  # type: ignore[attr-defined]
+    if _RUN not in config.stash:
+        config.stash[_RUN] = uuid.uuid4().hex
+    return config.stash[_RUN]
+
+
 @pytest.fixture(scope="session")
 def support_table(request: pytest.FixtureRequest) -> SupportTable:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return SupportTable(_evidence_dir(request.config), worker)
+    return SupportTable(_evidence_dir(request.config), _run_id(request.config), worker)
 
 
 @pytest.fixture(scope="session")
@@ -173,4 +206,4 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     with (directory / "rtnetlink-support.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        merge_support(directory)
+        merge_support(directory, _run_id(session.config))

@@ -7,16 +7,12 @@ message types each stack carries out.
 from __future__ import annotations
 
 import errno
-import random
 
 import pytest
-from scapy.layers.inet import ICMP, IP
-from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
-from labkit import nldiff
-from labkit.match import compare
+from labkit import echo, nldiff
 
-from .conftest import IN_SPECIFIC4, SPECIFIC4, rtnl_layout
+from .conftest import IN_SPECIFIC4, LINKS, SPECIFIC4, dump, rtnl_layout
 
 pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout), pytest.mark.fresh]
 
@@ -35,40 +31,9 @@ def address_request(type_: str, ifname: str, address: str, prefixlen: int, flags
     }
 
 
-def addr_dump(family: int) -> dict:
-    return {"type": "RTM_GETADDR", "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
-
-
-def route_dump(family: int) -> dict:
-    return {"type": "RTM_GETROUTE", "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
-
-
-def _echo_request(src: str, dst: str, ident: int, seq: int):
-    if ":" in dst:
-        return IPv6(src=src, dst=dst) / ICMPv6EchoRequest(id=ident, seq=seq)
-    return IP(src=src, dst=dst) / ICMP(id=ident, seq=seq)
-
-
-def _echo_reply(src: str, ident: int, seq: int):
-    if ":" in src:
-        return IPv6(src=src) / ICMPv6EchoReply(id=ident, seq=seq)
-    return IP(src=src) / ICMP(type="echo-reply", id=ident, seq=seq)
-
-
 def echo_outcome(wire, plan, address: str) -> str:
-    """ "answered" or "silent" for an echo request to `address`; "deaf" if one to the stack's own
-    address, sent after it, is not answered either (then silence says nothing about `address`)."""
-    ident = random.randint(1, 0xFFFF)
     me, peer = (plan.stack6, plan.peer6) if ":" in address else (plan.stack4, plan.peer4)
-    wire.send(_echo_request(peer, address, ident, 1))
-    wire.send(_echo_request(peer, me, ident, 2))
-    try:
-        wire.expect(_echo_reply(me, ident, 2), timeout=3)
-    except AssertionError:
-        return "deaf"
-    wire.drain()
-    answered = any(not f.outgoing and compare(_echo_reply(address, ident, 1), f.packet).matched for f in wire.frames)
-    return "answered" if answered else "silent"
+    return echo.echo_outcome(wire, peer, address, control=me)
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
@@ -80,7 +45,7 @@ def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, family):
         "add": address_request("RTM_NEWADDR", ifname, address, prefixlen, ADD),
         "add-again-excl": address_request("RTM_NEWADDR", ifname, address, prefixlen, ADD),
         "add-again": address_request("RTM_NEWADDR", ifname, address, prefixlen, ("REQUEST", "ACK", "CREATE")),
-        "dump-after-add": addr_dump(fam),
+        "dump-after-add": dump("RTM_GETADDR", fam),
     }
     pair = rtnl.ask(steps)
     want = {"add": None, "add-again-excl": errno.EEXIST, "add-again": errno.EEXIST}
@@ -94,8 +59,8 @@ def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, family):
         {
             "delete": address_request("RTM_DELADDR", ifname, address, prefixlen),
             "delete-missing": address_request("RTM_DELADDR", ifname, address, prefixlen),
-            "dump-after-delete": addr_dump(fam),
-            "routes-after-delete": route_dump(fam),
+            "dump-after-delete": dump("RTM_GETADDR", fam),
+            "routes-after-delete": dump("RTM_GETROUTE", fam),
         }
     )
     assert deleted.kernel["delete"].acked and deleted.kernel["delete-missing"].errno == errno.EADDRNOTAVAIL, "the kernel's delete"
@@ -106,7 +71,7 @@ def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, family):
     if (seen := echo_outcome(wire, plan, address)) != "silent":
         differences.append(nldiff.Difference(f"echo to {address} after the delete", "outcome", "silent", seen))
     rtnl.note("RTM_NEWADDR", pair, "add", [d for d in differences if "delete" not in d.where])
-    rtnl.note("RTM_DELADDR", deleted, "delete", [d for d in differences if "delete" in d.where])
+    rtnl.note("RTM_DELADDR", deleted, "delete", [d for d in differences if "delete" in d.where])  # steps name themselves
     assert not differences, pair.report(f"adding and deleting {address}/{prefixlen}", differences)
 
 
@@ -116,17 +81,16 @@ def test_address_in_a_new_subnet_brings_its_route(rtnl, plan):
     pair = rtnl.ask(
         {
             "add": address_request("RTM_NEWADDR", ifname, address, 24, ADD),
-            "routes-after-add": route_dump(2),
+            "routes-after-add": dump("RTM_GETROUTE", 2),
             "delete": address_request("RTM_DELADDR", ifname, address, 24),
-            "routes-after-delete": route_dump(2),
+            "routes-after-delete": dump("RTM_GETROUTE", 2),
         }
     )
     main = [r for r in pair.kernel_norm.records(pair.kernel["routes-after-add"]) if r.key[1] == "198.19.99.0/24"]
     assert main, "the kernel added no route for the new subnet"
     steps = ("add", "routes-after-add", "delete", "routes-after-delete")
     differences = [d for step in steps for d in pair.differences(step, about="198.19.99.", only=())]
-    rtnl.note("RTM_NEWADDR", pair, "add", differences)
-    assert not differences, pair.report(f"the routes around adding and deleting {address}/24", differences)
+    rtnl.verdict("RTM_NEWADDR", pair, "add", differences, f"the routes around adding and deleting {address}/24")
 
 
 CHANGES = {
@@ -185,7 +149,7 @@ CHANGED = {
     "RTM_NEWROUTE": ("198.19.251.", ("type", "table", "RTA_GATEWAY", "RTA_OIF")),
     "RTM_DELROUTE": (IN_SPECIFIC4, ("type", "table", "RTA_GATEWAY", "RTA_OIF")),
     "RTM_NEWLINK": ("labkit0", ()),
-    "RTM_SETLINK": ("eth0", ("IFLA_MTU",)),
+    "RTM_SETLINK": ("IFNAME", ("IFLA_MTU",)),
 }
 
 
@@ -211,9 +175,9 @@ def test_change_is_carried_out(rtnl, plan, type_):
     pair = rtnl.ask({"change": change, "after": check})
     assert pair.kernel["change"].acked, f"the kernel refused the {type_}: errno {pair.kernel['change'].errno}"
     about, values = CHANGED[type_]
+    about = plan.stack_ifname if about == "IFNAME" else about
     differences = pair.differences("change") + pair.differences("after", about=about, only=values)
-    rtnl.note(type_, pair, "change", differences)
-    assert not differences, pair.report(type_, differences)
+    rtnl.verdict(type_, pair, "change", differences, type_)
 
 
 @pytest.mark.parametrize("by", ["index", "name"])
@@ -223,15 +187,14 @@ def test_dellink(rtnl, plan, by):
     pair = rtnl.ask(
         {
             "delete": {"type": "RTM_DELLINK", "flags": ["REQUEST", "ACK"], "fields": {"family": 0, **ident}, "attrs": attrs},
-            "links-after": {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}},
+            "links-after": LINKS,
         }
     )
     assert pair.kernel["delete"].acked, (
         f"the kernel did not delete {plan.stack_ifname} by {by}: errno {pair.kernel['delete'].errno}"
     )
     differences = pair.differences("delete") + pair.differences("links-after", about=plan.stack_ifname, only=())
-    rtnl.note("RTM_DELLINK", pair, "delete", differences)
-    assert not differences, pair.report(f"RTM_DELLINK by {by}", differences)
+    rtnl.verdict("RTM_DELLINK", pair, "delete", differences, f"RTM_DELLINK by {by}")
 
 
 def test_neighbour_dump_after_traffic(rtnl, plan, wire, kernel_reference):
@@ -241,5 +204,4 @@ def test_neighbour_dump_after_traffic(rtnl, plan, wire, kernel_reference):
     pair = rtnl.ask({"neighbours": {"type": "RTM_GETNEIGH", "flags": ["REQUEST", "DUMP"], "fields": {"family": 2}}})
     assert any(r.key[1] == plan.peer4 for r in pair.kernel_norm.records(pair.kernel["neighbours"])), "the kernel lists no peer"
     differences = pair.differences("neighbours", about=plan.peer4)
-    rtnl.note("RTM_GETNEIGH", pair, "neighbours", differences)
-    assert not differences, pair.report("the neighbour dump", differences)
+    rtnl.verdict("RTM_GETNEIGH", pair, "neighbours", differences, "the neighbour dump")

@@ -24,8 +24,7 @@ def test_link_dump_matches_the_kernel(rtnl, plan):
     kernel, _ = pair.records("dump")
     assert {r.key[0] for r in kernel} >= {"lo", plan.stack_ifname}, f"the kernel's own dump lacks links: {kernel}"
     differences = pair.differences("dump")
-    rtnl.note("RTM_GETLINK", pair, "dump", differences)
-    assert not differences, pair.report("dump", differences)
+    rtnl.verdict("RTM_GETLINK", pair, "dump", differences, "dump")
 
 
 @pytest.mark.parametrize("how", ["index", "name"])
@@ -38,8 +37,7 @@ def test_one_link_by_index_or_name(rtnl, plan, how):
     kernel, _ = pair.records("get")
     assert [r.key for r in kernel] == [(plan.stack_ifname,)], f"the kernel answered {kernel}"
     differences = pair.differences("get")
-    rtnl.note("RTM_GETLINK", pair, "get", differences)
-    assert not differences, pair.report("get", differences)
+    rtnl.verdict("RTM_GETLINK", pair, "get", differences, "get")
 
 
 @pytest.mark.parametrize(
@@ -55,5 +53,4 @@ def test_getlink_errors(rtnl, what, want):
     pair = rtnl.ask({what: request})
     assert pair.kernel[what].errno == want, f"the kernel answered {what} with errno {pair.kernel[what].errno}, not {want}"
     differences = pair.differences(what)
-    rtnl.note("RTM_GETLINK", pair, what, differences)
-    assert not differences, pair.report(what, differences)
+    rtnl.verdict("RTM_GETLINK", pair, what, differences, what)

@@ -10,7 +10,7 @@ import pytest
 
 from labkit import nldiff
 
-from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, UNROUTED4, rtnl_layout
+from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, UNROUTED4, dump, rtnl_layout
 
 pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
 
@@ -29,20 +29,15 @@ def lookup(dst: str, flags: int = 0) -> dict:
     }
 
 
-def route_dump(family: int) -> dict:
-    return {"type": "RTM_GETROUTE", "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
-
-
 @pytest.mark.parametrize("family", list(FAMILY))
 def test_route_dump_honours_the_family_filter(rtnl, family):
-    pair = rtnl.ask({"dump": route_dump(FAMILY[family])})
+    pair = rtnl.ask({"dump": dump("RTM_GETROUTE", FAMILY[family])})
     kernel, stack = pair.records("dump")
     assert kernel and all(r.values["family"] == FAMILY[family] for r in kernel), f"the kernel's {family} dump: {kernel}"
     differences = [
         nldiff.Difference(r.label(), "family", "filtered out", "returned") for r in stack if r.values["family"] != FAMILY[family]
     ]
-    rtnl.note("RTM_GETROUTE", pair, "dump", differences)
-    assert not differences, pair.report(f"a route dump filtered to {family}", differences)
+    rtnl.verdict("RTM_GETROUTE", pair, "dump", differences, f"a route dump filtered to {family}")
 
 
 @pytest.mark.parametrize("table", ["main", "local"])
@@ -51,7 +46,7 @@ def test_route_dump_per_table(rtnl, family, table):
     """The routes of one family (the filter itself is the check above), compared table by table:
     `ip route` shows main, `ip route show table local` the local and broadcast routes the kernel
     adds for each address."""
-    pair = rtnl.ask({"dump": route_dump(FAMILY[family])})
+    pair = rtnl.ask({"dump": dump("RTM_GETROUTE", FAMILY[family])})
     number = MAIN if table == "main" else LOCAL
     kernel, stack = (
         [r for r in records if r.key[0] == f"table {number}" and r.values["family"] == FAMILY[family]]
@@ -59,8 +54,7 @@ def test_route_dump_per_table(rtnl, family, table):
     )
     assert kernel, f"the kernel's {family} dump has no {table} routes"
     differences = nldiff.diff_outcome(pair.kernel["dump"], pair.stack["dump"]) + nldiff.diff_records(kernel, stack)
-    rtnl.note("RTM_GETROUTE", pair, "dump", differences)
-    assert not differences, pair.report(f"the {family} route dump ({table} table)", differences)
+    rtnl.verdict("RTM_GETROUTE", pair, "dump", differences, f"the {family} route dump ({table} table)")
 
 
 @pytest.mark.parametrize(
@@ -83,8 +77,7 @@ def test_route_lookup(rtnl, plan, dst, expect):
         gateway = plan.peer6 if ":" in dst else plan.peer4
         assert route.attr("RTA_GATEWAY") == gateway, f"the kernel routes {dst} via {route.attr('RTA_GATEWAY')}"
     differences = pair.differences("get")
-    rtnl.note("RTM_GETROUTE", pair, "get", differences)
-    assert not differences, pair.report(f"ip route get {dst}", differences)
+    rtnl.verdict("RTM_GETROUTE", pair, "get", differences, f"ip route get {dst}")
 
 
 @pytest.mark.parametrize("flags", [RTM_F_LOOKUP_TABLE, RTM_F_FIB_MATCH, RTM_F_NOTIFY], ids=["lookup-table", "fib-match", "notify"])
@@ -97,5 +90,4 @@ def test_route_lookup_flags(rtnl, flags):
     differences = pair.differences(
         "get", only=("type", "table", "RTA_GATEWAY", "RTA_OIF")
     )  # the route found; its attributes: above
-    rtnl.note("RTM_GETROUTE", pair, "get", differences)
-    assert not differences, pair.report(f"a lookup with rtm_flags {flags:#x}", differences)
+    rtnl.verdict("RTM_GETROUTE", pair, "get", differences, f"a lookup with rtm_flags {flags:#x}")

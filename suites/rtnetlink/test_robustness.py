@@ -18,7 +18,7 @@ from scapy.layers.inet import ICMP, IP
 from labkit import nldiff
 from labkit.nlprobe import NLM_F, raw_message
 
-from .conftest import rtnl_layout
+from .conftest import LINKS, rtnl_layout
 
 pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout), pytest.mark.fresh]
 
@@ -50,7 +50,7 @@ def faults(answer) -> list[str]:
 
 def still_serves(rtnl, wire, plan) -> list[str]:
     problems = []
-    after = rtnl.ask({"links": {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}}})
+    after = rtnl.ask({"links": LINKS})
     names = {m.attr("IFLA_IFNAME") for m in after.stack["links"].payload()}
     if plan.stack_ifname not in names:
         problems.append(f"a link dump afterwards lists {sorted(n for n in names if n)}")
