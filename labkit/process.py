@@ -31,16 +31,24 @@ def lab_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _child_setup(ns_fd: int | None) -> None:
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+
+
+def _child_setup(ns_fd: int | None, private_mounts: bool = False) -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if ns_fd is not None and _libc.setns(ns_fd, CLONE_NEWNET) != 0:
         os._exit(121)
+    # A mount namespace of its own whose mounts do not propagate back: what a program that
+    # unmounts things (slirp4netns --enable-sandbox) does stays with it.
+    if private_mounts and (_libc.unshare(CLONE_NEWNS) != 0 or _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0):
+        os._exit(122)
 
 
 class LabProcess:
     """A child process owned by the lab; `close()` ends it (TERM, then KILL) and reaps it."""
 
-    def __init__(self, argv: Sequence[str], netns: NetNS | None = None, **popen: Any) -> None:
+    def __init__(self, argv: Sequence[str], netns: NetNS | None = None, private_mounts: bool = False, **popen: Any) -> None:
         owner.me().register()
         ns_fd = netns.open() if netns is not None else None
         popen.setdefault("env", lab_env())
@@ -48,7 +56,7 @@ class LabProcess:
         # ns_fd is O_CLOEXEC and not passed: preexec_fn uses it before exec, and no child keeps
         # a namespace alive through an inherited fd.
         try:
-            self.popen = subprocess.Popen(list(argv), preexec_fn=lambda: _child_setup(ns_fd), **popen)
+            self.popen = subprocess.Popen(list(argv), preexec_fn=lambda: _child_setup(ns_fd, private_mounts), **popen)
         except FileNotFoundError:
             raise LabError(f"cannot run {argv[0]!r}: not found") from None
         finally:
