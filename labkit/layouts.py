@@ -7,12 +7,17 @@ Each is a function of the address plan returning (topology, the stack's end, the
   kernel host at FAR4/FAR6. What leaves the router towards it has been through the kernel's own
   device path: GSO super-frames cut into segments, partial checksums finished, as a NIC would
   put them on a wire.
+- `tap`: one namespace and no veth, for a stack that makes its own link (slirp4netns, pasta: a
+  tap whose other side is the user-space stack). The Wire sits on the tap, next to the kernel.
 """
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass, field
+
 from .plan import AddressPlan
-from .topology import Link, Topology
+from .topology import Link, Namespace, Topology
 
 FAR_NET4, FAR_NET6 = "198.19.9.0/24", "2001:db8:9::/64"
 ROUTER4, ROUTER6 = "198.19.9.1", "2001:db8:9::1"
@@ -48,3 +53,27 @@ def routed(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     router.sysctl("net.ipv4.ip_forward", 1).sysctl("net.ipv6.conf.all.forwarding", 1)
     far.route("default", via=ROUTER4).route("default", via=ROUTER6)
     return topo, stack_end, peer_end
+
+
+@dataclass
+class TapEnd:
+    """The namespace side of a tap a user-space stack serves. The stack creates the tap and fills
+    in `mac`; the Wire then sits on it. The kernel there owns the peer address (the stack
+    configures it), so the Wire need not answer for it."""
+
+    ns: Namespace
+    name: str
+    net4: ipaddress.IPv4Network
+    net6: ipaddress.IPv6Network
+    mtu: int
+    peer4: str
+    peer6: str
+    mac: str | None = None  # the tap's (the namespace side, where the Wire sits)
+    stack_mac: str | None = None  # the stack's on the far side: what its driver knows, else learned by ARP
+    addresses: list[str] = field(default_factory=list)  # what the stack configured on the tap
+
+
+def tap(plan: AddressPlan) -> tuple[Topology, TapEnd, TapEnd]:
+    topo = Topology()
+    end = TapEnd(topo.namespace("sb"), "tap0", plan.net4, plan.net6, plan.mtu, plan.peer4, plan.peer6)
+    return topo, end, end

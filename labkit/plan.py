@@ -23,12 +23,20 @@ class AddressPlan:
     mtu: int = 1500
     stack_ifname: str = "eth0"
     peer_ifname: str = "peer0"
+    # Host numbers in both prefixes. A stack that fixes its own (slirp4netns: the namespace's
+    # tap is .100) says so through its driver's plan_for().
+    peer_host: int = 1
+    stack_host: int = 2
+    unused_host: int = 3
 
     def __post_init__(self) -> None:
         for net in (self.net4, self.net6):
             lab_interface(str(net))
             if net.num_addresses < 4:
                 raise LabInputError(f"lab prefix {net} is too small; allowed: /30 or larger (IPv4), /126 or larger (IPv6)")
+            hosts = (self.peer_host, self.stack_host, self.unused_host)
+            if len(set(hosts)) != 3 or not all(0 < h < net.num_addresses - 1 for h in hosts):
+                raise LabInputError(f"host numbers {hosts} do not fit {net}; allowed: three different hosts of the prefix")
         check_mac(self.stack_mac)
         check_mac(self.peer_mac)
         check_mtu(self.mtu)
@@ -45,29 +53,29 @@ class AddressPlan:
             values[key] = iface.network
         return cls(**values)  # type: ignore[arg-type]
 
-    # The peer (gateway) is .1 / ::1, the stack .2 / ::2.
+    # By default the peer (gateway) is .1 / ::1, the stack .2 / ::2.
     @property
     def peer4(self) -> str:
-        return str(self.net4.network_address + 1)
+        return str(self.net4.network_address + self.peer_host)
 
     @property
     def stack4(self) -> str:
-        return str(self.net4.network_address + 2)
+        return str(self.net4.network_address + self.stack_host)
 
     @property
     def peer6(self) -> str:
-        return str(self.net6.network_address + 1)
+        return str(self.net6.network_address + self.peer_host)
 
     @property
     def stack6(self) -> str:
-        return str(self.net6.network_address + 2)
+        return str(self.net6.network_address + self.stack_host)
 
     def unused4(self) -> str:
         """An address in the stack's subnet that nobody owns."""
-        return str(self.net4.network_address + 3)
+        return str(self.net4.network_address + self.unused_host)
 
     def unused6(self) -> str:
-        return str(self.net6.network_address + 3)
+        return str(self.net6.network_address + self.unused_host)
 
     def build(self) -> tuple[Topology, Link, Link]:
         """Declare the standard topology: (topology, the stack's end, the Wire's end)."""

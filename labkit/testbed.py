@@ -10,6 +10,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from scapy.layers.l2 import ARP, Ether
+
+from . import layouts
 from .plan import AddressPlan
 from .stacks import Stack, StackSpec
 from .topology import Link, Topology
@@ -42,9 +45,13 @@ class Testbed:
     def up(self) -> Testbed:
         if self.topology is not None:
             return self  # already up (`with Testbed(...).up()` must not build a second one)
-        self.topology, self.stack_end, self.peer_end = self.layout(self.plan)
+        makes_link = self.spec.driver.makes_link
+        self.topology, self.stack_end, self.peer_end = (layouts.tap if makes_link else self.layout)(self.plan)
         try:
             self.topology.up()
+            if makes_link:
+                self._up_on_tap()
+                return self
             assert self.peer_end.ns.netns is not None and self.peer_end.mac is not None
             # The Wire listens before the stack starts, so the pcap has the stack's first frames.
             self.wire = Wire(self.peer_end.ns.netns, self.peer_end.name, mac=self.peer_end.mac, far_mac=self.stack_end.mac)
@@ -56,10 +63,27 @@ class Testbed:
             raise
         return self
 
+    def _up_on_tap(self) -> None:
+        """A stack that makes its own link: start it, then put the Wire on its tap; the stack's
+        MAC is what its driver says or, if it cannot say, what the stack answers to ARP."""
+        self.stack = self.spec.create()
+        self.stack.start(self.topology, self.stack_end)
+        end = self.peer_end
+        assert end.ns.netns is not None and end.mac is not None, f"{self.stack.id} did not report its tap's MAC"
+        self.wire = Wire(end.ns.netns, end.name, mac=end.mac, far_mac=end.stack_mac)
+        self._own_peer_addresses()
+        if end.stack_mac is None:
+            reply = self.wire.send_and_expect(
+                Ether(src=end.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=end.mac, psrc=self.plan.peer4, pdst=self.plan.stack4),
+                ARP(op=2, psrc=self.plan.stack4),
+                timeout=3,
+            )
+            end.stack_mac = self.wire.far_mac = reply[ARP].hwsrc
+
     def _own_peer_addresses(self) -> None:
         assert self.wire is not None and self.peer_end is not None
         self.wire.disown_all()
-        if not self.peer_end.addresses:  # a kernel peer answers for itself
+        if not self.peer_end.addresses:  # a kernel peer (or the kernel behind a tap) answers for itself
             self.wire.own(self.plan.peer4)
             self.wire.own(self.plan.peer6)
 

@@ -17,8 +17,9 @@ from ..errors import LabInputError
 from .base import Availability, Service, Stack
 from .gvisor import GVisorStack
 from .linux import LinuxStack
+from .slirp4netns import Slirp4netnsStack
 
-BUILTIN: dict[str, type[Stack]] = {"linux": LinuxStack, "gvisor": GVisorStack}
+BUILTIN: dict[str, type[Stack]] = {"linux": LinuxStack, "gvisor": GVisorStack, "slirp4netns": Slirp4netnsStack}
 
 __all__ = ["Availability", "GVisorStack", "LinuxStack", "Service", "Stack", "StackSpec", "known_drivers", "load_driver", "resolve"]
 

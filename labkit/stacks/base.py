@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from .. import janitor, owner
 from ..errors import LabError, LabInputError
 from ..packet_sockets import PacketSocket
+from ..plan import AddressPlan
 from ..process import LabProcess
 from ..topology import Link, Topology
 
@@ -133,6 +134,15 @@ class Stack(abc.ABC):
     # A started instance may serve several checks in a row (when starting one is slow); the
     # testbed pool then calls reset() between checks and healthy() before handing it out.
     reuse: ClassVar[bool] = False
+    # The stack makes the link the Wire sits on (a tap in the namespace: slirp4netns, pasta);
+    # it is started on a layouts.TapEnd and fills in its MAC. Layouts of veth ends do not apply.
+    makes_link: ClassVar[bool] = False
+
+    @classmethod
+    def plan_for(cls, variant: str, plan: AddressPlan) -> AddressPlan:
+        """The addresses the checks see for this stack: the lab's plan, or the stack's own
+        variation of it (slirp4netns puts the namespace at .100)."""
+        return plan
 
     def __init__(self, variant: str = "") -> None:
         self.variant = variant
