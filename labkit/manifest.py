@@ -11,6 +11,9 @@ a strict xfail, so a deviation that stops happening turns the run red instead of
     reason = "arp_ignore=8 makes the kernel answer no ARP request"
 
 `unless = "GLOB"` leaves out the stacks it matches (`stack = "gvisor*"`, `unless = "*norxcsum*"`).
+`strict = false` is for a deviation that depends on load (a burst that a stack with several
+channels sometimes absorbs): its check still runs and a pass is still reported (XPASS), but
+does not turn the run red. Say why in the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from .errors import LabInputError
 
 KEYS = {"stack", "check", "reason"}
-OPTIONAL = {"unless"}  # a stack glob the entry does not apply to (e.g. "*norxcsum*")
+OPTIONAL = {"unless", "strict"}  # a stack glob the entry does not apply to; strict = false
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Deviation:
     check: str
     reason: str
     unless: str = ""
+    strict: bool = True
 
     def applies(self, stack_id: str, check_id: str) -> bool:
         """`check_id` may carry the check's own parameters (`FILE::TEST[ipv6]`): a manifest entry
@@ -82,8 +86,10 @@ class Manifest:
                 raise LabInputError(f"{where}: not a table; allowed: stack, check, reason")
             unknown = set(entry) - KEYS - OPTIONAL
             if unknown:
-                raise LabInputError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: stack, check, reason, unless")
-            for key in sorted(KEYS | (OPTIONAL & set(entry))):
+                raise LabInputError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: stack, check, reason, unless, strict")
+            if not isinstance(entry.get("strict", True), bool):
+                raise LabInputError(f"{where}: 'strict' must be true or false, got {entry['strict']!r}")
+            for key in sorted(KEYS | (OPTIONAL & set(entry) - {"strict"})):
                 value = entry.get(key)
                 if not isinstance(value, str) or not value.strip():
                     raise LabInputError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
@@ -94,6 +100,12 @@ class Manifest:
                     f"{where}: check {entry['check']!r} is not a test id; allowed: SUITE/FILE.py::TEST (globs allowed)"
                 )
             out.append(
-                Deviation(entry["stack"].strip(), entry["check"].strip(), entry["reason"].strip(), entry.get("unless", "").strip())
+                Deviation(
+                    entry["stack"].strip(),
+                    entry["check"].strip(),
+                    entry["reason"].strip(),
+                    entry.get("unless", "").strip(),
+                    entry.get("strict", True),
+                )
             )
         return cls(path, tuple(out))

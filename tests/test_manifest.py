@@ -57,3 +57,27 @@ def test_shipped_manifest_is_valid():
     from fixtures.options import DEFAULT_MANIFEST
 
     Manifest.load(DEFAULT_MANIFEST)
+
+
+def test_strict_defaults_to_true_and_may_be_turned_off(tmp_path):
+    body = """
+[[deviation]]
+stack = "a"
+check = "s/t.py::one"
+reason = "always"
+
+[[deviation]]
+stack = "b"
+check = "s/t.py::two"
+reason = "load-dependent"
+strict = false
+"""
+    m = Manifest.load(write(tmp_path, body))
+    assert m.lookup("a", "s/t.py::one").strict is True
+    assert m.lookup("b", "s/t.py::two").strict is False
+
+
+def test_strict_must_be_a_boolean(tmp_path):
+    body = '[[deviation]]\nstack = "a"\ncheck = "s/t.py::one"\nreason = "r"\nstrict = "no"\n'
+    with pytest.raises(LabInputError, match="'strict' must be true or false"):
+        Manifest.load(write(tmp_path, body))

@@ -17,9 +17,10 @@ from ..errors import LabInputError
 from .base import Availability, Service, Stack
 from .gvisor import GVisorStack
 from .linux import LinuxStack
+from .pasta import PastaStack
 from .slirp4netns import Slirp4netnsStack
 
-BUILTIN: dict[str, type[Stack]] = {"linux": LinuxStack, "gvisor": GVisorStack, "slirp4netns": Slirp4netnsStack}
+BUILTIN: dict[str, type[Stack]] = {"linux": LinuxStack, "gvisor": GVisorStack, "slirp4netns": Slirp4netnsStack, "pasta": PastaStack}
 
 __all__ = ["Availability", "GVisorStack", "LinuxStack", "Service", "Stack", "StackSpec", "known_drivers", "load_driver", "resolve"]
 

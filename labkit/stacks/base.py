@@ -39,7 +39,8 @@ SERVICES = "services"  # can run the lab's services inside
 EXEC = "exec"  # can run arbitrary commands inside
 SYSCTL = "sysctl"
 RTNETLINK = "rtnetlink"  # answers NETLINK_ROUTE for its own links, addresses and routes, inside
-CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, SYSCTL, RTNETLINK})
+ADDR_CONFIG = "addr-config"  # `ip addr add` run inside gives the stack itself a new address
+CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, SYSCTL, RTNETLINK, ADDR_CONFIG})
 # Sandbox-only traits, which the network-setup checks are about:
 NETNS_COPY = "netns-copy"  # builds its own stack from the namespace's links, addresses and routes
 AF_PACKET = "af-packet"  # reaches its link through AF_PACKET sockets the lab can inspect

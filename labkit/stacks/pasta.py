@@ -1,0 +1,55 @@
+"""pasta (passt) as a stack under test, on the far side of the namespace's tap.
+
+pasta gets the plan's addresses: the namespace is .1 / ::1 and pasta answers as the gateway at
+.2 / ::2 (the checks' "stack"). It maps the gateway to the host's loopback (its default), and
+forwards no port unless told. Only what pasta answers itself is checked (ARP, NDP): anything
+else sent to the gateway would leave through the host's own sockets.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from ..pasta import Pasta, PastaOptions
+from . import base
+from .tap import TapStack
+
+INSTALL = "apt-get install -y passt"
+
+
+class PastaStack(TapStack):
+    kind = "pasta"
+    capabilities = frozenset({base.ARP, base.NDP, base.IPV4, base.IPV6, base.EXEC, base.SERVICES})
+    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {}, "mtu65520": {"mtu": 65520}}
+
+    def __init__(self, variant: str = "") -> None:
+        super().__init__(variant)
+        self.pasta: Pasta | None = None
+
+    @classmethod
+    def availability(cls) -> base.Availability:
+        if shutil.which("pasta") is None:
+            return base.Availability(False, "pasta is not installed", INSTALL)
+        return base.Availability(True)
+
+    def _start(self) -> None:
+        tap, workdir = self.tap, self.workdir
+        assert tap.ns.netns is not None and workdir is not None
+        gateway4 = str(tap.net4.network_address + 2)
+        gateway6 = str(tap.net6.network_address + 2)
+        options = PastaOptions(
+            f"{tap.peer4}/{tap.net4.prefixlen}", gateway4, f"{tap.peer6}/{tap.net6.prefixlen}", gateway6,
+            mtu=self.options.get("mtu", 1500), ifname=tap.name,
+        )  # fmt: skip
+        self.pasta = Pasta(tap.ns.netns, options, workdir=workdir).start()
+        self.read_tap()
+
+    def _stop(self) -> None:
+        if self.pasta is not None:
+            self.pasta.stop()
+            self.pasta = None
+
+    def healthy(self) -> bool:
+        return super().healthy() and self.pasta is not None and self.pasta.running()

@@ -1,0 +1,103 @@
+"""pasta, started as the lab starts it: the namespace gets the addresses, routes and MTU asked
+for, ports given as `-t`/`-u` are forwarded from the host's 127.0.0.1, and nothing else is."""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+
+import pytest
+
+from labkit.errors import LabInputError
+from labkit.netview import NetView
+from labkit.pasta import Forward, Pasta, PastaOptions
+from labkit.process import run_in
+
+needs_pasta = pytest.mark.skipif(shutil.which("pasta") is None, reason="pasta is not installed; install: apt-get install -y passt")
+
+
+def options(plan, **kw) -> PastaOptions:
+    return PastaOptions(
+        f"{plan.peer4}/{plan.net4.prefixlen}", plan.stack4, f"{plan.peer6}/{plan.net6.prefixlen}", plan.stack6, **kw
+    )
+
+
+@pytest.mark.parametrize(
+    "kw, allowed",
+    [
+        ({"mtu": 67}, "from 68 to 65520"),
+        ({"mtu": 70000}, "from 68 to 65520"),
+        ({"forwards": (Forward("sctp", 1, 1),)}, "tcp or udp"),
+    ],
+)
+def test_bad_options_are_refused(plan, kw, allowed):
+    with pytest.raises(LabInputError, match=allowed):
+        options(plan, **kw)
+
+
+@needs_pasta
+@pytest.mark.parametrize("mtu", [1500, 65520])
+def test_namespace_gets_addresses_routes_and_mtu(plan, namespace, workdir, mtu):
+    with Pasta(namespace.netns, options(plan, mtu=mtu), workdir=workdir) as pasta:
+        assert pasta.running()
+        view = NetView.read(lambda argv: run_in(namespace.netns, argv))
+        tap = view.links.get("tap0")
+        assert tap is not None and tap.mtu == mtu, f"tap0: {tap}, asked for MTU {mtu}"
+        have = view.addresses.get("tap0", frozenset())
+        want = {f"{plan.peer4}/{plan.net4.prefixlen}", f"{plan.peer6}/{plan.net6.prefixlen}"}
+        assert want <= have, f"tap0 has {sorted(have)}, not {sorted(want - have)}"
+        defaults = {(r.dst, r.gateway, r.dev) for r in view.routes if r.dst in ("0.0.0.0/0", "::/0")}
+        assert defaults == {("0.0.0.0/0", plan.stack4, "tap0"), ("::/0", plan.stack6, "tap0")}, f"default routes {defaults}"
+        pidfd = os.pidfd_open(pasta.pid)
+    try:
+        assert select.select([pidfd], [], [], 0)[0], "pasta survived stop"
+    finally:
+        os.close(pidfd)
+    assert namespace.netns.exists()
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_pasta
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_port_forwarding_from_host_loopback(plan, namespace, workdir, proto):
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    host_port, other_port = _free_port(kind), _free_port(kind)
+    with namespace.netns.entered():
+        inside = socket.socket(socket.AF_INET, kind)
+    with inside:
+        inside.bind(("0.0.0.0", 0))
+        guest_port = inside.getsockname()[1]
+        if proto == "tcp":
+            inside.listen(2)
+        inside.settimeout(3)
+        forwards = (Forward(proto, host_port, guest_port),)
+        with Pasta(namespace.netns, options(plan, forwards=forwards), workdir=workdir):
+            assert _carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
+            assert not _carried(proto, other_port, inside, timeout=0.5), f"{proto} 127.0.0.1:{other_port} was forwarded unasked"
+
+
+def _carried(proto: str, host_port: int, inside: socket.socket, timeout: float = 3.0) -> bool:
+    payload = os.urandom(8)
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    inside.settimeout(timeout)
+    with socket.socket(socket.AF_INET, kind) as outside:
+        outside.settimeout(timeout)
+        try:
+            if proto == "tcp":
+                outside.connect(("127.0.0.1", host_port))
+                outside.sendall(payload)
+                conn, _ = inside.accept()
+                with conn:
+                    conn.settimeout(timeout)
+                    return conn.recv(64) == payload
+            outside.sendto(payload, ("127.0.0.1", host_port))
+            return inside.recv(64) == payload
+        except OSError:
+            return False
