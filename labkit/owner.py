@@ -27,8 +27,10 @@ def _start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Field 22 (starttime); the command name in field 2 may hold spaces, so split after ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    # Field 22 (starttime); the command name in field 2 may hold spaces, so split after ')'. A
+    # zombie (state Z, field 3) is dead: it only waits for its parent to reap it.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
 
 
 @dataclass(frozen=True)

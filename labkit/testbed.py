@@ -34,7 +34,7 @@ class Testbed:
 
     def __init__(self, spec: StackSpec, plan: AddressPlan | None = None, layout: Layout = standard_layout) -> None:
         self.spec = spec
-        self.plan = plan or AddressPlan()
+        self.plan = spec.driver.plan_for(spec.variant, plan or AddressPlan())
         self.layout = layout
         self.topology: Topology | None = None
         self.stack: Stack | None = None
