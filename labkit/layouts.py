@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from .netns import NetNS
 from .plan import AddressPlan
 from .topology import Link, Namespace, Topology
 
@@ -69,8 +70,17 @@ class TapEnd:
     peer4: str
     peer6: str
     mac: str | None = None  # the tap's (the namespace side, where the Wire sits)
+    userns_netns: NetNS | None = None  # rootless: the user+net namespace the stack made instead of `ns`
     stack_mac: str | None = None  # the stack's on the far side: what its driver knows, else learned by ARP
     addresses: list[str] = field(default_factory=list)  # what the stack configured on the tap
+
+    @property
+    def netns(self) -> NetNS:
+        """Where the tap is: the topology's namespace, or (rootless) the stack's own."""
+        if self.userns_netns is not None:
+            return self.userns_netns
+        assert self.ns.netns is not None
+        return self.ns.netns
 
 
 def tap(plan: AddressPlan) -> tuple[Topology, TapEnd, TapEnd]:

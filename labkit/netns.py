@@ -82,6 +82,20 @@ class NetNS:
             raise LabError(f"cannot create netns {name}: {failure[0]}")
         return ns
 
+    @classmethod
+    def adopt(cls, name: str, source: str) -> NetNS:
+        """Give a name to a namespace that exists already (`ip netns attach`): bind-mount
+        `source` (e.g. /proc/PID/ns/net of a process in a user+net namespace) on it."""
+        _ensure_netns_dir()
+        ns = cls(name)
+        fd = os.open(ns.path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.close(fd)
+        if _libc.mount(source.encode(), bytes(ns.path), b"none", MS_BIND, None) != 0:
+            err = ctypes.get_errno()
+            ns.path.unlink(missing_ok=True)
+            raise LabError(f"cannot name netns {source} as {name}: {os.strerror(err)}")
+        return ns
+
     def exists(self) -> bool:
         return os.path.ismount(self.path)
 

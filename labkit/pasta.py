@@ -58,9 +58,13 @@ class PastaOptions:
                 raise LabInputError(f"pasta forward {fwd}: allowed: proto tcp or udp, ports 1-65535")
 
 
-def command_line(options: PastaOptions, netns: Path, pidfile: Path, binary: str = "pasta") -> list[str]:
+def command_line(options: PastaOptions, target: Path | int, pidfile: Path, binary: str = "pasta") -> list[str]:
+    """`target`: a netns path (rootful), or the pid of a process whose user and network
+    namespaces pasta joins (rootless: its last, positional argument)."""
     v4 = ipaddress.ip_interface(options.address4)
-    argv = [binary, "--config-net", "--netns", str(netns), "--runas", "0", "-q", "-P", str(pidfile)]
+    argv = [binary, "--config-net", "--runas", "0", "-q", "-P", str(pidfile)]
+    if not isinstance(target, int):
+        argv += ["--netns", str(target)]
     argv += [
         "-I",
         options.ifname,
@@ -81,16 +85,24 @@ def command_line(options: PastaOptions, netns: Path, pidfile: Path, binary: str 
     udp = [f.spec() for f in options.forwards if f.proto == "udp"] or [["-u", "none"]]
     for spec in (*tcp, *udp, ["-T", "none"], ["-U", "none"]):
         argv += spec
-    return argv
+    return [*argv, str(target)] if isinstance(target, int) else argv
 
 
 class Pasta:
     """One pasta daemon serving one namespace; a context manager that owns it."""
 
     def __init__(
-        self, netns: NetNS, options: PastaOptions, *, workdir: Path, binary: str = "pasta", ready_timeout: float = 10.0
+        self,
+        netns: NetNS,
+        options: PastaOptions,
+        *,
+        workdir: Path,
+        binary: str = "pasta",
+        ready_timeout: float = 10.0,
+        pid: int | None = None,
     ) -> None:
-        self.netns, self.options, self.workdir, self.binary = netns, options, workdir, binary
+        """`pid`: join that process's user and network namespaces (rootless) instead of `netns`'s path."""
+        self.netns, self.options, self.workdir, self.binary, self.target_pid = netns, options, workdir, binary, pid
         self.ready_timeout = ready_timeout
         self.pidfile = workdir / "pasta.pid"
         self.log_path = workdir / "pasta.log"
@@ -98,7 +110,8 @@ class Pasta:
         self._pidfd: int | None = None
 
     def start(self) -> Pasta:
-        argv = command_line(self.options, self.netns.path, self.pidfile, self.binary)
+        target = self.target_pid if self.target_pid is not None else self.netns.path
+        argv = command_line(self.options, target, self.pidfile, self.binary)
         with open(self.log_path, "ab") as log:
             try:
                 done = subprocess.run(

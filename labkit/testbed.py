@@ -69,8 +69,8 @@ class Testbed:
         self.stack = self.spec.create()
         self.stack.start(self.topology, self.stack_end)
         end = self.peer_end
-        assert end.ns.netns is not None and end.mac is not None, f"{self.stack.id} did not report its tap's MAC"
-        self.wire = Wire(end.ns.netns, end.name, mac=end.mac, far_mac=end.stack_mac)
+        assert end.mac is not None, f"{self.stack.id} did not report its tap's MAC"
+        self.wire = Wire(end.netns, end.name, mac=end.mac, far_mac=end.stack_mac)
         self._own_peer_addresses()
         if end.stack_mac is None:
             reply = self.wire.send_and_expect(

@@ -19,10 +19,18 @@ from labkit.testbed import Testbed
 from .conftest import ROOT, lab_namespaces_of
 from .test_cleanup import start_holder
 
+_SLIRP = pytest.mark.skipif(not shutil.which("slirp4netns"), reason="apt-get install -y slirp4netns")
+_PASTA = pytest.mark.skipif(not shutil.which("pasta"), reason="apt-get install -y passt")
 TAP_STACKS = [
-    pytest.param("slirp4netns", marks=pytest.mark.skipif(not shutil.which("slirp4netns"), reason="apt-get install -y slirp4netns")),
-    pytest.param("pasta", marks=pytest.mark.skipif(not shutil.which("pasta"), reason="apt-get install -y passt")),
+    pytest.param("slirp4netns", marks=_SLIRP),
+    pytest.param("slirp4netns-rootless", marks=_SLIRP),
+    pytest.param("pasta", marks=_PASTA),
+    pytest.param("pasta-rootless", marks=_PASTA),
 ]
+
+
+def binary_of(kind: str) -> str:
+    return "slirp4netns" if kind.startswith("slirp4netns") else "passt"
 
 
 def processes_of(binary: str, tag: str) -> list[int]:
@@ -54,7 +62,7 @@ def test_testbed_puts_the_wire_on_the_tap_and_the_stack_answers_arp(kind):
         )
         assert reply[ARP].hwsrc == bed.stack.mac
         workdir, tag = bed.stack.workdir, owner.me().tag
-    assert processes_of("slirp4netns" if kind == "slirp4netns" else "passt", tag) == [], f"{kind} outlived stop"
+    assert processes_of(binary_of(kind), tag) == [], f"{kind} outlived stop"
     assert not workdir.exists()
 
 
@@ -62,7 +70,7 @@ def test_testbed_puts_the_wire_on_the_tap_and_the_stack_answers_arp(kind):
 def test_sigkill_with_a_tap_stack_then_labkit_clean_leaves_nothing(kind):
     p, _stray, tmp = start_holder(f"--stack={kind}")
     tag = owner.Owner.parse(tmp.name).tag
-    binary = "slirp4netns" if kind == "slirp4netns" else "passt"
+    binary = binary_of(kind)
     try:
         assert processes_of(binary, tag), f"no {kind} process of the holder"
     finally:

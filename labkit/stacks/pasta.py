@@ -22,7 +22,11 @@ INSTALL = "apt-get install -y passt"
 class PastaStack(TapStack):
     kind = "pasta"
     capabilities = frozenset({base.ARP, base.NDP, base.IPV4, base.IPV6, base.EXEC, base.SERVICES})
-    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {}, "mtu65520": {"mtu": 65520}}
+    variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "": {},  # rootful (a named netns), MTU 1500
+        "rootless": {"rootless": True},  # a user+net namespace, joined by pid
+        "mtu65520": {"mtu": 65520},
+    }
 
     def __init__(self, variant: str = "") -> None:
         super().__init__(variant)
@@ -34,19 +38,18 @@ class PastaStack(TapStack):
             return base.Availability(False, "pasta is not installed", INSTALL)
         return base.Availability(True)
 
-    def _start(self) -> None:
+    def _start_stack(self) -> None:
         tap, workdir = self.tap, self.workdir
-        assert tap.ns.netns is not None and workdir is not None
+        assert workdir is not None
         gateway4 = str(tap.net4.network_address + 2)
         gateway6 = str(tap.net6.network_address + 2)
         options = PastaOptions(
             f"{tap.peer4}/{tap.net4.prefixlen}", gateway4, f"{tap.peer6}/{tap.net6.prefixlen}", gateway6,
             mtu=self.options.get("mtu", 1500), ifname=tap.name,
         )  # fmt: skip
-        self.pasta = Pasta(tap.ns.netns, options, workdir=workdir).start()
-        self.read_tap()
+        self.pasta = Pasta(tap.netns, options, workdir=workdir, pid=self.holder_pid).start()
 
-    def _stop(self) -> None:
+    def _stop_stack(self) -> None:
         if self.pasta is not None:
             self.pasta.stop()
             self.pasta = None

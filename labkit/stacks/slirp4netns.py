@@ -28,7 +28,8 @@ class Slirp4netnsStack(TapStack):
     kind = "slirp4netns"
     capabilities = frozenset({base.ARP, base.IPV4, base.ICMP, base.EXEC, base.SERVICES})
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "": {},  # MTU 1500, no --enable-sandbox
+        "": {},  # rootful (a named netns, by path), MTU 1500, no --enable-sandbox
+        "rootless": {"rootless": True},  # a user+net namespace, by pid
         "sandbox": {"sandbox": True},
         "mtu65520": {"mtu": 65520},
     }
@@ -47,17 +48,18 @@ class Slirp4netnsStack(TapStack):
             return base.Availability(False, "slirp4netns is not installed", INSTALL)
         return base.Availability(True)
 
-    def _start(self) -> None:
+    def _start_stack(self) -> None:
         tap, workdir = self.tap, self.workdir
-        assert tap.ns.netns is not None and workdir is not None
+        assert workdir is not None
         options = SlirpOptions(cidr=str(tap.net4), mtu=self.options.get("mtu", 1500))
         sandbox = self.options.get("sandbox", False)
-        self.slirp = Slirp4netns(tap.ns.netns, options, workdir=workdir, tap=tap.name, sandbox=sandbox).start()
+        target = self.holder_pid if self.rootless else tap.netns
+        assert target is not None
+        self.slirp = Slirp4netns(target, options, workdir=workdir, tap=tap.name, sandbox=sandbox).start()
         gateway = tap.net4.network_address + SLIRP_GATEWAY
         tap.stack_mac = "52:55:" + ":".join(f"{b:02x}" for b in gateway.packed)
-        self.read_tap()
 
-    def _stop(self) -> None:
+    def _stop_stack(self) -> None:
         if self.slirp is not None:
             self.slirp.stop()
             self.slirp = None

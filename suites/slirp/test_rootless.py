@@ -1,0 +1,37 @@
+"""Rootless, as rootless podman runs them: the namespace is a new user namespace (root mapped) and
+a new network namespace held by a process, and slirp4netns and pasta are pointed at its pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from labkit.netview import NetView
+from labkit.stacks import resolve
+from labkit.testbed import Testbed
+
+KINDS = [
+    pytest.param("slirp4netns", marks=pytest.mark.skipif(not shutil.which("slirp4netns"), reason="apt-get install -y slirp4netns")),
+    pytest.param("pasta", marks=pytest.mark.skipif(not shutil.which("pasta"), reason="apt-get install -y passt")),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rootless_namespace_gets_its_tap_address_and_route(kind):
+    with Testbed(resolve(f"{kind}-rootless")[0]) as bed:
+        stack, plan = bed.stack, bed.plan
+        holder = stack.holder_pid
+        assert holder is not None
+        assert os.stat(f"/proc/{holder}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino, "not a user namespace of its own"
+        assert os.stat(f"/proc/{holder}/ns/net").st_ino == bed.peer_end.netns.inode(), "the Wire is not in the holder's netns"
+        uid_map = open(f"/proc/{holder}/uid_map").read().split()
+        assert uid_map[:2] == ["0", "0"] or uid_map[0] == "0", f"root is not mapped: {uid_map}"
+        view = NetView.read(stack.run)
+        assert f"{plan.peer4}/{plan.net4.prefixlen}" in view.addresses.get("tap0", ()), view.addresses
+        defaults = [(r.gateway, r.dev) for r in view.routes if r.dst == "0.0.0.0/0"]
+        assert defaults == [(plan.stack4, "tap0")], defaults
+        userns_path = bed.peer_end.netns.path
+    assert not userns_path.exists(), "the named user+net namespace outlived the testbed"
+    assert not os.path.exists(f"/proc/{holder}") or open(f"/proc/{holder}/stat").read().split(") ")[1][0] == "Z"
