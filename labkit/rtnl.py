@@ -13,7 +13,7 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pyroute2.netlink import (
@@ -26,13 +26,24 @@ from pyroute2.netlink import (
     nlmsg,
     nlmsgerr,
 )
-from pyroute2.netlink.rtnl import RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE, RTMGRP_LINK
+from pyroute2.netlink.rtnl import (
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_LINK,
+)
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from .errors import LabError
 from .netns import NetNS
+
+IFA_F_TENTATIVE = 0x40
 
 IFF_UP = 0x1
 RT_TABLE_MAIN = 254
@@ -192,5 +203,37 @@ def wait_operational(ns: NetNS, links: dict[int, str], timeout: float = 10.0) ->
                     msg.decode()
                     if msg.get_attr("IFLA_OPERSTATE") == "UP":
                         pending.pop(msg["index"], None)
+    finally:
+        sock.close()
+
+
+def wait_address(ns: NetNS, ifindex: int, family: int, accept: Callable[[str], bool], timeout: float = 10.0) -> str:
+    """The first address of `family` on link `ifindex` that `accept`s and is no longer tentative
+    (e.g. one IPv6 autoconfiguration gives it), waited for on the kernel's address notifications."""
+    groups = RTMGRP_IPV4_IFADDR if family == socket.AF_INET else RTMGRP_IPV6_IFADDR
+    sock = ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((0, groups))  # subscribe first, then dump: no address can fall in between
+        request = ifaddrmsg()
+        request["header"] = {"type": RTM_GETADDR, "flags": NLM_F_REQUEST | NLM_F_DUMP}
+        request["family"] = family
+        request.encode()
+        sock.send(bytes(request.data))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise LabError(
+                    f"no {'IPv4' if family == socket.AF_INET else 'IPv6'} address as wanted on ifindex {ifindex} in {ns.name} after {timeout:g}s"
+                )
+            for kind, data in _messages(sock.recv(1 << 16)):
+                if kind != RTM_NEWADDR:
+                    continue
+                msg = ifaddrmsg(data)
+                msg.decode()
+                flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+                address = msg.get_attr("IFA_ADDRESS")
+                if msg["index"] == ifindex and not flags & IFA_F_TENTATIVE and address and accept(address):
+                    return f"{address}/{msg['prefixlen']}"
     finally:
         sock.close()

@@ -18,11 +18,13 @@ from scapy.layers.l2 import ARP, Ether
 from labkit.errors import LabError, LabInputError
 from labkit.netview import NetView
 from labkit.process import run_in
+from labkit.rtnl import wait_address
 from labkit.slirp import Features, Slirp4netns, SlirpApiError, SlirpOptions, command_line
 from labkit.slirp.options import DEFAULT_MTU
 
 from .conftest import needs_slirp4netns
 
+SLIRP_IPV6_PREFIX = ipaddress.ip_network("fd00::/64")  # libslirp's; watched, never sent to
 FULL_HELP = """-c, --configure -e, --exit-fd=FD -r, --ready-fd=FD -m, --mtu=MTU (default=1500, max=65521)
 -6, --enable-ipv6 -a, --api-socket=PATH --cidr=CIDR --disable-host-loopback --netns-type=TYPE
 --enable-sandbox --enable-seccomp --outbound-addr=IPv4 --outbound-addr6=IPv6 --disable-dns"""
@@ -154,6 +156,28 @@ def test_namespace_gets_tap_address_gateway_and_mtu(namespace, workdir, cidr, mt
         # The gateway (.2) and the DNS address (.3) are slirp's: they answer ARP from the tap.
         for host in (2, 3):
             assert _arp_answered(namespace, tap, str(net.network_address + host), str(net.network_address + 100))
+
+
+@needs_slirp4netns
+@pytest.mark.parametrize("enabled", [True, False], ids=["enable_ipv6", "ipv4-only"])
+def test_ipv6_when_enabled(namespace, workdir, cidr, enabled):
+    """With enable_ipv6=true libslirp advertises its prefix (fd00::/64) and the tap autoconfigures
+    an address in it. The lab only watches the namespace's addresses: it sends nothing there."""
+    options = SlirpOptions.parse([f"cidr={cidr}", f"enable_ipv6={'true' if enabled else 'false'}"])
+    with Slirp4netns(namespace.netns, options, workdir=workdir):
+        index = _ifindex(namespace, "tap0")
+        in_prefix = lambda a: ipaddress.ip_address(a) in SLIRP_IPV6_PREFIX
+        if enabled:
+            got = wait_address(namespace.netns, index, socket.AF_INET6, in_prefix, timeout=10)
+            assert ipaddress.ip_interface(got).network == SLIRP_IPV6_PREFIX, got
+        else:
+            with pytest.raises(LabError, match="no IPv6 address"):
+                wait_address(namespace.netns, index, socket.AF_INET6, in_prefix, timeout=1.5)
+
+
+def _ifindex(namespace, name: str) -> int:
+    with namespace.netns.iproute() as ipr:
+        return ipr.link_lookup(ifname=name)[0]
 
 
 def _arp_answered(namespace, tap, target: str, source: str) -> bool:

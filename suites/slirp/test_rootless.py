@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 import pytest
 
@@ -35,3 +36,27 @@ def test_rootless_namespace_gets_its_tap_address_and_route(kind):
         userns_path = bed.peer_end.netns.path
     assert not userns_path.exists(), "the named user+net namespace outlived the testbed"
     assert not os.path.exists(f"/proc/{holder}") or open(f"/proc/{holder}/stat").read().split(") ")[1][0] == "Z"
+
+
+@pytest.mark.skipif(not shutil.which("slirp4netns"), reason="apt-get install -y slirp4netns")
+@pytest.mark.parametrize("variant", ["", "-rootless"], ids=["rootful", "rootless"])
+def test_forwarded_port_reaches_a_service_behind_slirp(variant):
+    """A lab service runs in the namespace (as a container's would), and a forward added through
+    the API carries a TCP stream from the host's 127.0.0.1 to it and back."""
+    with Testbed(resolve(f"slirp4netns{variant}")[0]) as bed:
+        echo = bed.stack.service("tcp-echo")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            host_port = probe.getsockname()[1]
+        forward = bed.stack.slirp.api.add_hostfwd("tcp", "127.0.0.1", host_port, echo.port)
+        payload = os.urandom(64)
+        with socket.create_connection(("127.0.0.1", host_port), timeout=5) as conn:
+            conn.sendall(payload)
+            conn.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := conn.recv(4096):
+                got += chunk
+        assert got == payload, f"echoed {got!r}"
+        accepted = echo.wait_for(lambda e: e["event"] == "accepted", timeout=3)
+        assert accepted["peer"][0] == str(bed.plan.stack4), f"slirp delivers forwarded connections from its gateway, got {accepted}"
+        bed.stack.slirp.api.remove_hostfwd(forward)
