@@ -29,8 +29,15 @@ def _start_time(pid: int) -> str | None:
         return None
     # Field 22 (starttime); the command name in field 2 may hold spaces, so split after ')'. A
     # zombie (state Z, field 3) is dead: it only waits for its parent to reap it.
+    # (A thread-group leader that exited while its other threads run shows Z too: it is alive.)
     fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
+    if fields[0] == "Z":
+        try:
+            if len(os.listdir(f"/proc/{pid}/task")) <= 1:
+                return None
+        except OSError:
+            return None
+    return fields[19]
 
 
 @dataclass(frozen=True)

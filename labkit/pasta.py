@@ -17,11 +17,13 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .addressing import lab_address, lab_interface
 from .errors import LabError, LabInputError
 from .netns import NetNS
 from .process import lab_env
 
 MIN_MTU, MAX_MTU = 68, 65520
+LOOPBACK = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,21 @@ class PastaOptions:
     def __post_init__(self) -> None:
         if not MIN_MTU <= self.mtu <= MAX_MTU:
             raise LabInputError(f"pasta mtu={self.mtu}: allowed: an integer from {MIN_MTU} to {MAX_MTU}")
+        if (self.address6 is None) != (self.gateway6 is None):
+            raise LabInputError(f"pasta address6={self.address6} gateway6={self.gateway6}: allowed: both or neither")
         for key, value, version in (("address4", self.address4, 4), ("address6", self.address6, 6)):
-            if value is not None and ipaddress.ip_interface(value).version != version:
-                raise LabInputError(f"pasta {key}={value}: allowed: an IPv{version} address with its prefix length")
+            if value is not None and lab_interface(value).version != version:
+                raise LabInputError(f"pasta {key}={value}: allowed: an IPv{version} lab address with its prefix length")
+        for key, value, version in (("gateway4", self.gateway4, 4), ("gateway6", self.gateway6, 6)):
+            if value is not None and lab_address(value).version != version:
+                raise LabInputError(f"pasta {key}={value}: allowed: an IPv{version} lab address")
         for fwd in self.forwards:
             if fwd.proto not in ("tcp", "udp") or not (0 < fwd.host_port < 65536 and 0 < fwd.ns_port < 65536):
                 raise LabInputError(f"pasta forward {fwd}: allowed: proto tcp or udp, ports 1-65535")
+            if fwd.host_addr not in LOOPBACK:
+                raise LabInputError(
+                    f"pasta forward from {fwd.host_addr}: allowed: {', '.join(LOOPBACK)} (the lab opens nothing to the network)"
+                )
 
 
 def command_line(options: PastaOptions, target: Path | int, pidfile: Path, binary: str = "pasta") -> list[str]:
@@ -128,8 +139,24 @@ class Pasta:
             self._kill_from_pidfile()
             raise LabError(f"pasta exited ({done.returncode}) before it was ready; its log: {self.log_tail()}")
         self.pid = self._read_pid()
-        self._pidfd = os.pidfd_open(self.pid)
+        self._pidfd = self._open_daemon(self.pid)
         return self
+
+    def _open_daemon(self, pid: int) -> int:
+        """A pidfd on the daemon, once it is sure to be ours: the pid from the file could have
+        been reused if pasta died in between, so the process must name our pid file."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise LabError(f"pasta (pid {pid}) is gone right after it was ready; its log: {self.log_tail()}") from None
+        try:
+            ours = str(self.pidfile).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            ours = False
+        if not ours:
+            os.close(pidfd)
+            raise LabError(f"pid {pid} from {self.pidfile} is not our pasta any more; its log: {self.log_tail()}")
+        return pidfd
 
     def _read_pid(self) -> int:
         try:
@@ -139,9 +166,15 @@ class Pasta:
 
     def _kill_from_pidfile(self) -> None:
         try:
-            os.kill(self._read_pid(), signal.SIGKILL)
-        except (LabError, ProcessLookupError):
+            pidfd = self._open_daemon(self._read_pid())
+        except LabError:
+            return
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
             pass
+        finally:
+            os.close(pidfd)
 
     def log_tail(self, lines: int = 5) -> str:
         try:

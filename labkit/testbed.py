@@ -13,6 +13,7 @@ from pathlib import Path
 from scapy.layers.l2 import ARP, Ether
 
 from . import layouts
+from .errors import LabInputError
 from .plan import AddressPlan
 from .stacks import Stack, StackSpec
 from .topology import Link, Topology
@@ -46,6 +47,11 @@ class Testbed:
         if self.topology is not None:
             return self  # already up (`with Testbed(...).up()` must not build a second one)
         makes_link = self.spec.driver.makes_link
+        if makes_link and self.layout is not standard_layout:
+            name = getattr(self.layout, "__name__", self.layout)
+            raise LabInputError(
+                f"{self.spec.id} makes its own link (a tap); layout {name} does not apply; allowed: the standard layout"
+            )
         self.topology, self.stack_end, self.peer_end = (layouts.tap if makes_link else self.layout)(self.plan)
         try:
             self.topology.up()

@@ -11,7 +11,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..errors import LabError
+from ..errors import LabError, LabInputError
+
+LOOPBACK = ("127.0.0.1", "::1")
 
 
 class SlirpApiError(LabError):
@@ -49,7 +51,10 @@ class SlirpApi:
         return reply.get("return", reply)
 
     def add_hostfwd(self, proto: str, host_addr: str, host_port: int, guest_port: int, guest_addr: str | None = None) -> int:
-        """Forward host_addr:host_port (proto tcp or udp) to the namespace's guest_port; the id."""
+        """Forward host_addr:host_port (proto tcp or udp) to the namespace's guest_port; the id.
+        host_addr must be loopback: a forward on another host address is reachable from off the machine."""
+        if host_addr not in LOOPBACK:
+            raise LabInputError(f"host_addr {host_addr!r}: allowed: {', '.join(LOOPBACK)} (the lab opens nothing to the network)")
         args: dict[str, Any] = {"proto": proto, "host_addr": host_addr, "host_port": host_port, "guest_port": guest_port}
         if guest_addr is not None:
             args["guest_addr"] = guest_addr

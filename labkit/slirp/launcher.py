@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import LabError, LabInputError
 from ..netns import NetNS
-from ..process import LabProcess, kill_pids
+from ..process import LabProcess
 from .api import SlirpApi
 from .features import FLAGS, Features
 from .options import DEFAULT_MTU, SlirpOptions
@@ -33,7 +33,8 @@ def command_line(
     api_socket: Path | None = None,
     sandbox: bool = False,
 ) -> list[str]:
-    """The argv for `options`; `target` is a netns path or the pid of a process in the namespace."""
+    """The argv for `options`; `target` is a netns path or the pid of a process in the namespace.
+    The lab's own rules are added: a lab CIDR always, and no DNS forwarding to the host."""
 
     def need(feature: str, why: str) -> None:
         if not features.has(feature):
@@ -48,9 +49,11 @@ def command_line(
     if options.mtu != DEFAULT_MTU or features.has("mtu"):
         need("mtu", f"mtu={options.mtu}")
         argv.append(f"--mtu={options.mtu}")
-    if options.cidr is not None:
-        need("cidr", f"cidr={options.cidr}")
-        argv.append(f"--cidr={options.cidr}")
+    need("cidr", f"cidr={options.cidr} (the lab never uses slirp4netns's own 10.0.2.0/24)")
+    argv.append(f"--cidr={options.cidr}")
+    if features.has("disable_dns"):
+        # .3 would forward DNS to the host's resolvers, off the machine: the lab never wants that.
+        argv.append("--disable-dns")
     if options.enable_ipv6:
         need("ipv6", "enable_ipv6=true")
         argv.append("--enable-ipv6")
@@ -148,6 +151,8 @@ class Slirp4netns:
             if ready_r in ready:
                 if os.read(ready_r, 1) == b"1":
                     return
+                if pidfd not in select.select([pidfd], [], [], 1.0)[0]:
+                    raise LabError(f"slirp4netns closed its ready fd without writing '1'; its log: {self.log_tail()}")
             elif not ready:
                 raise LabError(f"slirp4netns was not ready within {self.ready_timeout}s; its log: {self.log_tail()}")
         finally:
@@ -173,9 +178,9 @@ class Slirp4netns:
         code = None
         if self.process is not None:
             try:
-                code = self.process.popen.wait(timeout)
+                self.process.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                kill_pids([self.process.pid])
+                pass  # close() below: TERM, then KILL; the code then says it was killed
             self.process.close()
             code = self.process.popen.returncode
             self.process = None

@@ -14,10 +14,12 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from ..addressing import lab_interface
 from ..errors import LabInputError
 
 MIN_MTU = 68
 DEFAULT_MTU = 65520
+DEFAULT_CIDR = "198.18.0.0/24"  # slirp4netns's own default, 10.0.2.0/24, is a range the lab never uses
 PORT_HANDLERS = ("slirp4netns", "rootlesskit")
 BOOLEANS = {"true": True, "false": False}
 KEYS = ("cidr", "mtu", "allow_host_loopback", "enable_ipv6", "outbound_addr", "outbound_addr6", "port_handler")
@@ -33,7 +35,7 @@ def _interface_exists(name: str) -> bool:
 
 @dataclass(frozen=True)
 class SlirpOptions:
-    cidr: str | None = None
+    cidr: str = DEFAULT_CIDR
     mtu: int = DEFAULT_MTU
     allow_host_loopback: bool = False
     enable_ipv6: bool = False
@@ -68,12 +70,14 @@ def _split(item: str) -> tuple[str, str]:
 def _parse_one(key: str, value: str, max_mtu: int) -> object:
     bad = f"slirp4netns option {key}={value!r}: "
     if key == "cidr":
+        allowed = "allowed: an IPv4 CIDR of /25 or wider in the lab's 198.18.0.0/15, e.g. 198.18.5.0/24"
         try:
             net = ipaddress.ip_network(value, strict=False)
-        except ValueError:
+            lab_interface(value)
+        except (ValueError, LabInputError):
             net = None
-        if net is None or net.version != 4 or "/" not in value:
-            raise LabInputError(bad + "allowed: an IPv4 CIDR, e.g. 198.18.5.0/24")
+        if net is None or net.version != 4 or "/" not in value or net.prefixlen > 25:
+            raise LabInputError(bad + allowed)
         return value
     if key == "mtu":
         try:

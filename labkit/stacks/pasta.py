@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from ..pasta import Pasta, PastaOptions
+from ..plan import AddressPlan
 from . import base
 from .tap import TapStack
 
@@ -27,6 +29,10 @@ class PastaStack(TapStack):
         "rootless": {"rootless": True},  # a user+net namespace, joined by pid
         "mtu65520": {"mtu": 65520},
     }
+
+    @classmethod
+    def plan_for(cls, variant: str, plan: AddressPlan) -> AddressPlan:
+        return replace(plan, mtu=cls.variant_options(variant).get("mtu", 1500))
 
     def __init__(self, variant: str = "") -> None:
         super().__init__(variant)
@@ -45,7 +51,7 @@ class PastaStack(TapStack):
         gateway6 = str(tap.net6.network_address + 2)
         options = PastaOptions(
             f"{tap.peer4}/{tap.net4.prefixlen}", gateway4, f"{tap.peer6}/{tap.net6.prefixlen}", gateway6,
-            mtu=self.options.get("mtu", 1500), ifname=tap.name,
+            mtu=tap.mtu, ifname=tap.name,
         )  # fmt: skip
         self.pasta = Pasta(tap.netns, options, workdir=workdir, pid=self.holder_pid).start()
 

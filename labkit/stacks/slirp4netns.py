@@ -40,7 +40,8 @@ class Slirp4netnsStack(TapStack):
 
     @classmethod
     def plan_for(cls, variant: str, plan: AddressPlan) -> AddressPlan:
-        return replace(plan, peer_host=SLIRP_GUEST, stack_host=SLIRP_GATEWAY, unused_host=SLIRP_UNUSED)
+        mtu = cls.variant_options(variant).get("mtu", 1500)
+        return replace(plan, peer_host=SLIRP_GUEST, stack_host=SLIRP_GATEWAY, unused_host=SLIRP_UNUSED, mtu=mtu)
 
     @classmethod
     def availability(cls) -> base.Availability:
@@ -51,7 +52,7 @@ class Slirp4netnsStack(TapStack):
     def _start_stack(self) -> None:
         tap, workdir = self.tap, self.workdir
         assert workdir is not None
-        options = SlirpOptions(cidr=str(tap.net4), mtu=self.options.get("mtu", 1500))
+        options = SlirpOptions(cidr=str(tap.net4), mtu=tap.mtu)
         sandbox = self.options.get("sandbox", False)
         target = self.holder_pid if self.rootless else tap.netns
         assert target is not None

@@ -67,20 +67,24 @@ def _free_port(kind: int) -> int:
 @needs_pasta
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_port_forwarding_from_host_loopback(plan, namespace, workdir, proto):
+    """The forwarded port reaches its service; another port, with a service of its own on the
+    same number inside, is not forwarded."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     host_port, other_port = _free_port(kind), _free_port(kind)
     with namespace.netns.entered():
         inside = socket.socket(socket.AF_INET, kind)
-    with inside:
+        other = socket.socket(socket.AF_INET, kind)
+    with inside, other:
         inside.bind(("0.0.0.0", 0))
+        other.bind(("0.0.0.0", other_port))
         guest_port = inside.getsockname()[1]
         if proto == "tcp":
             inside.listen(2)
-        inside.settimeout(3)
+            other.listen(2)
         forwards = (Forward(proto, host_port, guest_port),)
         with Pasta(namespace.netns, options(plan, forwards=forwards), workdir=workdir):
             assert _carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
-            assert not _carried(proto, other_port, inside, timeout=0.5), f"{proto} 127.0.0.1:{other_port} was forwarded unasked"
+            assert not _carried(proto, other_port, other, timeout=1), f"{proto} 127.0.0.1:{other_port} was forwarded unasked"
 
 
 def _carried(proto: str, host_port: int, inside: socket.socket, timeout: float = 3.0) -> bool:

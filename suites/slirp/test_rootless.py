@@ -1,5 +1,7 @@
-"""Rootless, as rootless podman runs them: the namespace is a new user namespace (root mapped) and
-a new network namespace held by a process, and slirp4netns and pasta are pointed at its pid."""
+"""Rootless, as rootless podman sets it up: the namespace is a new user namespace (root mapped)
+and a new network namespace held by a process, and slirp4netns and pasta are pointed at its
+pid. (The lab itself runs as root: the stacks join those namespaces from the init user
+namespace, so this checks the pid mode and the user namespace, not unprivileged operation.)"""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def test_rootless_namespace_gets_its_tap_address_and_route(kind):
         assert os.stat(f"/proc/{holder}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino, "not a user namespace of its own"
         assert os.stat(f"/proc/{holder}/ns/net").st_ino == bed.peer_end.netns.inode(), "the Wire is not in the holder's netns"
         uid_map = open(f"/proc/{holder}/uid_map").read().split()
-        assert uid_map[:2] == ["0", "0"] or uid_map[0] == "0", f"root is not mapped: {uid_map}"
+        assert uid_map[0] == "0", f"root is not mapped in the user namespace: {uid_map}"
         view = NetView.read(stack.run)
         assert f"{plan.peer4}/{plan.net4.prefixlen}" in view.addresses.get("tap0", ()), view.addresses
         defaults = [(r.gateway, r.dev) for r in view.routes if r.dst == "0.0.0.0/0"]
