@@ -45,6 +45,35 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild index.html from a results.json, and say what changed since a previous one."""
+    from pathlib import Path
+
+    try:
+        from reports import html
+    except ImportError:
+        raise LabError("the report builder (reports/) is not importable here; run labkit report from the checkout") from None
+    paths = [Path(args.results)] + ([Path(args.previous)] if args.previous else [])
+    for path in paths:
+        if not path.is_file():
+            raise LabInputError(f"results file {path}: not found; allowed: a results.json written by a conformance run")
+    try:
+        data = html.load(paths[0])
+        previous = html.load(paths[1]) if args.previous else None
+    except ValueError as exc:
+        raise LabInputError(f"results file: not JSON ({exc}); allowed: a results.json written by a conformance run") from None
+    out_dir = Path(args.out) if args.out else paths[0].parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = html.write_page(out_dir, data, previous)
+    print(f"wrote {page}")
+    if previous is not None:
+        for title, items in html.changes(data, previous).items():
+            print(f"{title}: {len(items)}")
+            for item in items[:20]:
+                print(f"  {item['check']} on {item['stack'] or '-'} (was {item['was']})")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="packet-level conformance lab for sandboxed network stacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -55,6 +84,11 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove namespaces, processes and files left by dead lab runs")
     c.add_argument("--run", help="also remove everything of this run id, even if its owner still runs")
     c.set_defaults(func=cmd_clean)
+    r = sub.add_parser("report", help="rebuild the HTML report from results.json; with --previous, what changed")
+    r.add_argument("results", help="results.json of a conformance run")
+    r.add_argument("--previous", help="results.json of an earlier run to compare with")
+    r.add_argument("--out", help="where index.html goes (default: next to results.json)")
+    r.set_defaults(func=cmd_report)
     return p
 
 
