@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 
@@ -18,6 +19,7 @@ def main() -> int:
     for f in figures:
         print(f.line())
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump([asdict(f) for f in figures], fh, indent=2)
     return 0 if all(f.met is not False for f in figures) else 1

@@ -189,8 +189,59 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir
                 )
             out.append(f"<td class='small'>{esc(', '.join(support.get('kernel_attrs', {}).get(msg, [])))}</td></tr>")
         out.append("</table>")
+    if data.get("benchmarks"):
+        out.append(benchmarks_section(data["benchmarks"]))
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def benchmarks_section(figures: list[dict[str, Any]]) -> str:
+    """The figures as a table, and as bar charts per unit (PNG, embedded) when matplotlib is there."""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(f['name'])}</td><td class='c'>{f['value']:.3f}</td><td>{esc(f['unit'])}</td><td>{esc(f.get('goal', ''))}</td>"
+        f"<td class='c {'passed' if f.get('met') else 'failed' if f.get('met') is False else ''}'>"
+        f"{'met' if f.get('met') else 'missed' if f.get('met') is False else ''}</td></tr>"
+        for f in figures
+    )
+    parts = [
+        f"<h2 id='benchmarks'>Benchmarks</h2><table class='bench'><tr><th>figure</th><th>value</th><th>unit</th><th>goal</th><th></th></tr>{rows}</table>"
+    ]
+    try:
+        charts = plot_figures(figures)
+    except ImportError:
+        charts = []
+        parts.append("<p class='small'>(install matplotlib for the charts: pip install 'labkit[report]')</p>")
+    parts += [f"<img class='chart' alt='{esc(unit)}' src='data:image/png;base64,{png}'>" for unit, png in charts]
+    return "\n".join(parts)
+
+
+def plot_figures(figures: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One horizontal bar chart per unit, as base64 PNG (so the page needs no file beside it)."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for f in figures:
+        by_unit[f["unit"]].append(f)
+    charts = []
+    for unit, group in by_unit.items():
+        fig, ax = plt.subplots(figsize=(7, 0.4 * len(group) + 0.8))
+        colours = ["#5a9" if f.get("met") else "#d55" if f.get("met") is False else "#88a" for f in group]
+        ax.barh([f["name"] for f in group], [f["value"] for f in group], color=colours)
+        ax.set_xlabel(unit)
+        ax.invert_yaxis()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        charts.append((unit, base64.b64encode(buf.getvalue()).decode()))
+    return charts
 
 
 def write_page(out_dir: Path, data: dict[str, Any], previous: dict[str, Any] | None = None) -> Path:

@@ -21,6 +21,7 @@ import pytest
 
 STATUSES = ("passed", "failed", "known deviation", "unexpected pass", "skipped")
 RESULTS_FILE = "results.json"
+BENCHMARKS_FILE = "benchmarks.json"
 
 
 @dataclass
@@ -135,6 +136,9 @@ def write_results(out_dir: Path, records: list[CheckResult], run: dict[str, Any]
     support = _support_table(out_dir)
     if support is not None:
         data["rtnetlink_support"] = support
+    bench = out_dir / BENCHMARKS_FILE
+    if bench.exists():  # `./lab bench` writes it (tox -e bench)
+        data["benchmarks"] = json.loads(bench.read_text())
     path = out_dir / RESULTS_FILE
     path.write_text(json.dumps(data, indent=1))
     from .html import write_page

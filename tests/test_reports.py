@@ -19,12 +19,19 @@ ANSWERS = "linkdispatch/test_arp.py::test_answers_who_has_for_own_address"
 IGNORES = "linkdispatch/test_arp.py::test_ignores_who_has_for_address_it_does_not_own"
 
 
+BENCH = [
+    {"name": "topology up+down, labkit", "value": 4.3, "unit": "ms", "goal": "", "met": None},
+    {"name": "labkit / ip ratio", "value": 0.19, "unit": "ratio", "goal": "<= 0.25", "met": True},
+]
+
+
 class Page(HTMLParser):
     """The matrix cells (check, stack -> status), the detail anchors, and every link."""
 
     def __init__(self) -> None:
         super().__init__()
         self.missing_columns: list[str] = []
+        self.images: list[str] = []
         self.cells: dict[tuple[str, str], str] = {}
         self.anchors: set[str] = set()
         self.links: list[str] = []
@@ -43,6 +50,8 @@ class Page(HTMLParser):
         for key in ("href", "src"):
             if key in a:
                 self.links.append(a[key])
+        if tag == "img":
+            self.images.append(a.get("src", ""))
         if tag == "th" and a.get("class") == "missing":
             self.missing_columns.append(a.get("title", ""))
         if tag == "ul" and "data-kind" in a:
@@ -65,6 +74,7 @@ def parse(path: Path) -> Page:
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
+    (out / "benchmarks.json").write_text(json.dumps(BENCH))  # as `./lab bench` leaves it
     manifest = out / "deviations.toml"
     manifest.write_text(
         f'[[deviation]]\nstack = "linux-arpignore"\ncheck = "{ANSWERS}"\nreason = "arp_ignore=8 answers no ARP request"\n'
@@ -158,3 +168,11 @@ def test_labkit_report_refuses_a_missing_file(tmp_path):
         timeout=60,
     )
     assert done.returncode == 2 and "not found" in done.stderr and "\n" not in done.stderr.strip()
+
+
+def test_benchmarks_are_in_the_results_and_drawn_in_the_page(small_run):
+    data = json.loads((small_run / "results.json").read_text())
+    assert data["benchmarks"] == BENCH
+    page = parse(small_run / "index.html")
+    pytest.importorskip("matplotlib", reason="the charts need matplotlib (pip install 'labkit[report]')")
+    assert len(page.images) == 2 and all(src.startswith("data:image/png;base64,") for src in page.images), page.images
