@@ -1,2 +1,3 @@
-"""The report builder. Today a conformance run writes JUnit XML (tox -e conformance); the JSON
-results file and the HTML conformance matrix are built here next."""
+"""The report builder: results.json (results.py, gathered during a conformance run) and the
+self-contained index.html conformance matrix (html.py); `labkit report` rebuilds the page and
+compares two runs."""
