@@ -70,7 +70,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         for title, items in html.changes(data, previous).items():
             print(f"{title}: {len(items)}")
             for item in items[:20]:
-                print(f"  {item['check']} on {item['stack'] or '-'} (was {item['was']})")
+                was = "new check" if item["was"] is None else f"was {item['was']}"
+                print(f"  {item['check']} on {item['stack'] or '-'} ({was})")
     return 0
 
 

@@ -9,15 +9,24 @@ No external assets: it opens offline.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 DETAILED = ("failed", "known deviation", "unexpected pass")  # cells with a detail section to link to
-SHORT = {"passed": "pass", "failed": "FAIL", "known deviation": "dev", "unexpected pass": "XPASS", "skipped": "skip"}
+SHORT = {
+    "passed": "pass",
+    "failed": "FAIL",
+    "known deviation": "dev",
+    "unexpected pass": "XPASS",
+    "skipped": "skip",
+    "not run": "—",
+}
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
@@ -38,7 +47,8 @@ def _cls(status: str) -> str:
 
 
 def anchor(nodeid: str) -> str:
-    return "d-" + re.sub(r"[^A-Za-z0-9]+", "-", nodeid).strip("-")
+    """A readable id, made unique by a short hash (`t[a.b]` and `t[a-b]` read alike)."""
+    return "d-" + re.sub(r"[^A-Za-z0-9]+", "-", nodeid).strip("-")[-80:] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:8]
 
 
 def _check_name(check: str) -> str:
@@ -72,10 +82,10 @@ def _link(path: str, out_dir: Path | None) -> str:
     if out_dir is not None:
         try:
             target = target.resolve().relative_to(out_dir.resolve())
-            return f'<a href="{html.escape(str(target))}">{html.escape(target.name)}</a>'
+            return f'<a href="{html.escape(quote(str(target)))}">{html.escape(target.name)}</a>'
         except ValueError:
             pass
-    return f'<a href="file://{html.escape(str(Path(path).resolve()))}">{html.escape(Path(path).name)}</a>'
+    return f'<a href="{html.escape(Path(path).resolve().as_uri())}">{html.escape(Path(path).name)}</a>'
 
 
 def render(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir: Path | None = None) -> str:
@@ -91,6 +101,10 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir
         f"<p class='small'>{esc(run.get('date', ''))} · kernel {esc(run.get('kernel', ''))} · labkit {esc(str(run.get('labkit', '')))}"
         f" · python {esc(run.get('python', ''))}</p>"
     )
+    for note in run.get("notes", []) + [f"collection error: {e}" for e in run.get("collection errors", [])]:
+        out.append(f"<p class='failed'>{esc(note)}</p>")
+    if run.get("exit status") not in (None, 0, 1):
+        out.append(f"<p class='failed'>the run ended with exit status {esc(str(run['exit status']))}: it may be incomplete</p>")
     counts = data.get("counts", {})
     out.append("<p>" + " · ".join(f"<span class='{_cls(s)}'>&nbsp;{esc(s)}: {n}&nbsp;</span>" for s, n in counts.items()) + "</p>")
 
@@ -121,17 +135,20 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir
             out.append(f"<h3>{esc(title)} ({len(items)})</h3>")
             if items:
                 out.append("<ul class='changes' data-kind='" + esc(title) + "'>")
-                out += [
-                    f"<li><a href='#{anchor(i['nodeid'])}'>{esc(i['check'])}</a> on {esc(i['stack'] or '-')} (was {esc(str(i['was']))}): {esc(i['reason'][:200])}</li>"
-                    for i in items
-                ]
+                for i in items:
+                    name = esc(i["check"])
+                    if i["status"] in DETAILED:  # only those have a detail section to go to
+                        name = f"<a href='#{anchor(i['nodeid'])}'>{name}</a>"
+                    was = "new check" if i["was"] is None else f"was {esc(i['was'])}"
+                    out.append(f"<li>{name} on {esc(i['stack'] or '-')} ({was}): {esc(i['reason'][:200])}</li>")
                 out.append("</ul>")
 
     out.append("<h2 id='matrix'>Conformance matrix</h2><table class='matrix'><tr><th>check</th><th>—</th>")
     for s in stacks:
         info = run.get("stacks", {}).get(s, {})
         missing = not info.get("available", True)
-        title = f" title='{esc(info.get('why', ''))}; install: {esc(info.get('install', ''))}'" if missing else ""
+        hint = f"; install: {info['install']}" if info.get("install") else ""
+        title = f" title='{esc(info.get('why', '') + hint)}'" if missing else ""
         out.append(f"<th{title}{' class=missing' if missing else ''}>{esc(s)}{'<br>(missing)' if missing else ''}</th>")
     out.append("</tr>")
     for suite in sorted(rows):
@@ -191,6 +208,7 @@ def render(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir
         out.append("</table>")
     if data.get("benchmarks"):
         out.append(benchmarks_section(data["benchmarks"]))
+        out.append(f"<p class='small'>figures written {esc(run.get('benchmarks date', '?'))} by ./lab bench</p>")
     out.append("</body></html>")
     return "\n".join(out)
 

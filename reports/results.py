@@ -13,13 +13,15 @@ import datetime as dt
 import json
 import os
 import platform
+import textwrap
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-STATUSES = ("passed", "failed", "known deviation", "unexpected pass", "skipped")
+STATUSES = ("passed", "failed", "known deviation", "unexpected pass", "skipped", "not run")
 RESULTS_FILE = "results.json"
 BENCHMARKS_FILE = "benchmarks.json"
 
@@ -30,21 +32,19 @@ class CheckResult:
     check: str  # the manifest's id: relative to suites/, stack left out, other parameters kept
     suite: str
     stack: str  # "" for checks that do not run on a stack (the kernel's own fanout, ...)
-    status: str = "passed"
+    status: str = "not run"  # until a report says otherwise (an aborted run leaves some so)
     reason: str = ""
     duration: float = 0.0
     evidence: list[str] = field(default_factory=list)
 
 
-def _first_line(report: pytest.TestReport, limit: int = 40) -> str:
+def failure_text(report: pytest.TestReport, limit: int = 40) -> str:
     """The failure as the check put it: its `E` lines (the message, the nearest frames and the
-    field that differed), else the last line of the traceback."""
+    field that differed, up to `limit` lines), else the last line of the traceback."""
     text = report.longreprtext or ""
-    said = [
-        line[1:].rstrip()[3:] if line[1:4] == "   " else line[1:].strip() for line in text.splitlines() if line.startswith("E ")
-    ]
+    said = [line[1:] for line in text.splitlines() if line.startswith("E ")]
     if said:
-        return "\n".join(said[:limit])
+        return textwrap.dedent("\n".join(said[:limit])).strip()
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1].strip() if lines else ""
 
@@ -53,7 +53,7 @@ def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple) and len(longrepr) == 3:
         return str(longrepr[2]).removeprefix("Skipped: ")
-    return _first_line(report)
+    return failure_text(report)
 
 
 class ResultsCollector:
@@ -62,6 +62,8 @@ class ResultsCollector:
     def __init__(self, out_dir: Path, previous: Path | None = None) -> None:
         self.out_dir, self.previous = out_dir, previous
         self.records: dict[str, CheckResult] = {}
+        self.collection_errors: list[str] = []
+        self.started = time.time()
 
     def _record(self, report: pytest.TestReport) -> CheckResult:
         if report.nodeid not in self.records:
@@ -73,34 +75,53 @@ class ResultsCollector:
             )
         return self.records[report.nodeid]
 
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collection_errors.append(f"{report.nodeid}: {(report.longreprtext or '').strip().splitlines()[-1:]}")
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         rec = self._record(report)
         rec.duration += report.duration
-        props = report.user_properties
-        rec.evidence = sorted({str(v) for k, v in props if k in ("pcap", "log")} | set(rec.evidence))
+        # The evidence is added to user_properties after the call report was made, so it
+        # arrives with the teardown report: keep the union over the phases.
+        rec.evidence = sorted({str(v) for k, v in report.user_properties if k in ("pcap", "log")} | set(rec.evidence))
         xfail = getattr(report, "wasxfail", None)
+        deviation = str(xfail or "").removeprefix("known deviation: ")
         if report.when == "setup" and report.skipped:
-            rec.status, rec.reason = ("known deviation", xfail) if xfail else ("skipped", _skip_reason(report))
+            if xfail is not None and report.longreprtext and "Skipped" not in report.longreprtext:
+                rec.status, rec.reason = "known deviation", f"{deviation}\n(but setup failed: {failure_text(report)})"
+            else:
+                rec.status, rec.reason = ("known deviation", deviation) if xfail else ("skipped", _skip_reason(report))
         elif report.when == "call":
             if xfail is not None and report.skipped:
-                rec.status, rec.reason = "known deviation", str(xfail).removeprefix("known deviation: ")
+                rec.status, rec.reason = "known deviation", deviation
             elif xfail is not None and report.passed:
-                rec.status, rec.reason = "unexpected pass", f"passed, although the manifest says: {xfail}"
+                rec.status, rec.reason = "unexpected pass", f"passed, although the manifest says: {deviation}"
             elif report.failed and "[XPASS(strict)]" in (report.longreprtext or ""):
-                rec.status, rec.reason = "unexpected pass", (report.longreprtext or "").strip()
+                rec.status = "unexpected pass"
+                rec.reason = (
+                    "passed, although the manifest says: " + (report.longreprtext or "").replace("[XPASS(strict)]", "").strip()
+                )
             elif report.failed:
-                rec.status, rec.reason = "failed", _first_line(report)
+                rec.status, rec.reason = "failed", failure_text(report)
             elif report.skipped:
                 rec.status, rec.reason = "skipped", _skip_reason(report)
-        elif report.failed:  # an error in setup or teardown fails the check as well
-            rec.status, rec.reason = "failed", f"{report.when}: {_first_line(report)}"
+            else:
+                rec.status = "passed"
+        elif report.failed:  # an error in setup or teardown fails the check as well; keep what came before
+            before = f"{rec.reason}\n" if rec.reason else ""
+            rec.status, rec.reason = "failed", f"{before}{report.when} error: {failure_text(report)}"
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         from fixtures.plugin import SETTINGS
 
         settings = session.config.stash.get(SETTINGS, None)
-        previous = load(self.previous) if self.previous is not None and self.previous.is_file() else None
-        write_results(self.out_dir, list(self.records.values()), describe_run(settings), previous)
+        run = describe_run(settings)
+        run["exit status"] = int(exitstatus)
+        run["collection errors"] = self.collection_errors
+        previous = load(self.previous) if self.previous is not None else None
+        evidence = getattr(settings, "evidence", None)
+        write_results(self.out_dir, list(self.records.values()), run, previous, evidence=evidence, since=self.started)
 
 
 def describe_run(settings: Any) -> dict[str, Any]:
@@ -129,16 +150,35 @@ def describe_run(settings: Any) -> dict[str, Any]:
     }
 
 
-def write_results(out_dir: Path, records: list[CheckResult], run: dict[str, Any], previous: dict[str, Any] | None = None) -> Path:
+def write_results(
+    out_dir: Path,
+    records: list[CheckResult],
+    run: dict[str, Any],
+    previous: dict[str, Any] | None = None,
+    *,
+    evidence: Path | None = None,
+    since: float = 0.0,
+) -> Path:
+    """results.json and index.html. The rtnetlink support table is taken only if this run wrote
+    it (newer than `since`); benchmark figures carry the date `./lab bench` wrote them. A broken
+    optional input is noted in the run, never a reason to lose the results."""
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {s: sum(1 for r in records if r.status == s) for s in STATUSES}
-    data = {"run": run, "counts": counts, "results": [asdict(r) for r in sorted(records, key=lambda r: (r.check, r.stack))]}
-    support = _support_table(out_dir)
-    if support is not None:
-        data["rtnetlink_support"] = support
+    run.setdefault("notes", [])
+    data: dict[str, Any] = {
+        "run": run,
+        "counts": counts,
+        "results": [asdict(r) for r in sorted(records, key=lambda r: (r.check, r.stack))],
+    }
+    for directory in [d for d in (evidence, out_dir / "evidence", out_dir) if d is not None]:
+        support = directory / "rtnetlink-support.json"
+        if support.exists() and support.stat().st_mtime >= since:
+            data["rtnetlink_support"] = _optional_json(support, run)
+            break
     bench = out_dir / BENCHMARKS_FILE
     if bench.exists():  # `./lab bench` writes it (tox -e bench)
-        data["benchmarks"] = json.loads(bench.read_text())
+        data["benchmarks"] = _optional_json(bench, run)
+        run["benchmarks date"] = dt.datetime.fromtimestamp(bench.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
     path = out_dir / RESULTS_FILE
     path.write_text(json.dumps(data, indent=1))
     from .html import write_page
@@ -147,11 +187,12 @@ def write_results(out_dir: Path, records: list[CheckResult], run: dict[str, Any]
     return path
 
 
-def _support_table(out_dir: Path) -> dict | None:
-    for candidate in (out_dir / "evidence" / "rtnetlink-support.json", out_dir / "rtnetlink-support.json"):
-        if candidate.exists():
-            return json.loads(candidate.read_text())
-    return None
+def _optional_json(path: Path, run: dict[str, Any]) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        run["notes"].append(f"{path} left out: {exc}")
+        return None
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -78,6 +78,8 @@ def small_run(tmp_path_factory):
     manifest = out / "deviations.toml"
     manifest.write_text(
         f'[[deviation]]\nstack = "linux-arpignore"\ncheck = "{ANSWERS}"\nreason = "arp_ignore=8 answers no ARP request"\n'
+        # A deviation that does not happen: the check passes, which must show as an unexpected pass.
+        f'[[deviation]]\nstack = "linux"\ncheck = "{IGNORES}"\nreason = "claimed, but it is not so"\n'
     )
     done = run_pytest(
         "suites/linkdispatch/test_arp.py",
@@ -97,7 +99,7 @@ def test_results_json_has_each_check_and_stack_with_its_status(small_run):
     status = {(r["check"], r["stack"]): r for r in data["results"]}
     assert {k: r["status"] for k, r in status.items()} == {
         (ANSWERS, "linux"): "passed",
-        (IGNORES, "linux"): "passed",
+        (IGNORES, "linux"): "unexpected pass",
         (ANSWERS, "linux-arpignore"): "known deviation",
         (IGNORES, "linux-arpignore"): "failed",
         (ANSWERS, "missing"): "skipped",
@@ -111,7 +113,9 @@ def test_results_json_has_each_check_and_stack_with_its_status(small_run):
     for key in ((ANSWERS, "linux-arpignore"), (IGNORES, "linux-arpignore")):
         pcaps = [p for p in status[key]["evidence"] if p.endswith(".pcap")]
         assert pcaps and all(Path(p).exists() for p in pcaps), status[key]
-    assert data["counts"] == {"passed": 2, "failed": 1, "known deviation": 1, "unexpected pass": 0, "skipped": 2}
+    assert "claimed, but it is not so" in status[(IGNORES, "linux")]["reason"]
+    assert data["counts"] == {"passed": 1, "failed": 1, "known deviation": 1, "unexpected pass": 1, "skipped": 2, "not run": 0}
+    assert data["run"]["exit status"] == 1 and data["run"]["collection errors"] == []
     assert data["run"]["kernel"] and data["run"]["date"] and set(data["run"]["stacks"]) == {"linux", "linux-arpignore", "missing"}
     assert data["run"]["stacks"]["missing"] == {
         "available": False, "why": "the missing stack is never installed", "install": "apt-get install -y nothing-at-all", "version": "",
@@ -135,6 +139,8 @@ def test_html_matrix_matches_the_results_and_needs_nothing_online(small_run):
     details = [a for a in page.anchors if a.startswith("d-")]
     assert len(details) == len(failing), f"{len(details)} detail sections for {len(failing)} non-passing cells"
     assert not [link for link in page.links if link.startswith(("http:", "https:", "//"))], "external assets"
+    dangling = [link for link in page.links if link.startswith("#") and link[1:] not in page.anchors]
+    assert not dangling, f"links to no section: {dangling}"
     assert any(link.endswith(".pcap") for link in page.links), "no pcap linked"
     assert len(page.missing_columns) == 1 and "never installed" in page.missing_columns[0], page.missing_columns
 
@@ -145,8 +151,12 @@ def test_labkit_report_says_what_changed(small_run, tmp_path):
     for r in previous["results"]:
         if r["status"] == "failed":
             r["status"] = "passed"  # last night it passed: now a new failure
-        if r["status"] == "known deviation":
+        elif r["status"] == "known deviation":
             r["status"] = "passed"  # and this deviation is new
+        elif r["status"] == "unexpected pass":
+            r["status"] = "failed"  # it failed last night, so it counts as fixed
+        elif r["status"] == "passed":
+            r["status"] = "failed"  # and so does this one
     prev_path = tmp_path / "previous.json"
     prev_path.write_text(json.dumps(previous))
     done = subprocess.run(
@@ -154,9 +164,11 @@ def test_labkit_report_says_what_changed(small_run, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "new failures: 1" in done.stdout and "new deviations: 1" in done.stdout and "fixed: 0" in done.stdout
+    assert "new failures: 1" in done.stdout and "new deviations: 1" in done.stdout and "fixed: 1" in done.stdout
     page = parse(tmp_path / "index.html")
-    assert page.changes == {"new failures": 1, "new deviations": 1}
+    assert page.changes == {"new failures": 1, "fixed": 1, "new deviations": 1, "unexpected passes": 1}
+    dangling = [link for link in page.links if link.startswith("#") and link[1:] not in page.anchors]
+    assert not dangling, f"links to no section: {dangling}"
 
 
 def test_labkit_report_refuses_a_missing_file(tmp_path):
