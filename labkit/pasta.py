@@ -20,7 +20,7 @@ from pathlib import Path
 from .addressing import lab_address, lab_interface
 from .errors import LabError, LabInputError
 from .netns import NetNS
-from .process import lab_env
+from .process import lab_env, log_tail
 
 MIN_MTU, MAX_MTU = 68, 65520
 LOOPBACK = ("127.0.0.1", "::1")
@@ -177,11 +177,7 @@ class Pasta:
             os.close(pidfd)
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "(no log)"
-        return " | ".join(text[-lines:]) or "(empty)"
+        return log_tail(self.log_path, lines)
 
     def running(self) -> bool:
         if self._pidfd is None:

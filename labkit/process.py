@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import janitor, owner
@@ -187,3 +188,12 @@ def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> list[int]:
 def kill_namespace_processes(netns: NetNS) -> None:
     """SIGKILL every process still in a lab namespace; they exist only because the lab ran them."""
     kill_pids([p for p in netns.pids() if p != os.getpid()])
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    """The last `lines` lines of a program's log on one line, for an error message."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(text[-lines:]) or "(empty)"

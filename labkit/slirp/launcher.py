@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import LabError, LabInputError
 from ..netns import NetNS
-from ..process import LabProcess
+from ..process import LabProcess, log_tail
 from .api import SlirpApi
 from .features import FLAGS, Features
 from .options import DEFAULT_MTU, SlirpOptions
@@ -161,11 +161,7 @@ class Slirp4netns:
         raise LabError(f"slirp4netns exited ({code}) before it was ready; its log: {self.log_tail()}")
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "(no log)"
-        return " | ".join(text[-lines:]) or "(empty)"
+        return log_tail(self.log_path, lines)
 
     def running(self) -> bool:
         return self.process is not None and self.process.popen.poll() is None

@@ -3,7 +3,9 @@ and fake slirp4netns binaries for the checks about what the launcher does with a
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,3 +58,31 @@ def fake_binary(tmp_path: Path) -> Callable[..., str]:
         return str(path)
 
     return make
+
+
+def free_port(kind: int) -> int:
+    """A port of the host's 127.0.0.1 that nobody listens on just now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def carried(proto: str, host_port: int, inside: socket.socket, timeout: float = 3.0) -> bool:
+    """Whether 8 random bytes sent to the host's 127.0.0.1:host_port arrive at `inside`."""
+    payload = os.urandom(8)
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    inside.settimeout(timeout)
+    with socket.socket(socket.AF_INET, kind) as outside:
+        outside.settimeout(timeout)
+        try:
+            if proto == "tcp":
+                outside.connect(("127.0.0.1", host_port))
+                outside.sendall(payload)
+                conn, _ = inside.accept()
+                with conn:
+                    conn.settimeout(timeout)
+                    return conn.recv(64) == payload
+            outside.sendto(payload, ("127.0.0.1", host_port))
+            return inside.recv(64) == payload
+        except OSError:
+            return False

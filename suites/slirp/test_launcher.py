@@ -22,7 +22,7 @@ from labkit.rtnl import wait_address
 from labkit.slirp import Features, Slirp4netns, SlirpApiError, SlirpOptions, command_line
 from labkit.slirp.options import DEFAULT_MTU
 
-from .conftest import needs_slirp4netns
+from .conftest import carried, free_port, needs_slirp4netns
 
 SLIRP_IPV6_PREFIX = ipaddress.ip_network("fd00::/64")  # libslirp's; watched, never sent to
 FULL_HELP = """-c, --configure -e, --exit-fd=FD -r, --ready-fd=FD -m, --mtu=MTU (default=1500, max=65521)
@@ -250,17 +250,11 @@ def test_host_loopback(namespace, workdir, cidr, allowed):
 # -- port forwarding through the API ---------------------------------------------------------
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @needs_slirp4netns
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_port_forwarding_through_the_api(namespace, workdir, cidr, proto):
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    host_port = _free_port(kind)
+    host_port = free_port(kind)
     with Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), workdir=workdir) as slirp:
         with namespace.netns.entered():
             inside = socket.socket(socket.AF_INET, kind)
@@ -277,29 +271,10 @@ def test_port_forwarding_through_the_api(namespace, workdir, cidr, proto):
             ]
             with pytest.raises(SlirpApiError, match="add_hostfwd"):
                 slirp.api.add_hostfwd(proto, "127.0.0.1", host_port, guest_port)
-            assert _carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
+            assert carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
             slirp.api.remove_hostfwd(forward)
             assert slirp.api.list_hostfwd() == []
-            assert not _carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} still forwarded after remove"
-
-
-def _carried(proto: str, host_port: int, inside: socket.socket) -> bool:
-    payload = os.urandom(8)
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as outside:
-        outside.settimeout(3)
-        try:
-            if proto == "tcp":
-                outside.connect(("127.0.0.1", host_port))
-                outside.sendall(payload)
-                conn, _ = inside.accept()
-                with conn:
-                    conn.settimeout(3)
-                    return conn.recv(64) == payload
-            outside.sendto(payload, ("127.0.0.1", host_port))
-            return inside.recv(64) == payload
-        except OSError:
-            return False
+            assert not carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} still forwarded after remove"
 
 
 @needs_slirp4netns

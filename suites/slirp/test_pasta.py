@@ -15,6 +15,8 @@ from labkit.netview import NetView
 from labkit.pasta import Forward, Pasta, PastaOptions
 from labkit.process import run_in
 
+from .conftest import carried, free_port
+
 needs_pasta = pytest.mark.skipif(shutil.which("pasta") is None, reason="pasta is not installed; install: apt-get install -y passt")
 
 
@@ -58,19 +60,13 @@ def test_namespace_gets_addresses_routes_and_mtu(plan, namespace, workdir, mtu):
     assert namespace.netns.exists()
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @needs_pasta
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_port_forwarding_from_host_loopback(plan, namespace, workdir, proto):
     """The forwarded port reaches its service; another port, with a service of its own on the
     same number inside, is not forwarded."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    host_port, other_port = _free_port(kind), _free_port(kind)
+    host_port, other_port = free_port(kind), free_port(kind)
     with namespace.netns.entered():
         inside = socket.socket(socket.AF_INET, kind)
         other = socket.socket(socket.AF_INET, kind)
@@ -83,25 +79,5 @@ def test_port_forwarding_from_host_loopback(plan, namespace, workdir, proto):
             other.listen(2)
         forwards = (Forward(proto, host_port, guest_port),)
         with Pasta(namespace.netns, options(plan, forwards=forwards), workdir=workdir):
-            assert _carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
-            assert not _carried(proto, other_port, other, timeout=1), f"{proto} 127.0.0.1:{other_port} was forwarded unasked"
-
-
-def _carried(proto: str, host_port: int, inside: socket.socket, timeout: float = 3.0) -> bool:
-    payload = os.urandom(8)
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    inside.settimeout(timeout)
-    with socket.socket(socket.AF_INET, kind) as outside:
-        outside.settimeout(timeout)
-        try:
-            if proto == "tcp":
-                outside.connect(("127.0.0.1", host_port))
-                outside.sendall(payload)
-                conn, _ = inside.accept()
-                with conn:
-                    conn.settimeout(timeout)
-                    return conn.recv(64) == payload
-            outside.sendto(payload, ("127.0.0.1", host_port))
-            return inside.recv(64) == payload
-        except OSError:
-            return False
+            assert carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
+            assert not carried(proto, other_port, other, timeout=1), f"{proto} 127.0.0.1:{other_port} was forwarded unasked"
