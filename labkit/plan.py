@@ -77,8 +77,9 @@ class AddressPlan:
     def unused6(self) -> str:
         return str(self.net6.network_address + self.unused_host)
 
-    def build(self) -> tuple[Topology, Link, Link]:
-        """Declare the standard topology: (topology, the stack's end, the Wire's end)."""
+    def build(self, defaults: tuple[int, ...] = (4, 6)) -> tuple[Topology, Link, Link]:
+        """Declare the standard topology: (topology, the stack's end, the Wire's end), with a
+        default route via the peer for each IP version in `defaults`."""
         topo = Topology()
         sb, peer = topo.namespace("sb"), topo.namespace("peer")
         # The peer end is quiet: no addresses and no IPv6, so its kernel never answers or
@@ -88,5 +89,6 @@ class AddressPlan:
         )
         peer_end.ipv6 = False
         stack_end.addr(f"{self.stack4}/{self.net4.prefixlen}").addr(f"{self.stack6}/{self.net6.prefixlen}")
-        sb.route("default", via=self.peer4).route("default", via=self.peer6)
+        for version in defaults:
+            sb.route("default", via=self.peer4 if version == 4 else self.peer6)
         return topo, stack_end, peer_end

@@ -174,6 +174,25 @@ def _messages(buf: bytes) -> Iterator[tuple[int, bytes]]:
         offset += (length + 3) & ~3
 
 
+def _watch(ns: NetNS, groups: int, request, timeout: float, timed_out: Callable[[], str]) -> Iterator[tuple[int, bytes]]:
+    """Subscribe to `groups`, then send the dump `request` (so no change can fall in between),
+    and yield every message of either until the caller has what it waits for; after `timeout`
+    s without it, LabError with `timed_out()`."""
+    sock = ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((0, groups))
+        request.encode()
+        sock.send(bytes(request.data))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise LabError(timed_out())
+            yield from _messages(sock.recv(1 << 16))
+    finally:
+        sock.close()
+
+
 def wait_operational(ns: NetNS, links: dict[int, str], timeout: float = 10.0) -> None:
     """Return once every link in `links` (ifindex -> name) reports operstate UP.
 
@@ -181,59 +200,43 @@ def wait_operational(ns: NetNS, links: dict[int, str], timeout: float = 10.0) ->
     drops what it is given. Waiting here, on the kernel's link notifications, means a test's
     first frame is never lost to that. Bounded: a link still not up names itself in the error.
     """
-    if not links:
-        return
     pending = dict(links)
-    sock = ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-    try:
-        sock.bind((0, RTMGRP_LINK))  # subscribe first, then ask: no change can fall in between
-        request = ifinfmsg()
-        request["header"] = {"type": RTM_GETLINK, "flags": NLM_F_REQUEST | NLM_F_DUMP}
-        request.encode()
-        sock.send(bytes(request.data))
-        deadline = time.monotonic() + timeout
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                names = ", ".join(sorted(pending.values()))
-                raise LabError(f"links not operational in {ns.name} after {timeout:g}s: {names}")
-            for kind, data in _messages(sock.recv(1 << 16)):
-                if kind == RTM_NEWLINK:
-                    msg = ifinfmsg(data)
-                    msg.decode()
-                    if msg.get_attr("IFLA_OPERSTATE") == "UP":
-                        pending.pop(msg["index"], None)
-    finally:
-        sock.close()
+    if not pending:
+        return
+    request = ifinfmsg()
+    request["header"] = {"type": RTM_GETLINK, "flags": NLM_F_REQUEST | NLM_F_DUMP}
+    late = lambda: f"links not operational in {ns.name} after {timeout:g}s: {', '.join(sorted(pending.values()))}"
+    for kind, data in _watch(ns, RTMGRP_LINK, request, timeout, late):
+        if kind == RTM_NEWLINK:
+            msg = ifinfmsg(data)
+            msg.decode()
+            if msg.get_attr("IFLA_OPERSTATE") == "UP":
+                pending.pop(msg["index"], None)
+                if not pending:
+                    return
 
 
 def wait_address(ns: NetNS, ifindex: int, family: int, accept: Callable[[str], bool], timeout: float = 10.0) -> str:
     """The first address of `family` on link `ifindex` that `accept`s and is no longer tentative
     (e.g. one IPv6 autoconfiguration gives it), waited for on the kernel's address notifications."""
-    groups = RTMGRP_IPV4_IFADDR if family == socket.AF_INET else RTMGRP_IPV6_IFADDR
-    sock = ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
-    try:
-        sock.bind((0, groups))  # subscribe first, then dump: no address can fall in between
-        request = ifaddrmsg()
-        request["header"] = {"type": RTM_GETADDR, "flags": NLM_F_REQUEST | NLM_F_DUMP}
-        request["family"] = family
-        request.encode()
-        sock.send(bytes(request.data))
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                raise LabError(
-                    f"no {'IPv4' if family == socket.AF_INET else 'IPv6'} address as wanted on ifindex {ifindex} in {ns.name} after {timeout:g}s"
-                )
-            for kind, data in _messages(sock.recv(1 << 16)):
-                if kind != RTM_NEWADDR:
-                    continue
-                msg = ifaddrmsg(data)
-                msg.decode()
-                flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
-                address = msg.get_attr("IFA_ADDRESS")
-                if msg["index"] == ifindex and not flags & IFA_F_TENTATIVE and address and accept(address):
-                    return f"{address}/{msg['prefixlen']}"
-    finally:
-        sock.close()
+    v4 = family == socket.AF_INET
+    request = ifaddrmsg()
+    request["header"] = {"type": RTM_GETADDR, "flags": NLM_F_REQUEST | NLM_F_DUMP}
+    request["family"] = family
+    seen: list[str] = []
+    late = lambda: (
+        f"no {'IPv4' if v4 else 'IPv6'} address as wanted on ifindex {ifindex} in {ns.name} after {timeout:g}s; seen: {seen or 'none'}"
+    )
+    for kind, data in _watch(ns, RTMGRP_IPV4_IFADDR if v4 else RTMGRP_IPV6_IFADDR, request, timeout, late):
+        if kind != RTM_NEWADDR:
+            continue
+        msg = ifaddrmsg(data)
+        msg.decode()
+        flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+        address = msg.get_attr("IFA_ADDRESS")
+        if msg["index"] != ifindex or not address:
+            continue
+        seen.append(f"{address}/{msg['prefixlen']}{' (tentative)' if flags & IFA_F_TENTATIVE else ''}")
+        if not flags & IFA_F_TENTATIVE and accept(address):
+            return f"{address}/{msg['prefixlen']}"
+    raise AssertionError("unreachable: _watch ends only by raising")

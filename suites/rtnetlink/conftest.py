@@ -44,16 +44,17 @@ def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     """The standard pair; routes: on-link, a /24 via the peer, and a default route for IPv6 only.
     The sandbox end skips duplicate address detection and is up before the stack starts, so
     the kernel's link-local address is not tentative in one namespace and settled in the other."""
-    topo = Topology()
-    sb, peer = topo.namespace("sb"), topo.namespace("peer")
-    stack_end, peer_end = topo.veth(
-        sb, plan.stack_ifname, peer, plan.peer_ifname, mtu=plan.mtu, a_mac=plan.stack_mac, b_mac=plan.peer_mac
-    )
-    peer_end.ipv6 = False
-    stack_end.addr(f"{plan.stack4}/{plan.net4.prefixlen}").addr(f"{plan.stack6}/{plan.net6.prefixlen}")
+    topo, stack_end, peer_end = plan.build(defaults=(6,))
     layouts.kernel_host(stack_end)
-    sb.route(SPECIFIC4, via=plan.peer4).route(SPECIFIC6, via=plan.peer6).route("default", via=plan.peer6)
+    stack_end.ns.route(SPECIFIC4, via=plan.peer4).route(SPECIFIC6, via=plan.peer6)
     return topo, stack_end, peer_end
+
+
+def family_filter_differences(pair: Pair, name: str, family: int) -> list[nldiff.Difference]:
+    """Records of another family in a dump asked for `family` (the kernel's must have none)."""
+    kernel, stack = pair.records(name)
+    assert kernel and all(r.values["family"] == family for r in kernel), f"the kernel's dump for family {family}: {kernel}"
+    return [nldiff.Difference(r.label(), "family", "filtered out", "returned") for r in stack if r.values["family"] != family]
 
 
 def _is_about(key_part: object, about: str) -> bool:
