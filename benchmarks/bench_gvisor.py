@@ -11,10 +11,10 @@ from __future__ import annotations
 import statistics
 import time
 
-from labkit.plan import AddressPlan
-from labkit.pool import TestbedPool
+from labkit.net.plan import AddressPlan
 from labkit.stacks import GVisorStack, StackSpec
 from labkit.testbed import Testbed
+from labkit.testbed.pool import TestbedPool
 
 from .common import Figure
 
@@ -50,7 +50,7 @@ def _per_check(reuse: bool) -> float:
 
 def run() -> list[Figure]:
     if not GVisorStack.availability().ok:
-        print(f"gvisor benchmarks skipped: runsc unavailable; install: {GVisorStack.install}")
+        print(f"gvisor benchmarks skipped: runsc unavailable; install: {GVisorStack.availability().install}")
         return []
     start, stack_start, stop = _start_stop()
     pooled_per_check, unpooled_per_check = _per_check(True), _per_check(False)

@@ -15,8 +15,8 @@ from scapy.layers.l2 import Ether
 from scapy.sendrecv import sendp
 from scapy.supersocket import SuperSocket
 
-from labkit.plan import AddressPlan
-from labkit.wire import Wire
+from labkit.net.plan import AddressPlan
+from labkit.packet.wire import Wire
 
 from .common import Figure
 

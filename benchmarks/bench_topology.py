@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import subprocess
 
-from labkit import owner
-from labkit.topology import Topology
+from labkit.lifecycle import owner
+from labkit.net.topology import Topology
 
 from .common import Figure, median_seconds
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from labkit.errors import LabError
-from labkit.ethtool import set_tso
+from labkit.net.ethtool import set_tso
 from labkit.stacks import LinuxStack
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import LabError, LabInputError
+from labkit.errors import LabError, LabInputError
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from . import doctor
+    from labkit import doctor
 
     findings = doctor.examine()
     missing = doctor.apt_packages(findings)
@@ -30,7 +30,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from . import reaper
+    from labkit.lifecycle import reaper
 
     if args.run is not None and not all(c in "0123456789abcdef" for c in args.run):
         raise LabInputError(f"bad run id {args.run!r}: allowed are the hex run ids in lab resource names (labkit-RUN-PID-...)")

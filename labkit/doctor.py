@@ -9,8 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from .errors import LabError
-from .stacks import known_drivers
+from labkit.errors import LabError
+from labkit.stacks import known_drivers
 
 APT_INSTALL = "apt-get install -y"
 

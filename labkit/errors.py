@@ -1,8 +1,13 @@
-"""Errors the lab raises on purpose.
+"""The lab's error vocabulary: three kinds, each with one meaning.
 
-`LabInputError` is for bad input from a person (a test author, the command line, a manifest):
-its message is one line that names the bad value and says what is allowed, so that the CLI and the
-pytest plugin can print it as is and exit with status 2.
+- `LabInputError`: bad input from a person (a test author, the command line, a manifest). Its
+  message is one line that names the bad value and says what is allowed, so the CLI and the
+  pytest plugin print it as is and exit with status 2.
+- `LabError`: something the lab itself could not do (a stack would not start, a namespace could
+  not be made); the message says what and why.
+- `ExpectTimeout`: what the wire, a service or a stack did not show within its bound. It is an
+  AssertionError, so a check that times out fails (it is the stack's verdict, not the lab's
+  error), and its message says what was looked for and what came closest.
 """
 
 from __future__ import annotations
@@ -18,12 +23,9 @@ class LabInputError(LabError, ValueError):
     exit_code = 2
 
 
-class StackUnavailable(LabError):
-    """A stack cannot run here; `install` is the command that would fix it."""
+class ExpectTimeout(AssertionError):
+    """Nothing matched within the bound; the message carries what was seen instead."""
 
-    def __init__(self, stack: str, reason: str, install: str | None = None) -> None:
-        self.stack = stack
-        self.reason = reason
-        self.install = install
-        hint = f" (install: {install})" if install else ""
-        super().__init__(f"stack {stack!r} unavailable: {reason}{hint}")
+
+class UnexpectedFrame(AssertionError):
+    """A frame matched a template that must not be matched."""

@@ -23,7 +23,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LabInputError
+from labkit.errors import LabInputError
 
 KEYS = {"stack", "check", "reason"}
 OPTIONAL = {"unless", "strict"}  # a stack glob the entry does not apply to; strict = false

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from labkit import netns, owner
+from labkit.lifecycle import owner
+from labkit.net import netns
 
 ROOT = Path(__file__).resolve().parents[1]
 

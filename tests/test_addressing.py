@@ -1,7 +1,7 @@
 import pytest
 
-from labkit.addressing import lab_address, lab_interface, lab_network
 from labkit.errors import LabInputError
+from labkit.net.addressing import lab_address, lab_interface, lab_network
 
 
 @pytest.mark.parametrize("value", ["198.18.0.1", "198.19.255.254", "2001:db8::1", "2001:db8:ffff::9", "127.0.0.1", "::1"])

@@ -3,7 +3,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 
-from labkit.checksum import checksum_errors, checksums_present, finish_partial, leave_to_device
+from labkit.packet.checksum import checksum_errors, checksums_present, finish_partial, leave_to_device
 
 E = Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01")
 
@@ -41,7 +41,7 @@ def test_udp_zero_checksum_is_none_on_ipv4_but_wrong_on_ipv6():
 def test_finish_partial_does_the_devices_part():
     from scapy.layers.inet import UDP
 
-    from labkit.checksum import finish_partial
+    from labkit.packet.checksum import finish_partial
 
     good = wire(E / IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=1, dport=2) / b"payload")
     # A sender with tx offload leaves the pseudo-header sum (not complemented) in the field.

@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from labkit import netns, owner, reaper
-from labkit.topology import Topology
+from labkit.lifecycle import owner, reaper
+from labkit.net import netns
+from labkit.net.topology import Topology
 
 from .conftest import ROOT, lab_namespaces_of
 
 HOLDER = textwrap.dedent(
     """
     import subprocess, sys, tempfile, threading
-    from labkit import janitor, owner
-    from labkit.process import lab_env
+    from labkit.lifecycle import janitor, owner
+    from labkit.lifecycle.process import lab_env
     from labkit.stacks import resolve
     from labkit.testbed import Testbed
 
@@ -128,9 +129,7 @@ def test_interrupted_pytest_run_cleans_up(tmp_path):
             sys.executable,
             "-m",
             "pytest",
-            "-s",
-            "-p",
-            "fixtures.plugin",
+            "-s",  # a suite of its own, outside the checkout: the installed plugin gives it the fixtures
             "-p",
             "no:cacheprovider",
             "--stack",

@@ -54,9 +54,11 @@ def test_missing_file_is_refused(tmp_path):
 
 
 def test_shipped_manifest_is_valid():
-    from fixtures.options import DEFAULT_MANIFEST
+    from labkit.pytest_plugin.options import MANIFEST_NAME
 
-    Manifest.load(DEFAULT_MANIFEST)
+    from .conftest import ROOT
+
+    assert Manifest.load(ROOT / MANIFEST_NAME).deviations
 
 
 def test_strict_defaults_to_true_and_may_be_turned_off(tmp_path):

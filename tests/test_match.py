@@ -3,7 +3,7 @@
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
-from labkit.match import compare, describe
+from labkit.packet.match import compare, describe
 
 FRAME = Ether(
     bytes(

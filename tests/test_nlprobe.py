@@ -9,89 +9,89 @@ import struct
 
 import pytest
 
-from labkit import nldiff, nlprobe
-from labkit.nlsupport import SupportTable, merge_support
-from labkit.plan import AddressPlan
+from labkit.net.plan import AddressPlan
+from labkit.rtnetlink import differ, probe
+from labkit.rtnetlink.support import SupportTable, merge_support
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
 
 
 def test_encode_uses_pyroute2_and_resolves_nothing_without_ifindex_of():
-    data = nlprobe.encode({"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}}, seq=9)
-    length, type_, flags, seq, pid = nlprobe.NLMSG_HDR.unpack_from(data)
+    data = probe.encode({"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}}, seq=9)
+    length, type_, flags, seq, pid = probe.NLMSG_HDR.unpack_from(data)
     assert (length, type_, flags, seq, pid) == (len(data), 18, 0x301, 9, 0)
     assert len(data) == 32  # header + ifinfomsg
 
 
 def test_encode_without_family_byte_is_a_bare_header():
-    data = nlprobe.encode({"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "family_byte": False}, seq=3)
+    data = probe.encode({"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "family_byte": False}, seq=3)
     assert len(data) == 16 and struct.unpack_from("=I", data)[0] == 16
 
 
 def test_raw_message_may_lie_about_its_length():
-    raw = bytes.fromhex(nlprobe.raw_message(18, 1, 5, b"\x00" * 4, length=200))
+    raw = bytes.fromhex(probe.raw_message(18, 1, 5, b"\x00" * 4, length=200))
     assert len(raw) == 20 and struct.unpack_from("=I", raw)[0] == 200
 
 
 def _error(err: int, quoted: bytes) -> bytes:
     body = struct.pack("=i", -err) + quoted
-    return nlprobe.NLMSG_HDR.pack(16 + len(body), 2, 0, 7, 1234) + body
+    return probe.NLMSG_HDR.pack(16 + len(body), 2, 0, 7, 1234) + body
 
 
 def test_decode_reads_an_error_and_the_header_it_quotes():
-    request = bytes.fromhex(nlprobe.raw_message(18, 1, 7, b"\x00" * 16))
-    (msg,) = nlprobe.decode(_error(errno.ENODEV, request))
+    request = bytes.fromhex(probe.raw_message(18, 1, 7, b"\x00" * 16))
+    (msg,) = probe.decode(_error(errno.ENODEV, request))
     assert msg.type == "NLMSG_ERROR" and msg.error == errno.ENODEV
     assert msg.echoed == {"length": 32, "type": 18, "flags": 1, "seq": 7, "pid": 0}
 
 
 def test_decode_keeps_the_bytes_of_a_message_whose_length_overruns():
-    data = nlprobe.NLMSG_HDR.pack(400, 16, 0, 1, 0) + b"\x00" * 16
-    (msg,) = nlprobe.decode(data)
+    data = probe.NLMSG_HDR.pack(400, 16, 0, 1, 0) + b"\x00" * 16
+    (msg,) = probe.decode(data)
     assert msg.type == "MALFORMED" and msg.decode_error == "bad nlmsg_len" and msg.raw == data.hex()
 
 
 def test_answer_errno_and_ack():
-    ack = nlprobe.Answer("a", messages=[nlprobe.Message("NLMSG_ERROR", 0, 1, 0, 36, error=0)])
-    refused = nlprobe.Answer("b", messages=[nlprobe.Message("NLMSG_ERROR", 0, 1, 0, 36, error=errno.EPERM)])
+    ack = probe.Answer("a", messages=[probe.Message("NLMSG_ERROR", 0, 1, 0, 36, error=0)])
+    refused = probe.Answer("b", messages=[probe.Message("NLMSG_ERROR", 0, 1, 0, 36, error=errno.EPERM)])
     assert ack.acked and ack.errno is None
     assert not refused.acked and refused.errno == errno.EPERM
-    assert nlprobe.Answer("c", send_errno=errno.EACCES).errno == errno.EACCES
+    assert probe.Answer("c", send_errno=errno.EACCES).errno == errno.EACCES
 
 
-def _link(index: int, name: str, mtu: int) -> nlprobe.Message:
-    return nlprobe.Message(
+def _link(index: int, name: str, mtu: int) -> probe.Message:
+    return probe.Message(
         "RTM_NEWLINK", 2, 1, 0, 0, fields={"family": 0, "index": index, "ifi_type": 1, "flags": 0x1043},
         attrs=[["IFLA_IFNAME", name], ["IFLA_MTU", mtu]],
     )  # fmt: skip
 
 
-def _route(oif: int) -> nlprobe.Message:
+def _route(oif: int) -> probe.Message:
     fields = {"family": 2, "dst_len": 24, "src_len": 0, "tos": 0, "table": 254, "proto": 2, "scope": 253, "type": 1}
-    return nlprobe.Message("RTM_NEWROUTE", 2, 1, 0, 0, fields=fields, attrs=[["RTA_DST", "198.18.0.0"], ["RTA_OIF", oif]])
+    return probe.Message("RTM_NEWROUTE", 2, 1, 0, 0, fields=fields, attrs=[["RTA_DST", "198.18.0.0"], ["RTA_OIF", oif]])
 
 
 def test_normaliser_names_interfaces_so_different_indexes_compare_equal():
-    kernel = nldiff.Normaliser(nlprobe.Answer("l", messages=[_link(100, "eth0", 1500)]))
-    stack = nldiff.Normaliser(nlprobe.Answer("l", messages=[_link(2, "eth0", 1500)]))
+    kernel = differ.Normaliser(probe.Answer("l", messages=[_link(100, "eth0", 1500)]))
+    stack = differ.Normaliser(probe.Answer("l", messages=[_link(2, "eth0", 1500)]))
     a, b = kernel.record(_route(100)), stack.record(_route(2))
     assert a.key == b.key == ("table 254", "198.18.0.0/24", "eth0", 1)
-    assert nldiff.diff_records([a], [b]) == []
+    assert differ.diff_records([a], [b]) == []
 
 
 def test_differ_names_the_attribute_and_both_values():
-    norm = nldiff.Normaliser()
-    (d,) = nldiff.diff_records([norm.record(_link(1, "eth0", 1500))], [norm.record(_link(1, "eth0", 1400))])
+    norm = differ.Normaliser()
+    (d,) = differ.diff_records([norm.record(_link(1, "eth0", 1500))], [norm.record(_link(1, "eth0", 1400))])
     assert (d.where, d.what, d.kernel, d.stack) == ("link eth0", "IFLA_MTU", 1500, 1400)
     assert "IFLA_MTU kernel 1500, stack 1400" in str(d)
 
 
 def test_differ_only_and_ignore():
-    norm = nldiff.Normaliser()
+    norm = differ.Normaliser()
     a, b = norm.record(_link(1, "eth0", 1500)), norm.record(_link(1, "eth0", 1400))
-    assert nldiff.diff_records([a], [b], only=()) == []
-    assert nldiff.diff_records([a], [b], ignore=("IFLA_MTU",)) == []
-    missing = nldiff.diff_records([a], [])
+    assert differ.diff_records([a], [b], only=()) == []
+    assert differ.diff_records([a], [b], ignore=("IFLA_MTU",)) == []
+    missing = differ.diff_records([a], [])
     assert [(d.what, d.kernel, d.stack) for d in missing] == [("record", "present", "absent")]
 
 
@@ -116,13 +116,13 @@ def kernel():
 
 
 def test_probe_in_a_kernel_namespace(kernel):
-    answers = nlprobe.ask(
+    answers = probe.ask(
         kernel.stack,
         {
             "links": {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}},
             "eth0": {"type": "RTM_GETLINK", "flags": ["REQUEST"], "fields": {"family": 0, "index": {"ifindex_of": "eth0"}}},
             "missing": {"type": "RTM_GETLINK", "flags": ["REQUEST"], "fields": {"family": 0, "index": 0x7FFF0000}},
-            "short": {"raw": nlprobe.raw_message(18, 0x301, 5)},
+            "short": {"raw": probe.raw_message(18, 0x301, 5)},
         },
     )
     assert {m.attr("IFLA_IFNAME") for m in answers["links"].payload()} == {"lo", "eth0"}
@@ -139,5 +139,5 @@ def test_probe_without_cap_net_admin_gets_eperm_on_a_change(kernel):
         "fields": {"family": 0, "index": 0x7FFF0000},
         "attrs": [["IFLA_MTU", 1300]],
     }
-    assert nlprobe.ask(kernel.stack, {"c": change}, unprivileged=True)["c"].errno == errno.EPERM
-    assert nlprobe.ask(kernel.stack, {"c": change})["c"].errno == errno.ENODEV
+    assert probe.ask(kernel.stack, {"c": change}, unprivileged=True)["c"].errno == errno.EPERM
+    assert probe.ask(kernel.stack, {"c": change})["c"].errno == errno.ENODEV

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from labkit.packet_sockets import Fanout, packet_sockets, parse_proc_net_packet
+from labkit.packet.sockets import Fanout, packet_sockets, parse_proc_net_packet
 
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15

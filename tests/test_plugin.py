@@ -2,7 +2,8 @@
 
 import textwrap
 
-from labkit import netns, owner
+from labkit.lifecycle import owner
+from labkit.net import netns
 
 from .conftest import run_pytest
 

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import labkit.pool
-from labkit.pool import TestbedPool
+import labkit.testbed.pool
+from labkit.errors import LabError
+from labkit.testbed.pool import TestbedPool
 
 
 class FakeTestbed:
@@ -49,7 +50,7 @@ class FakeTestbed:
 @pytest.fixture(autouse=True)
 def fake_testbed(monkeypatch):
     FakeTestbed.built = []
-    monkeypatch.setattr(labkit.pool, "Testbed", FakeTestbed)
+    monkeypatch.setattr(labkit.testbed.pool, "Testbed", FakeTestbed)
 
 
 @pytest.fixture
@@ -198,7 +199,7 @@ def test_close_gives_up_after_timeout_and_says_so():
         p.close(timeout=0.2)
         assert time.monotonic() - started < 5
         assert len(p.errors) == 1
-        assert isinstance(p.errors[0], TimeoutError)
+        assert isinstance(p.errors[0], LabError)
         assert "1 testbed teardown(s) still running after 0.2s" in str(p.errors[0])
     finally:
         gate.set()

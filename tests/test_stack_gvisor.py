@@ -13,14 +13,15 @@ import time
 
 import pytest
 
-from labkit import layouts, owner
 from labkit.errors import LabError
-from labkit.netns import NetNS
-from labkit.plan import AddressPlan
-from labkit.pool import TestbedPool
+from labkit.lifecycle import owner
+from labkit.net import layouts
+from labkit.net.netns import NetNS
+from labkit.net.plan import AddressPlan
+from labkit.net.topology import Topology
 from labkit.stacks import GVisorStack, StackSpec
 from labkit.testbed import Testbed
-from labkit.topology import Topology
+from labkit.testbed.pool import TestbedPool
 
 from .conftest import ROOT, lab_namespaces_of
 from .test_cleanup import alive, start_holder

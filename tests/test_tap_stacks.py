@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.l2 import ARP, Ether
 
-from labkit import owner
+from labkit.lifecycle import owner
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
 

@@ -4,10 +4,10 @@ import socket
 
 import pytest
 
-from labkit import owner
 from labkit.errors import LabInputError
-from labkit.netns import NetNS
-from labkit.topology import Topology
+from labkit.lifecycle import owner
+from labkit.net.netns import NetNS
+from labkit.net.topology import Topology
 
 from .conftest import lab_namespaces_of, root_state
 
@@ -129,7 +129,7 @@ def test_names_are_unique_and_carry_run_and_owner():
 
 
 def test_up_waits_on_the_first_end_of_each_live_veth_only(monkeypatch):
-    from labkit import rtnl
+    from labkit.net import rtnl
 
     waited: list[tuple[str, dict[int, str]]] = []
     real = rtnl.wait_operational
@@ -161,8 +161,8 @@ def test_an_await_up_end_answers_neighbour_solicitation_when_up_returns():
 
 
 def test_a_link_that_never_comes_up_is_a_bounded_error():
-    from labkit import rtnl
     from labkit.errors import LabError
+    from labkit.net import rtnl
 
     t = Topology()
     a, b = t.namespace("a"), t.namespace("b")

@@ -5,7 +5,7 @@ import struct
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from labkit.layers.virtio_net import GSO_ECN, GSO_TCPV4, GSO_TCPV6, VirtioNetHdr, VirtioNetHdrMrgRxbuf
+from labkit.packet.layers.virtio_net import GSO_ECN, GSO_TCPV4, GSO_TCPV6, VirtioNetHdr, VirtioNetHdrMrgRxbuf
 
 
 def test_ten_byte_form_is_little_endian_in_kernel_order():

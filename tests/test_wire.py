@@ -5,10 +5,10 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils import rdpcap
 
-from labkit.errors import LabInputError
-from labkit.plan import AddressPlan
-from labkit.topology import Topology
-from labkit.wire import ExpectTimeout, UnexpectedFrame, Wire
+from labkit.errors import ExpectTimeout, LabInputError, UnexpectedFrame
+from labkit.net.plan import AddressPlan
+from labkit.net.topology import Topology
+from labkit.packet.wire import Wire
 
 
 @pytest.fixture

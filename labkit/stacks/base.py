@@ -8,24 +8,24 @@ services inside it, and keeps its own logs. Suites only ever talk to this interf
 from __future__ import annotations
 
 import abc
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import janitor, owner
-from ..errors import LabError, LabInputError
-from ..packet_sockets import PacketSocket
-from ..plan import AddressPlan
-from ..process import LabProcess
-from ..topology import Link, Topology
+from labkit.errors import LabInputError
+from labkit.lifecycle import janitor, owner
+from labkit.lifecycle.process import LabProcess
+from labkit.net.plan import AddressPlan
+from labkit.net.topology import Link, Topology
+from labkit.packet.sockets import PacketSocket
+from labkit.services import KINDS as SERVICE_KINDS
+from labkit.stacks.service import Service
 
 # Capability flags: what checks a driver can take part in.
 ARP = "arp"
@@ -45,7 +45,6 @@ CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, 
 NETNS_COPY = "netns-copy"  # builds its own stack from the namespace's links, addresses and routes
 AF_PACKET = "af-packet"  # reaches its link through AF_PACKET sockets the lab can inspect
 
-SERVICE_KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source", "udp-send", "tcp-connect")
 
 
 @dataclass(frozen=True)
@@ -54,71 +53,6 @@ class Availability:
     reason: str = ""
     install: str | None = None
     version: str | None = None
-
-
-class Service:
-    """A lab service running inside a stack; its JSON-line events are the stack's evidence."""
-
-    def __init__(self, kind: str, process: LabProcess, ready_timeout: float = 10.0) -> None:
-        self.kind = kind
-        self.process = process
-        self.events: list[dict[str, Any]] = []
-        self._cursor = 0
-        try:
-            ready = self.wait_for(lambda e: e["event"] in ("ready", "error"), ready_timeout)
-            if ready["event"] == "error":
-                raise LabError(f"service {kind} failed to start: {ready.get('message')}")
-        except BaseException:
-            process.close()
-            raise
-        self.port: int = ready["port"]
-
-    def _next(self, timeout: float) -> dict[str, Any] | None:
-        line = self.process.read_line(timeout)
-        if line is None:
-            return None
-        try:
-            event = json.loads(line)
-        except ValueError:
-            event = {"event": "output", "line": line.rstrip("\n")}
-        self.events.append(event)
-        return event
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict[str, Any]:
-        """The next event for which `predicate` holds, within `timeout`.
-
-        Each event is returned at most once (like the Wire's frames), so waiting for a second
-        datagram cannot be satisfied by the first.
-        """
-        while self._cursor < len(self.events):
-            event = self.events[self._cursor]
-            self._cursor += 1
-            if predicate(event):
-                return event
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                event = self._next(left)
-            except TimeoutError:
-                break
-            if event is None:
-                raise LabError(f"service {self.kind} exited (code {self.process.popen.poll()}); events: {self.events[-5:]}")
-            self._cursor = len(self.events)
-            if predicate(event):
-                return event
-        raise TimeoutError(f"service {self.kind}: no matching event within {timeout:g}s; events so far: {self.events[-5:]}")
-
-    def close(self) -> None:
-        self.process.close()
-
-    def __enter__(self) -> Service:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Stack(abc.ABC):
@@ -131,7 +65,6 @@ class Stack(abc.ABC):
     kind: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset()
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {}}
-    install: ClassVar[str | None] = None
     # A started instance may serve several checks in a row (when starting one is slow); the
     # testbed pool then calls reset() between checks and healthy() before handing it out.
     reuse: ClassVar[bool] = False
@@ -331,7 +264,7 @@ class Stack(abc.ABC):
     @staticmethod
     def child_env() -> dict[str, str]:
         """Environment for lab commands inside the stack: labkit importable, owner tagged."""
-        from ..process import lab_env
+        from labkit.lifecycle.process import lab_env
 
         root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH", "")

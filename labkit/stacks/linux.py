@@ -15,9 +15,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..ethtool import set_tx_checksum
-from ..process import LabProcess, run_in
-from . import base
+from labkit.lifecycle.process import LabProcess, run_in
+from labkit.net.ethtool import set_tx_checksum
+from labkit.stacks import base
 
 
 class LinuxStack(base.Stack):

@@ -18,12 +18,12 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from .. import owner
-from ..errors import LabError
-from ..layouts import TapEnd
-from ..netns import NetNS
-from ..process import LabProcess, run_in
-from . import base
+from labkit.errors import ExpectTimeout, LabError
+from labkit.lifecycle import owner
+from labkit.lifecycle.process import LabProcess, run_in
+from labkit.net.layouts import TapEnd
+from labkit.net.netns import NetNS
+from labkit.stacks import base
 
 # Holds the user+net namespace: reports its pid once inside, lives until its stdin closes.
 _HOLDER = "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()"
@@ -76,11 +76,14 @@ class TapStack(base.Stack):
     def _make_user_namespace(self) -> None:
         argv = ["unshare", "--user", "--map-root-user", "--net", "--", sys.executable, "-c", _HOLDER]
         self._holder = LabProcess(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        line = self._holder.read_line(timeout=10)
+        try:
+            line = self._holder.read_line(timeout=10)
+        except ExpectTimeout:
+            line = None
         if not line:
             raise LabError(f"{self.id}: the user+net namespace holder exited before it was ready ({' '.join(argv[:5])})")
         self.holder_pid = self._holder.pid  # unshare execs the holder: same pid
-        self.tap.userns_netns = NetNS.adopt(owner.new_name("userns"), f"/proc/{self.holder_pid}/ns/net")
+        self.tap.userns_netns = NetNS.attach(owner.new_name("userns"), self.holder_pid)
 
     def _drop_user_namespace(self) -> None:
         tap = self.link if isinstance(self.link, TapEnd) else None

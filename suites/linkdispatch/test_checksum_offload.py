@@ -20,8 +20,8 @@ import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 
-from labkit.checksum import checksum_errors, finish_partial
-from labkit.match import compare
+from labkit.packet.checksum import checksum_errors, finish_partial
+from labkit.packet.match import compare
 
 FAMILIES = pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 

@@ -25,15 +25,15 @@ from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
 
-from labkit import layouts
-from labkit.checksum import checksum_errors
-from labkit.packet_sockets import PACKET_FANOUT, SOL_PACKET
-from labkit.plan import AddressPlan
+from labkit.errors import ExpectTimeout
+from labkit.net import layouts
+from labkit.net.plan import AddressPlan
+from labkit.packet.checksum import checksum_errors
+from labkit.uapi import PACKET_FANOUT, PACKET_FANOUT_FLAG_DEFRAG, PACKET_FANOUT_HASH, PACKET_FANOUT_LB, SOL_PACKET
 
 FLOWS = 64
 PER_FLOW = 8
 FRAGMENTED = 16  # datagrams of 3000 bytes, each cut into three fragments
-FANOUT_HASH, FANOUT_LB, FLAG_DEFRAG = 0, 1, 0x8000
 
 
 def flow_frames(wire, plan, family: str, dport: int) -> tuple[list[bytes], dict[int, list[int]]]:
@@ -56,7 +56,7 @@ def received_sequences(sink, expected: int, timeout: float = 15, got=None) -> di
             port, n = struct.unpack("!HI", bytes.fromhex(event["data"]))
             got[port].append(n)
             count += 1
-    except TimeoutError:
+    except ExpectTimeout:
         pass
     return got
 
@@ -217,7 +217,7 @@ def test_fragmented_datagrams_are_reassembled(stack, wire, plan, family):
         wire.send(*[wire.ether() / p for p in pieces])
         try:
             event = sink.wait_for(lambda e: e["event"] == "datagram", timeout=3)
-        except TimeoutError:
+        except ExpectTimeout:
             bad[port] = "never delivered"
             continue
         if (event["peer"][1], event["len"]) != (port, len(payload)):
@@ -287,7 +287,7 @@ def kernel_link():
 def _flows_by_socket(kernel_link, socks: list[socket.socket], expected: int) -> tuple[dict[int, set[int]], dict]:
     """Inject FLOWS flows from the far end; which of `socks` (by index) saw each flow (source
     port). Reads until `expected` frames of them arrived in all, or the sockets stay quiet 0.5 s."""
-    from labkit.wire import Wire
+    from labkit.packet.wire import Wire
 
     plan, near, far = kernel_link
     with Wire(far.ns.netns, far.name, mac=far.mac, far_mac=near.mac, record=False) as w:
@@ -311,7 +311,7 @@ def _flows_by_socket(kernel_link, socks: list[socket.socket], expected: int) -> 
 def test_kernel_fanout_keeps_each_flow_on_one_socket_and_spreads_flows(kernel_link):
     _plan, near, _far = kernel_link
     group = random.randint(1, 0xFFFF)
-    socks = [_fanout_socket(near.ns.netns, near.name, group, FANOUT_HASH | FLAG_DEFRAG) for _ in range(4)]
+    socks = [_fanout_socket(near.ns.netns, near.name, group, PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) for _ in range(4)]
     try:
         where, sent = _flows_by_socket(kernel_link, socks, expected=FLOWS * PER_FLOW)
     finally:
@@ -332,7 +332,7 @@ def test_kernel_gives_each_group_every_frame_but_merges_a_shared_id(kernel_link,
     _plan, near, _far = kernel_link
     first = random.randint(1, 0x7FFF)
     ids = (first, first if same_id else first + 0x8000)
-    socks = [_fanout_socket(near.ns.netns, near.name, ids[i // 2], FANOUT_HASH | FLAG_DEFRAG) for i in range(4)]
+    socks = [_fanout_socket(near.ns.netns, near.name, ids[i // 2], PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) for i in range(4)]
     try:
         # Every frame reaches one socket of each group: two groups, or one merged group.
         where, sent = _flows_by_socket(kernel_link, socks, expected=FLOWS * PER_FLOW * (1 if same_id else 2))
@@ -352,10 +352,10 @@ def test_kernel_gives_each_group_every_frame_but_merges_a_shared_id(kernel_link,
 def test_kernel_refuses_to_join_a_group_with_another_mode(kernel_link):
     _plan, near, _far = kernel_link
     group = random.randint(1, 0xFFFF)
-    first = _fanout_socket(near.ns.netns, near.name, group, FANOUT_HASH | FLAG_DEFRAG)
+    first = _fanout_socket(near.ns.netns, near.name, group, PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG)
     try:
         with pytest.raises(OSError) as refused:
-            _fanout_socket(near.ns.netns, near.name, group, FANOUT_LB).close()
+            _fanout_socket(near.ns.netns, near.name, group, PACKET_FANOUT_LB).close()
         assert refused.value.errno == errno.EINVAL, f"joining with another mode gave {refused.value}"
     finally:
         first.close()

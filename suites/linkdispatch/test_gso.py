@@ -20,10 +20,10 @@ import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
-from labkit import layouts
-from labkit.checksum import checksum_errors
-from labkit.layers.virtio_net import GSO_ECN, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET
-from labkit.vnet import VnetSocket
+from labkit.net import layouts
+from labkit.packet.checksum import checksum_errors
+from labkit.packet.layers.virtio_net import GSO_ECN, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET
+from labkit.packet.vnet import VnetSocket
 
 BYTES = 200_000
 ETH = 14

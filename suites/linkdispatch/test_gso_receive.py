@@ -16,9 +16,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from labkit.checksum import leave_to_device
-from labkit.layers.virtio_net import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET, VirtioNetHdr
-from labkit.vnet import VnetSocket
+from labkit.packet.checksum import leave_to_device
+from labkit.packet.layers.virtio_net import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET, VirtioNetHdr
+from labkit.packet.vnet import VnetSocket
 
 SEGMENTS = 4
 

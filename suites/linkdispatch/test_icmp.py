@@ -9,7 +9,7 @@ from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6ND_NS, IPv6
 from scapy.layers.l2 import ARP, Ether
 
-from labkit.checksum import checksum_errors
+from labkit.packet.checksum import checksum_errors
 
 PAYLOAD = b"labkit-echo-0123456789abcdef"
 

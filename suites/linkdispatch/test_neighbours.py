@@ -28,8 +28,8 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Ether
 
-from labkit.echo import echo_outcome
-from labkit.wire import ExpectTimeout, UnexpectedFrame
+from labkit.errors import ExpectTimeout, UnexpectedFrame
+from labkit.packet.echo import echo_outcome
 
 OTHER_MAC = "02:00:00:00:00:55"  # the MAC a neighbour answers with, unlike the Wire's own
 EHOSTUNREACH = 113

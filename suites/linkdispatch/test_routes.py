@@ -15,10 +15,10 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from labkit.plan import AddressPlan
-from labkit.process import run_in
-from labkit.topology import Link, Topology
-from labkit.wire import Wire
+from labkit.lifecycle.process import run_in
+from labkit.net.plan import AddressPlan
+from labkit.net.topology import Link, Topology
+from labkit.packet.wire import Wire
 
 GW1_MAC, ONLINK1_MAC = "02:00:00:00:01:01", "02:00:00:00:01:07"
 ENETUNREACH = 101

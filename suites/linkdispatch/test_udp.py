@@ -5,7 +5,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from labkit.checksum import checksum_errors, finish_partial
+from labkit.packet.checksum import checksum_errors, finish_partial
 
 PAYLOAD = b"labkit-udp-\x00\x01\x02\xfe\xff-end"
 

@@ -15,9 +15,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from labkit.layers.virtio_net import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET, VirtioNetHdr
-from labkit.plan import AddressPlan
-from labkit.vnet import VnetSocket
+from labkit.net.plan import AddressPlan
+from labkit.packet.layers.virtio_net import F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET, VirtioNetHdr
+from labkit.packet.vnet import VnetSocket
 
 PAYLOAD = 4000
 HEADERS = 14 + 20 + 20

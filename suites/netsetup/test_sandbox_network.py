@@ -16,10 +16,10 @@ from scapy.layers.inet import UDP
 from scapy.layers.l2 import ARP
 
 from labkit.errors import LabError
-from labkit.netview import NetView, RouteEntry
-from labkit.plan import AddressPlan
-from labkit.process import run_in
-from labkit.topology import Link, Topology
+from labkit.lifecycle.process import run_in
+from labkit.net.plan import AddressPlan
+from labkit.net.topology import Link, Topology
+from labkit.rtnetlink.view import NetView, RouteEntry
 
 pytestmark = pytest.mark.needs("netns-copy")
 

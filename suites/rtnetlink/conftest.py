@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from labkit import layouts, nldiff, nlprobe
-from labkit.nlsupport import PARTS, SupportTable, merge_support
-from labkit.plan import AddressPlan
+from labkit.net import layouts
+from labkit.net.plan import AddressPlan
+from labkit.net.topology import Link, Topology
+from labkit.rtnetlink import differ, probe
+from labkit.rtnetlink.support import PARTS, SupportTable, merge_support
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
-from labkit.topology import Link, Topology
 
 SPECIFIC4, SPECIFIC6 = "198.19.64.0/24", "2001:db8:64::/64"  # via the peer: more specific than any default
 IN_SPECIFIC4, IN_SPECIFIC6 = "198.19.64.9", "2001:db8:64::9"
@@ -50,11 +51,11 @@ def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     return topo, stack_end, peer_end
 
 
-def family_filter_differences(pair: Pair, name: str, family: int) -> list[nldiff.Difference]:
+def family_filter_differences(pair: Pair, name: str, family: int) -> list[differ.Difference]:
     """Records of another family in a dump asked for `family` (the kernel's must have none)."""
     kernel, stack = pair.records(name)
     assert kernel and all(r.values["family"] == family for r in kernel), f"the kernel's dump for family {family}: {kernel}"
-    return [nldiff.Difference(r.label(), "family", "filtered out", "returned") for r in stack if r.values["family"] != family]
+    return [differ.Difference(r.label(), "family", "filtered out", "returned") for r in stack if r.values["family"] != family]
 
 
 def _is_about(key_part: object, about: str) -> bool:
@@ -68,33 +69,33 @@ def _is_about(key_part: object, about: str) -> bool:
 class Pair:
     """The kernel's and the stack's answers to one set of requests, with their normalisers."""
 
-    kernel: dict[str, nlprobe.Answer]
-    stack: dict[str, nlprobe.Answer]
+    kernel: dict[str, probe.Answer]
+    stack: dict[str, probe.Answer]
     stack_id: str
 
     def __post_init__(self) -> None:
-        self.kernel_norm = nldiff.Normaliser(self.kernel.get("_links"))
-        self.stack_norm = nldiff.Normaliser(self.stack.get("_links"))
+        self.kernel_norm = differ.Normaliser(self.kernel.get("_links"))
+        self.stack_norm = differ.Normaliser(self.stack.get("_links"))
 
-    def records(self, name: str) -> tuple[list[nldiff.Record], list[nldiff.Record]]:
+    def records(self, name: str) -> tuple[list[differ.Record], list[differ.Record]]:
         return self.kernel_norm.records(self.kernel[name]), self.stack_norm.records(self.stack[name])
 
     def differences(
         self, name: str, ignore: tuple[str, ...] = (), about: str | None = None, only: tuple[str, ...] | None = None
-    ) -> list[nldiff.Difference]:
+    ) -> list[differ.Difference]:
         """The request's outcome first (errno, ACK, silence), then its records: all of them, or
         only those whose identity mentions `about`, and of their values all, or `only` those
         named (`only=()`: presence alone). A check about one address or one flag leaves the
         attributes of a dump to the dump checks, so each difference fails one check."""
-        outcome = nldiff.diff_outcome(self.kernel[name], self.stack[name])
+        outcome = differ.diff_outcome(self.kernel[name], self.stack[name])
         kernel, stack = self.records(name)
         if about is not None:
             kernel, stack = ([r for r in records if any(_is_about(k, about) for k in r.key)] for records in (kernel, stack))
-        records = nldiff.diff_records(kernel, stack, ignore=ignore, only=only)
+        records = differ.diff_records(kernel, stack, ignore=ignore, only=only)
         return outcome + [replace(d, where=f"{name}: {d.where}") for d in records]  # which step saw it
 
-    def report(self, name: str, differences: list[nldiff.Difference]) -> str:
-        return f"{self.stack_id} answers {name} unlike the kernel:\n{nldiff.explain(differences)}"
+    def report(self, name: str, differences: list[differ.Difference]) -> str:
+        return f"{self.stack_id} answers {name} unlike the kernel:\n{differ.explain(differences)}"
 
 
 class Differential:
@@ -104,8 +105,8 @@ class Differential:
     def ask(self, requests: dict[str, dict], *, unprivileged: bool = False, quiet: float = 0.3) -> Pair:
         """Ask both, each request in order, after a link dump both normalisers need."""
         requests = {"_links": LINKS, **requests}
-        kernel = nlprobe.ask(self.kernel.stack, requests, unprivileged=unprivileged, quiet=quiet)
-        stack = nlprobe.ask(self.stack, requests, unprivileged=unprivileged, quiet=quiet)
+        kernel = probe.ask(self.kernel.stack, requests, unprivileged=unprivileged, quiet=quiet)
+        stack = probe.ask(self.stack, requests, unprivileged=unprivileged, quiet=quiet)
         crashed = [f"{n}: {a.crashed}" for side in (kernel, stack) for n, a in side.items() if a.crashed]
         assert not crashed, f"the probe itself failed: {crashed}"
         # A client library breaking on the stack's answer is a finding in any check: with the bytes.
@@ -113,12 +114,12 @@ class Differential:
         assert not broken, f"pyroute2 cannot decode {self.stack.id}'s answers:\n" + "\n".join(broken[:5])
         return Pair(kernel, stack, self.stack.id)
 
-    def verdict(self, message_type: str, pair: Pair, name: str, differences: list[nldiff.Difference], what: str) -> None:
+    def verdict(self, message_type: str, pair: Pair, name: str, differences: list[differ.Difference], what: str) -> None:
         """Note the support-table row, then fail on any difference, saying what was asked."""
         self.note(message_type, pair, name, differences)
         assert not differences, pair.report(what, differences)
 
-    def note(self, message_type: str, pair: Pair, name: str, differences: list[nldiff.Difference]) -> None:
+    def note(self, message_type: str, pair: Pair, name: str, differences: list[differ.Difference]) -> None:
         """A support-table row for this check: how the stack did with `message_type`."""
         k, s = pair.kernel[name], pair.stack[name]
         if s.errno in (errno.EOPNOTSUPP, errno.ENOSYS) and k.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
@@ -132,8 +133,8 @@ class Differential:
                 "stack": self.stack.id,
                 "status": status,
                 "differences": [str(d) for d in differences[:10]],
-                "attrs": nldiff.attribute_names(s),
-                "kernel_attrs": nldiff.attribute_names(k),
+                "attrs": differ.attribute_names(s),
+                "kernel_attrs": differ.attribute_names(k),
             }
         )
 
@@ -148,7 +149,7 @@ def _evidence_dir(config: pytest.Config) -> Path:
 
 
 def _settings_key():
-    from fixtures.plugin import SETTINGS
+    from labkit.pytest_plugin.hooks import SETTINGS
 
     return SETTINGS
 

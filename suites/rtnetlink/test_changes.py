@@ -10,7 +10,8 @@ import errno
 
 import pytest
 
-from labkit import echo, nldiff
+from labkit.packet import echo
+from labkit.rtnetlink import differ
 
 from .conftest import IN_SPECIFIC4, LINKS, SPECIFIC4, dump, rtnl_layout
 
@@ -54,7 +55,7 @@ def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, family):
     differences = [d for step in steps for d in pair.differences(step, about=address, only=())]
     assert echo_outcome(kernel_reference.wire, plan, address) == "answered", f"the kernel does not answer at {address}"
     if (seen := echo_outcome(wire, plan, address)) != "answered":
-        differences.append(nldiff.Difference(f"echo to {address} after the add", "outcome", "answered", seen))
+        differences.append(differ.Difference(f"echo to {address} after the add", "outcome", "answered", seen))
     deleted = rtnl.ask(
         {
             "delete": address_request("RTM_DELADDR", ifname, address, prefixlen),
@@ -69,7 +70,7 @@ def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, family):
     differences += deleted.differences("routes-after-delete", about=str(net), only=())  # the subnet's route stays
     assert echo_outcome(kernel_reference.wire, plan, address) == "silent", f"the kernel still answers at {address}"
     if (seen := echo_outcome(wire, plan, address)) != "silent":
-        differences.append(nldiff.Difference(f"echo to {address} after the delete", "outcome", "silent", seen))
+        differences.append(differ.Difference(f"echo to {address} after the delete", "outcome", "silent", seen))
     rtnl.note("RTM_NEWADDR", pair, "add", [d for d in differences if "delete" not in d.where])
     rtnl.note("RTM_DELADDR", deleted, "delete", [d for d in differences if "delete" in d.where])  # steps name themselves
     assert not differences, pair.report(f"adding and deleting {address}/{prefixlen}", differences)

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from labkit import nlclients
+from labkit.rtnetlink import clients
 
 from .conftest import DEFAULTED6, IN_SPECIFIC4, rtnl_layout
 
@@ -21,15 +21,15 @@ _runs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @pytest.fixture
-def clients(rtnl) -> tuple[dict, dict]:
+def tool_runs(rtnl) -> tuple[dict, dict]:
     if rtnl.stack not in _runs:
-        _runs[rtnl.stack] = (nlclients.ask(rtnl.kernel.stack, LOOKUPS), nlclients.ask(rtnl.stack, LOOKUPS))
+        _runs[rtnl.stack] = (clients.ask(rtnl.kernel.stack, LOOKUPS), clients.ask(rtnl.stack, LOOKUPS))
     return _runs[rtnl.stack]
 
 
-@pytest.mark.parametrize("tool", [*nlclients.IP_COMMANDS, *(f"ip route get {d}" for d in LOOKUPS), "pyroute2 IPRoute"])
-def test_tool_works_as_on_the_kernel(clients, rtnl, tool):
-    kernel, stack = clients[0][tool], clients[1][tool]
+@pytest.mark.parametrize("tool", [*clients.IP_COMMANDS, *(f"ip route get {d}" for d in LOOKUPS), "pyroute2 IPRoute"])
+def test_tool_works_as_on_the_kernel(tool_runs, rtnl, tool):
+    kernel, stack = tool_runs[0][tool], tool_runs[1][tool]
     assert "error" not in kernel, f"{tool} fails on the kernel: {kernel['error']}"
     assert "error" not in stack, f"{tool} fails inside {rtnl.stack.id}: {stack['error']} (on the kernel it lists {kernel})"
     assert stack == kernel, f"{tool} inside {rtnl.stack.id} lists\n  {stack}\nwhere on the kernel it lists\n  {kernel}"

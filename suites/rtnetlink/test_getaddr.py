@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from labkit import nldiff
+from labkit.rtnetlink import differ
 
 from .conftest import dump, family_filter_differences, rtnl_layout
 
@@ -32,5 +32,5 @@ def test_addresses_match_the_kernel(rtnl, plan, family):
     assert {r.key[1].split("/")[0] for r in kernel} & {plan.stack4, plan.stack6}, (
         f"the kernel's dump lacks the stack's addresses: {kernel}"
     )
-    differences = nldiff.diff_outcome(pair.kernel["dump"], pair.stack["dump"]) + nldiff.diff_records(kernel, stack)
+    differences = differ.diff_outcome(pair.kernel["dump"], pair.stack["dump"]) + differ.diff_records(kernel, stack)
     rtnl.verdict("RTM_GETADDR", pair, "dump", differences, f"the {family} address dump")

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from labkit import nldiff
+from labkit.rtnetlink import differ
 
 from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, UNROUTED4, dump, family_filter_differences, rtnl_layout
 
@@ -49,7 +49,7 @@ def test_route_dump_per_table(rtnl, family, table):
         for records in pair.records("dump")
     )
     assert kernel, f"the kernel's {family} dump has no {table} routes"
-    differences = nldiff.diff_outcome(pair.kernel["dump"], pair.stack["dump"]) + nldiff.diff_records(kernel, stack)
+    differences = differ.diff_outcome(pair.kernel["dump"], pair.stack["dump"]) + differ.diff_records(kernel, stack)
     rtnl.verdict("RTM_GETROUTE", pair, "dump", differences, f"the {family} route dump ({table} table)")
 
 

@@ -11,7 +11,7 @@ import errno
 
 import pytest
 
-from labkit import nldiff
+from labkit.rtnetlink import differ
 
 from .conftest import rtnl_layout
 
@@ -72,7 +72,7 @@ def test_change_without_cap_net_admin_is_eperm(rtnl, type_):
 def test_get_without_cap_net_admin_is_answered(rtnl, type_):
     pair = rtnl.ask({type_: request(type_, GETS[type_])}, unprivileged=True)
     assert pair.kernel[type_].errno is None and pair.kernel[type_].payload(), f"the kernel refused an unprivileged {type_}"
-    differences = nldiff.diff_outcome(pair.kernel[type_], pair.stack[type_])  # what it lists: the dump checks
+    differences = differ.diff_outcome(pair.kernel[type_], pair.stack[type_])  # what it lists: the dump checks
     if not pair.stack[type_].payload():
-        differences.append(nldiff.Difference(type_, "entries", len(pair.kernel[type_].payload()), 0))
+        differences.append(differ.Difference(type_, "entries", len(pair.kernel[type_].payload()), 0))
     rtnl.verdict(type_, pair, type_, differences, f"an unprivileged {type_} dump")

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from labkit import nldiff
-from labkit.nlprobe import NLM_F, NLMSG_HDR, raw_message
+from labkit.rtnetlink import differ
+from labkit.rtnetlink.probe import NLM_F, NLMSG_HDR, raw_message
 
 from .conftest import rtnl_layout
 
@@ -39,7 +39,7 @@ def test_dump_is_multipart_ends_with_done_and_echoes_seq_and_pid(rtnl, dump):
     pair = rtnl.ask({dump: DUMPS[dump]})
     assert not framing_faults(pair.kernel[dump]), f"the kernel's own dump: {framing_faults(pair.kernel[dump])}"
     faults = framing_faults(pair.stack[dump])
-    rtnl.note(DUMPS[dump]["type"], pair, dump, [nldiff.Difference(dump, f, "-", "-") for f in faults])
+    rtnl.note(DUMPS[dump]["type"], pair, dump, [differ.Difference(dump, f, "-", "-") for f in faults])
     assert not faults, f"{pair.stack_id}'s {dump} dump: " + "; ".join(faults[:10])
 
 
@@ -54,7 +54,7 @@ def test_ack_flag_gets_an_ack_after_the_answer(rtnl, plan):
     assert kinds["kernel"] == ["RTM_NEWLINK", "NLMSG_ERROR"] and pair.kernel["get"].acked, f"the kernel answered {kinds['kernel']}"
     differences = pair.differences("get", only=())
     if kinds["stack"] != kinds["kernel"]:
-        differences.append(nldiff.Difference("get with NLM_F_ACK", "messages", kinds["kernel"], kinds["stack"]))
+        differences.append(differ.Difference("get with NLM_F_ACK", "messages", kinds["kernel"], kinds["stack"]))
     rtnl.verdict("RTM_GETLINK", pair, "get", differences, "a GETLINK with NLM_F_ACK")
 
 
@@ -74,9 +74,9 @@ def test_error_quotes_the_request_header(rtnl):
     want, got, seq = quoted(pair.stack["get"])
     differences = pair.differences("get", only=())
     if got != want:
-        differences.append(nldiff.Difference("NLMSG_ERROR", "quoted header", want, got))
+        differences.append(differ.Difference("NLMSG_ERROR", "quoted header", want, got))
     if seq != want["seq"]:
-        differences.append(nldiff.Difference("NLMSG_ERROR", "seq", want["seq"], seq))
+        differences.append(differ.Difference("NLMSG_ERROR", "seq", want["seq"], seq))
     rtnl.verdict("RTM_GETLINK", pair, "get", differences, "an unknown index")
 
 

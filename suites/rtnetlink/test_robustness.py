@@ -15,8 +15,8 @@ import struct
 import pytest
 from scapy.layers.inet import ICMP, IP
 
-from labkit import nldiff
-from labkit.nlprobe import NLM_F, raw_message
+from labkit.rtnetlink import differ
+from labkit.rtnetlink.probe import NLM_F, raw_message
 
 from .conftest import LINKS, rtnl_layout
 
@@ -66,7 +66,7 @@ def still_serves(rtnl, wire, plan) -> list[str]:
 def test_malformed_requests_get_an_errno_or_silence(rtnl, wire, plan):
     pair = rtnl.ask({name: {"raw": raw} for name, raw in MALFORMED.items()})
     found = {name: faults(pair.stack[name]) for name in MALFORMED if faults(pair.stack[name])}
-    differences = [d for name in MALFORMED for d in nldiff.diff_outcome(pair.kernel[name], pair.stack[name])]
+    differences = [d for name in MALFORMED for d in differ.diff_outcome(pair.kernel[name], pair.stack[name])]
     rtnl.note("malformed", pair, next(iter(MALFORMED)), differences)
     problems = still_serves(rtnl, wire, plan)
     assert not found and not problems, f"{pair.stack_id}: {found} {problems}"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from labkit import owner
-from labkit.slirp import Features
-from labkit.topology import Namespace, Topology
+from labkit.lifecycle import owner
+from labkit.net.topology import Namespace, Topology
+from labkit.stacks.slirp4netns import Features
 
 REAL = shutil.which("slirp4netns")
 needs_slirp4netns = pytest.mark.skipif(REAL is None, reason="slirp4netns is not installed; install: apt-get install -y slirp4netns")

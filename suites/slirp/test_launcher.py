@@ -16,11 +16,11 @@ import pytest
 from scapy.layers.l2 import ARP, Ether
 
 from labkit.errors import LabError, LabInputError
-from labkit.netview import NetView
-from labkit.process import run_in
-from labkit.rtnl import wait_address
-from labkit.slirp import Features, Slirp4netns, SlirpApiError, SlirpOptions, command_line
-from labkit.slirp.options import DEFAULT_MTU
+from labkit.lifecycle.process import run_in
+from labkit.net.rtnl import wait_address
+from labkit.rtnetlink.view import NetView
+from labkit.stacks.slirp4netns import Features, Slirp4netns, SlirpApiError, SlirpOptions, command_line
+from labkit.stacks.slirp4netns.options import DEFAULT_MTU
 
 from .conftest import carried, free_port, needs_slirp4netns
 

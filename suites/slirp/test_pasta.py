@@ -11,9 +11,9 @@ import socket
 import pytest
 
 from labkit.errors import LabInputError
-from labkit.netview import NetView
-from labkit.pasta import Forward, Pasta, PastaOptions
-from labkit.process import run_in
+from labkit.lifecycle.process import run_in
+from labkit.rtnetlink.view import NetView
+from labkit.stacks.pasta.launcher import Forward, Pasta, PastaOptions
 
 from .conftest import carried, free_port
 

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from labkit.netview import NetView
+from labkit.rtnetlink.view import NetView
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
 

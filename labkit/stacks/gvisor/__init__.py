@@ -1,6 +1,6 @@
 """gVisor (runsc) behind the lab's veth; see `driver` for how and `variants` for the knobs."""
 
-from .driver import GVisorStack
-from .variants import VARIANTS
+from labkit.stacks.gvisor.driver import GVisorStack
+from labkit.stacks.gvisor.variants import VARIANTS
 
 __all__ = ["VARIANTS", "GVisorStack"]

@@ -20,14 +20,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...errors import LabError
-from ...netns import NetNS
-from ...packet_sockets import PacketSocket, packet_sockets, packet_statistics
-from ...process import LabProcess, kill_pids, run_in
-from .. import base
-from . import bundle
-from .runsc import Runsc
-from .variants import VARIANTS, network_flags, options
+from labkit.errors import LabError
+from labkit.lifecycle.process import LabProcess, kill_pids, run_in
+from labkit.net.netns import NetNS
+from labkit.packet.sockets import PacketSocket, packet_sockets, packet_statistics
+from labkit.stacks import base
+from labkit.stacks.gvisor import bundle
+from labkit.stacks.gvisor.runsc import Runsc
+from labkit.stacks.gvisor.variants import VARIANTS, network_flags, options
 
 INSTALL = "apt-get install -y runsc"
 LOGGED_COMMANDS = "create,start,boot,gofer"  # not exec: every exec would add a log file
@@ -50,7 +50,6 @@ class GVisorStack(base.Stack):
     kind = "gvisor"
     capabilities = (base.CAPABILITIES - {base.SYSCTL}) | {base.NETNS_COPY, base.AF_PACKET}
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = VARIANTS
-    install = INSTALL
     reuse = True
     start_timeout = 30.0
 

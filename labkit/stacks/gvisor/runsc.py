@@ -19,9 +19,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ...errors import LabError
-from ...netns import CLONE_NEWNET, NetNS
-from ...process import lab_env
+from labkit.errors import LabError
+from labkit.lifecycle.process import lab_env
+from labkit.net.netns import CLONE_NEWNET, NetNS
 
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import LabInputError
+from labkit.errors import LabInputError
 
 DEFAULTS: Mapping[str, Any] = {
     "network": "sandbox",

@@ -1,0 +1,130 @@
+"""Remove what dead lab runs left behind, and nothing else.
+
+A resource is the lab's only if its name (or its process environment) carries an owner tag
+`labkit-RUN-PID`; it is an orphan only if that owner is no longer running. Live runs, including
+the other xdist workers of this run, are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labkit.lifecycle import owner as owners
+from labkit.lifecycle.process import kill_pids
+from labkit.net.netns import NetNS, list_names
+
+
+@dataclass
+class Reaped:
+    namespaces: list[str] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)  # processes we may not signal (not root?)
+
+    def __bool__(self) -> bool:
+        return bool(self.namespaces or self.processes or self.paths)
+
+    def summary(self) -> str:
+        if not self:
+            return "nothing to clean"
+        text = (
+            f"removed {len(self.namespaces)} namespace(s), killed {len(self.processes)} process(es), "
+            f"removed {len(self.paths)} path(s)"
+        )
+        if self.refused:
+            text += f"; not allowed to kill {len(self.refused)} process(es): {self.refused} (run as root)"
+        return text
+
+
+def _orphaned(tag_holder: str, include_live_run: str | None) -> owners.Owner | None:
+    o = owners.Owner.parse(tag_holder)
+    if o is None:
+        return None
+    if include_live_run is not None and o.run == include_live_run:
+        return o
+    return None if o.alive() else o
+
+
+_ROOT_TAG = re.compile(rb"^--root=.*/(" + owners.PREFIX.encode() + rb"-[0-9a-f]{4,16}-\d+)")
+
+
+def _owner_of_process(pid: int) -> str | None:
+    """The owner tag a process carries: in its environment or, for runsc, in its state root.
+
+    runsc starts its sandbox and gofer with a scrubbed environment, but they keep
+    `--root=/tmp/labkit-RUN-PID-...` in their arguments. Only runsc's own processes are judged
+    by that; any other process that merely names a lab path (a `tail -f` of a log) is not.
+    """
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in env.split(b"\0"):
+        if item.startswith(owners.ENV_OWNER.encode() + b"="):
+            return item.split(b"=", 1)[1].decode(errors="replace")
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if not argv or not os.path.basename(argv[0]).startswith(b"runsc"):
+        return None
+    for arg in argv[1:]:
+        if m := _ROOT_TAG.match(arg):
+            return m.group(1).decode()
+    return None
+
+
+def temp_roots() -> list[Path]:
+    return [Path(tempfile.gettempdir())]
+
+
+def reap(run: str | None = None) -> Reaped:
+    """Clean orphans of dead owners; with `run`, also everything of that run (owners alive or not).
+
+    Order matters: processes first (they may hold namespaces and files), then namespaces, then files.
+    """
+    done = Reaped()
+    me = os.getpid()
+
+    # Processes tagged by a dead (or the given) owner, and processes inside orphaned namespaces.
+    doomed_ns = [n for n in list_names() if _orphaned(n, run)]
+    pids: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        tag = _owner_of_process(int(entry.name))
+        if tag and _orphaned(tag, run):
+            pids.append(int(entry.name))
+    for name in doomed_ns:
+        pids.extend(p for p in NetNS(name).pids() if p != me)
+    pids = sorted(set(pids))
+    refused = kill_pids(pids)
+    done.processes = [p for p in pids if p not in refused]
+    done.refused = refused
+
+    for name in doomed_ns:
+        try:
+            NetNS(name).delete()
+            done.namespaces.append(name)
+        except OSError:
+            pass
+
+    for root in temp_roots():
+        for path in root.glob(f"{owners.PREFIX}-*"):
+            if _orphaned(path.name, run):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                done.paths.append(str(path))
+
+    records = owners.STATE_DIR / "owners"
+    if records.is_dir():
+        for rec in records.iterdir():
+            run_id, _, pid = rec.name.partition("-")
+            o = owners.Owner(run_id, int(pid)) if pid.isdigit() else None
+            if o and ((run is not None and o.run == run) or not o.alive()):
+                rec.unlink(missing_ok=True)
+    return done

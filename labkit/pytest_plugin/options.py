@@ -1,0 +1,69 @@
+"""Command-line options, turned into the lab's settings once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from labkit.manifest import Manifest
+from labkit.net.plan import AddressPlan
+from labkit.stacks import StackSpec, default_specs, resolve
+
+MANIFEST_NAME = "suites/deviations.toml"  # under the rootdir: the checkout's, or your own project's
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("labkit", "labkit conformance lab")
+    group.addoption(
+        "--stack",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help="stacks to test: a stack id (linux, linux-txcsum), NAME-* for all its variants, 'all', "
+        "or module.path:ClassName; default: every installed stack in its default variant",
+    )
+    group.addoption(
+        "--deviations", metavar="PATH", default=None, help=f"known-deviation manifest (default: {MANIFEST_NAME} under the rootdir, if there)"
+    )
+    group.addoption("--lab-net4", metavar="PREFIX", default=None, help="IPv4 prefix of the standard topology (in 198.18.0.0/15)")
+    group.addoption("--lab-net6", metavar="PREFIX", default=None, help="IPv6 prefix of the standard topology (in 2001:db8::/32)")
+    group.addoption(
+        "--lab-report",
+        metavar="DIR",
+        default=None,
+        help="write results.json and index.html (the conformance matrix) to DIR at the end of the run",
+    )
+    group.addoption(
+        "--lab-previous",
+        metavar="PATH",
+        default=None,
+        help="a previous run's results.json: the report then says what changed (new failures, fixed, new deviations)",
+    )
+    group.addoption(
+        "--lab-evidence",
+        metavar="DIR",
+        default=None,
+        help="where pcaps and stack logs of failed checks go (default: pytest's basetemp)",
+    )
+
+
+@dataclass(frozen=True)
+class LabSettings:
+    specs: tuple[StackSpec, ...]
+    manifest: Manifest
+    plan: AddressPlan
+    evidence: Path | None
+
+
+def read_settings(config: pytest.Config) -> LabSettings:
+    """Parse and validate every lab option; raises LabInputError on the first bad value."""
+    names = [n for v in config.getoption("stack") for n in v.split(",") if n.strip()]
+    specs = resolve(names) if names else default_specs()
+    path = config.getoption("deviations")
+    default = config.rootpath / MANIFEST_NAME
+    manifest = Manifest.load(path) if path else (Manifest.load(default) if default.exists() else Manifest.empty())
+    plan = AddressPlan.parse(config.getoption("lab_net4"), config.getoption("lab_net6"))
+    evidence = config.getoption("lab_evidence")
+    return LabSettings(tuple(specs), manifest, plan, Path(evidence).resolve() if evidence else None)

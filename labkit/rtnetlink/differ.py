@@ -1,0 +1,170 @@
+"""Compare two stacks' rtnetlink answers: normalise what may rightly differ, then say what differs.
+
+Two namespaces with the same topology still differ in things that carry no meaning: interface
+indexes (the kernel's start at 1 or wherever the lab put them, a sandbox numbers its own),
+timestamps and counters, the order of a dump. A record keeps what a client relies on, with
+interface indexes replaced by names, and is keyed by what identifies it (a link by name, an
+address by interface and prefix, a route by table, destination and interface), so a differ can
+say "route 198.19.64.0/24 in main: RTA_GATEWAY kernel 198.18.0.1, gvisor absent".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from labkit.rtnetlink.probe import Answer, Message
+
+# The attributes container tooling reads (ip, pyroute2, CNI plugins, Go's netlink); a difference
+# in one of them is a difference. Others are recorded (see attribute_names) but not compared.
+COMPARED_ATTRS = {
+    "RTM_NEWLINK": ("IFLA_IFNAME", "IFLA_MTU", "IFLA_ADDRESS", "IFLA_BROADCAST", "IFLA_OPERSTATE", "IFLA_TXQLEN"),
+    "RTM_NEWADDR": ("IFA_ADDRESS", "IFA_LOCAL", "IFA_LABEL", "IFA_BROADCAST"),
+    "RTM_NEWROUTE": ("RTA_DST", "RTA_GATEWAY", "RTA_OIF", "RTA_PREFSRC", "RTA_PRIORITY", "RTA_TABLE"),
+    "RTM_NEWNEIGH": ("NDA_DST", "NDA_LLADDR"),
+}
+COMPARED_FIELDS = {
+    "RTM_NEWLINK": ("family", "ifi_type", "flags"),
+    "RTM_NEWADDR": ("family", "prefixlen", "scope", "flags"),
+    "RTM_NEWROUTE": ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type"),
+    "RTM_NEWNEIGH": ("family", "flags"),  # not the NUD state: it moves with time
+}
+IFF_NAMES = {0x1: "UP", 0x2: "BROADCAST", 0x8: "LOOPBACK", 0x10: "POINTOPOINT", 0x40: "RUNNING", 0x80: "NOARP",
+             0x100: "PROMISC", 0x1000: "MULTICAST", 0x10000: "LOWER_UP", 0x20000: "DORMANT"}  # fmt: skip
+IFA_F_NAMES = {0x01: "secondary", 0x02: "nodad", 0x04: "optimistic", 0x08: "dadfailed", 0x10: "homeaddress",
+               0x20: "deprecated", 0x40: "tentative", 0x80: "permanent", 0x100: "managetempaddr",
+               0x200: "noprefixroute", 0x400: "mcautojoin", 0x800: "stable-privacy"}  # fmt: skip
+# Left out on purpose: an IPv6 address is tentative for a moment after it is added even when no
+# DAD is done, so a dump right after an add may or may not catch it; DAD has its own checks.
+IFA_F_TENTATIVE = 0x40
+FOREVER = 0xFFFFFFFF
+
+
+def _flag_names(value: int, names: dict[int, str], skip: int = 0) -> str:
+    """Named bits by name, any others as hex (so no difference hides), `skip` bits left out."""
+    value &= ~skip
+    known = [n for bit, n in sorted(names.items()) if value & bit]
+    rest = value & ~sum(names)
+    return ",".join(known + ([f"{rest:#x}"] if rest else [])) or "-"
+
+
+@dataclass
+class Record:
+    """One normalised message: its identity and the values compared."""
+
+    type: str
+    key: tuple
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def label(self) -> str:
+        return f"{self.type.removeprefix('RTM_NEW').lower()} {' '.join(str(k) for k in self.key if k not in (None, ''))}"
+
+
+class Normaliser:
+    """Knows a namespace's links (from its own link dump) so indexes can become names."""
+
+    def __init__(self, link_dump: Answer | None = None) -> None:
+        self.names: dict[int, str] = {}
+        if link_dump is not None:
+            for m in link_dump.payload():
+                if m.type == "RTM_NEWLINK":
+                    self.names[m.fields.get("index")] = m.attr("IFLA_IFNAME")
+
+    def name(self, index: Any) -> Any:
+        return self.names.get(index, f"ifindex {index}") if isinstance(index, int) and index else index
+
+    def record(self, m: Message) -> Record:
+        values: dict[str, Any] = {f: m.fields.get(f) for f in COMPARED_FIELDS.get(m.type, ())}
+        for name in COMPARED_ATTRS.get(m.type, ()):
+            values[name] = m.attr(name)
+        if m.type == "RTM_NEWLINK":
+            values["flags"] = _flag_names(values["flags"] or 0, IFF_NAMES)
+            key: tuple = (m.attr("IFLA_IFNAME"),)
+        elif m.type == "RTM_NEWADDR":
+            values["flags"] = _flag_names((m.attr("IFA_FLAGS") or values["flags"] or 0), IFA_F_NAMES, skip=IFA_F_TENTATIVE)
+            cache = m.attr("IFA_CACHEINFO") or {}
+            values["lifetime"] = "forever" if cache.get("ifa_valid", FOREVER) == FOREVER else "finite"
+            key = (self.name(m.fields.get("index")), f"{m.attr('IFA_ADDRESS')}/{m.fields.get('prefixlen')}")
+        elif m.type == "RTM_NEWROUTE":
+            values["RTA_OIF"] = self.name(values["RTA_OIF"])
+            table = m.attr("RTA_TABLE", m.fields.get("table"))
+            dst = f"{m.attr('RTA_DST') or 'default'}/{m.fields.get('dst_len')}"
+            key = (f"table {table}", dst, values["RTA_OIF"], m.fields.get("type"))
+        elif m.type == "RTM_NEWNEIGH":
+            key = (self.name(m.fields.get("ifindex")), m.attr("NDA_DST"))
+        else:
+            key = (m.type, m.seq)
+        return Record(m.type, key, values)
+
+    def records(self, answer: Answer) -> list[Record]:
+        return [self.record(m) for m in answer.payload() if m.type.startswith("RTM_")]
+
+
+@dataclass
+class Difference:
+    where: str
+    what: str
+    kernel: Any
+    stack: Any
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what} kernel {self.kernel!r}, stack {self.stack!r}"
+
+
+def _counted(records: list[Record]) -> tuple[dict[tuple, Record], dict[tuple, int]]:
+    return {r.key: r for r in records}, Counter(r.key for r in records)
+
+
+def diff_records(
+    kernel: list[Record], stack: list[Record], ignore: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+) -> list[Difference]:
+    """What differs between two record sets: records one side lacks, then values by key (all of
+    them but `ignore`, or `only` those named; `only=()` compares presence alone)."""
+    mine, my_count = _counted(stack)
+    theirs, their_count = _counted(kernel)
+    out = [Difference(r.label(), "record", "present", "absent") for k, r in theirs.items() if k not in mine]
+    out += [Difference(r.label(), "record", "absent", "present") for k, r in mine.items() if k not in theirs]
+    out += [
+        Difference(theirs[k].label(), "times listed", their_count[k], my_count[k])
+        for k in theirs.keys() & mine.keys()
+        if their_count[k] != my_count[k]
+    ]
+    for key in theirs.keys() & mine.keys():
+        a, b = theirs[key], mine[key]
+        for name in a.values.keys() | b.values.keys():
+            if name in ignore or (only is not None and name not in only):
+                continue
+            if a.values.get(name) != b.values.get(name):
+                out.append(Difference(a.label(), name, a.values.get(name), b.values.get(name)))
+    return sorted(out, key=lambda d: (d.where, d.what))
+
+
+def diff_outcome(kernel: Answer, stack: Answer) -> list[Difference]:
+    """How the request ended: its errno, an ACK, silence."""
+    out = []
+    checks = (
+        ("errno", lambda a: a.errno),
+        ("acked", lambda a: a.acked),
+        ("silent", lambda a: a.silent),
+        ("ended", lambda a: not (a.incomplete or a.unterminated)),
+    )
+    for what, get in checks:
+        if get(kernel) != get(stack):
+            out.append(Difference(kernel.request, what, get(kernel), get(stack)))
+    return out
+
+
+def attribute_names(answer: Answer) -> dict[str, list[str]]:
+    """Which attributes the answer's messages carried, by message type (for the support table)."""
+    seen: dict[str, set[str]] = {}
+    for m in answer.payload():
+        seen.setdefault(m.type, set()).update(name for name, _ in m.attrs if name != "UNKNOWN")
+    return {t: sorted(names) for t, names in seen.items()}
+
+
+def explain(differences: list[Difference], limit: int = 25) -> str:
+    lines = [str(d) for d in differences[:limit]]
+    if len(differences) > limit:
+        lines.append(f"... and {len(differences) - limit} more")
+    return "\n".join(lines)

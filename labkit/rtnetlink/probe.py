@@ -1,0 +1,342 @@
+"""Ask a stack's NETLINK_ROUTE for something and write down exactly what it answered.
+
+Runs inside the stack under test (`python -m labkit.nlprobe REQUESTS-JSON`), where container
+tooling would run: a sandboxed stack answers rtnetlink itself, so the answers can only be seen
+from in there. Each request is either a message described as data and encoded with pyroute2's
+message classes, or raw bytes for the malformed cases. The answer to each is data too: every
+message received (header, the message's fixed fields, attributes as pyroute2 decodes them, and
+the raw bytes), or the socket error, or silence, so the lab can compare stacks field by field.
+A message pyroute2 cannot decode is kept with its bytes and the decoder's error: a client
+library breaking on a stack's answer is a finding, not a crash of the probe.
+
+Every receive is bounded: a request is over at NLMSG_DONE, at an error or ACK that answers it,
+or when the socket stays quiet for `quiet` seconds (what a message the stack ignores looks like).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+NETLINK_ROUTE = 0
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
+NLM_F = {"REQUEST": 0x1, "MULTI": 0x2, "ACK": 0x4, "ECHO": 0x8, "ROOT": 0x100, "MATCH": 0x200, "ATOMIC": 0x400}
+NLM_F["DUMP"] = NLM_F["ROOT"] | NLM_F["MATCH"]
+NLM_F_NEW = {"REPLACE": 0x100, "EXCL": 0x200, "CREATE": 0x400, "APPEND": 0x800}  # on NEW* requests
+NLMSG_HDR = struct.Struct("=IHHII")
+
+# Message type -> the pyroute2 class that encodes and decodes its body.
+TYPES = {
+    "RTM_NEWLINK": 16, "RTM_DELLINK": 17, "RTM_GETLINK": 18, "RTM_SETLINK": 19,
+    "RTM_NEWADDR": 20, "RTM_DELADDR": 21, "RTM_GETADDR": 22,
+    "RTM_NEWROUTE": 24, "RTM_DELROUTE": 25, "RTM_GETROUTE": 26,
+    "RTM_NEWNEIGH": 28, "RTM_DELNEIGH": 29, "RTM_GETNEIGH": 30,
+}  # fmt: skip
+TYPE_NAMES = {v: k for k, v in TYPES.items()} | {NLMSG_NOOP: "NLMSG_NOOP", NLMSG_ERROR: "NLMSG_ERROR", NLMSG_DONE: "NLMSG_DONE"}
+
+
+def _message_class(type_: int):
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    return {16: ifinfmsg, 20: ifaddrmsg, 24: rtmsg, 28: ndmsg}.get(type_ & ~0x3)
+
+
+@dataclass
+class Message:
+    """One netlink message as received."""
+
+    type: str
+    flags: int
+    seq: int
+    pid: int
+    length: int
+    fields: dict[str, Any] = field(default_factory=dict)  # the fixed part: family, index, prefixlen...
+    attrs: list[list[Any]] = field(default_factory=list)  # [name, value] in the order sent
+    error: int | None = None  # NLMSG_ERROR: 0 is an ACK, else a positive errno
+    echoed: dict[str, Any] | None = None  # NLMSG_ERROR: the request header it quotes
+    raw: str = ""
+    decode_error: str | None = None
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return next((v for k, v in self.attrs if k == name), default)
+
+
+@dataclass
+class Answer:
+    """Everything one request got back."""
+
+    request: str
+    sent: str = ""  # hex of what was sent
+    port: int = 0  # the probe socket's netlink port id, which answers must carry as their pid
+    messages: list[Message] = field(default_factory=list)
+    send_errno: int | None = None  # the send itself failed (e.g. EPERM at sendmsg on some stacks)
+    silent: bool = False  # nothing came before the quiet timeout
+    unterminated: bool = False  # messages kept coming until the deadline, with no end in sight
+    incomplete: bool = False  # messages came, then silence, without the DONE/ACK/error that ends them
+    strays: list[Message] = field(default_factory=list)  # messages for another seq or port (late answers)
+    crashed: str | None = None  # the probe's own failure (never the stack's answer)
+
+    @property
+    def errno(self) -> int | None:
+        """The request's error: a failed send, the errno of the NLMSG_ERROR that answers it, or
+        the one a dump's NLMSG_DONE carries (a dump that failed part-way)."""
+        if self.send_errno is not None:
+            return self.send_errno
+        err = next((m.error for m in self.messages if m.type in ("NLMSG_ERROR", "NLMSG_DONE") and m.error), None)
+        return err or None
+
+    @property
+    def acked(self) -> bool:
+        return any(m.type == "NLMSG_ERROR" and m.error == 0 for m in self.messages)
+
+    def payload(self) -> list[Message]:
+        """The answer's messages other than DONE and errors/ACKs."""
+        return [m for m in self.messages if m.type not in ("NLMSG_DONE", "NLMSG_ERROR", "NLMSG_NOOP")]
+
+
+def raw_message(type_: int, flags: int, seq: int, body: bytes = b"", length: int | None = None) -> str:
+    """A hand-made message, as the hex a `raw` request carries; `length` may lie."""
+    size = NLMSG_HDR.size + len(body)
+    return (NLMSG_HDR.pack(size if length is None else length, type_, flags, seq, 0) + body).hex()
+
+
+def encode(request: dict[str, Any], seq: int) -> bytes:
+    """A request as bytes: `raw` (hex, sent as is) or a described message encoded by pyroute2."""
+    if "raw" in request:
+        return bytes.fromhex(request["raw"])
+    type_ = TYPES[request["type"]]
+    cls = _message_class(type_)
+    msg = cls()
+    for key, value in request.get("fields", {}).items():
+        msg[key] = _resolve(value)
+    msg["attrs"] = [[name, _resolve(value)] for name, value in request.get("attrs", [])]
+    flags = 0
+    for name in request.get("flags", ["REQUEST"]):
+        flags |= NLM_F.get(name) or NLM_F_NEW[name]
+    msg["header"]["type"] = type_
+    msg["header"]["flags"] = flags
+    msg["header"]["sequence_number"] = request.get("seq", seq)
+    msg["header"]["pid"] = request.get("pid", 0)
+    msg.encode()
+    data = bytes(msg.data[: msg["header"]["length"]])
+    if "family_byte" in request and not request["family_byte"]:
+        data = _without_family(data)
+    return data
+
+
+def _resolve(value: Any) -> Any:
+    """{"ifindex_of": NAME} is this namespace's index of NAME: the same request names the same
+    link in two namespaces that number their links differently."""
+    if isinstance(value, dict) and "ifindex_of" in value:
+        return socket.if_nametoindex(value["ifindex_of"])
+    return value
+
+
+def _without_family(data: bytes) -> bytes:
+    """Just the 16-byte header, its length saying so: a request with no body at all."""
+    header = bytearray(data[:16])
+    struct.pack_into("=I", header, 0, 16)
+    return bytes(header)
+
+
+def _plain(value: Any) -> Any:
+    """pyroute2's decoded values, as JSON can carry them."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k not in ("header", "__align")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return value
+    return str(value)
+
+
+def decode(data: bytes) -> list[Message]:
+    """Split a datagram into messages and decode each; one that does not decode keeps its bytes."""
+    out: list[Message] = []
+    offset = 0
+    while offset + NLMSG_HDR.size <= len(data):
+        length, type_, flags, seq, pid = NLMSG_HDR.unpack_from(data, offset)
+        if length < NLMSG_HDR.size or offset + length > len(data):
+            out.append(Message("MALFORMED", flags, seq, pid, length, raw=data[offset:].hex(), decode_error="bad nlmsg_len"))
+            break
+        chunk = data[offset : offset + length]
+        out.append(_decode_one(chunk, type_, flags, seq, pid, length))
+        offset += (length + 3) & ~3
+    return out
+
+
+def _decode_one(chunk: bytes, type_: int, flags: int, seq: int, pid: int, length: int) -> Message:
+    msg = Message(TYPE_NAMES.get(type_, f"TYPE_{type_}"), flags, seq, pid, length, raw=chunk.hex())
+    if type_ in (NLMSG_ERROR, NLMSG_DONE) and len(chunk) >= 20:
+        msg.error = -struct.unpack_from("=i", chunk, 16)[0]
+    if type_ == NLMSG_ERROR:
+        if len(chunk) < 20:
+            msg.decode_error = f"NLMSG_ERROR of {len(chunk)} bytes has no error code"
+        if len(chunk) >= 36:
+            e_len, e_type, e_flags, e_seq, e_pid = NLMSG_HDR.unpack_from(chunk, 20)
+            msg.echoed = {"length": e_len, "type": e_type, "flags": e_flags, "seq": e_seq, "pid": e_pid}
+        return msg
+    if type_ in (NLMSG_DONE, NLMSG_NOOP):
+        return msg  # (a DONE's error code, if any, was read above)
+    cls = _message_class(type_)
+    if cls is None:
+        msg.decode_error = f"no decoder for type {type_}"
+        return msg
+    try:
+        parsed = cls(chunk)
+        parsed.decode()
+        msg.fields = {k: _plain(v) for k, v in parsed.items() if k not in ("header", "attrs", "__align", "value", "event")}
+        msg.attrs = [[name, _plain(value)] for name, value, *_ in parsed["attrs"]]
+    except Exception as exc:  # the finding is the bytes and the decoder's complaint
+        msg.decode_error = f"{type(exc).__name__}: {exc}"
+    return msg
+
+
+class Probe:
+    """A NETLINK_ROUTE socket of our own; `ask` sends one request and gathers its answer."""
+
+    def __init__(self, quiet: float = 0.3, deadline: float = 3.0) -> None:
+        self.quiet, self.deadline = quiet, deadline
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.port = self.sock.getsockname()[0]
+        self.seq = 1000
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def ask(self, name: str, request: dict[str, Any]) -> Answer:
+        self.seq += 1
+        answer = Answer(request=name, port=self.port)
+        try:
+            data = encode(request, self.seq)
+        except Exception as exc:
+            answer.crashed = f"encode: {type(exc).__name__}: {exc}"
+            return answer
+        answer.sent = data.hex()
+        try:
+            self.sock.send(data)
+        except OSError as exc:
+            answer.send_errno = exc.errno
+            return answer
+        seq = struct.unpack_from("=I", data, 8)[0] if len(data) >= 12 else None
+        flags = struct.unpack_from("=H", data, 6)[0] if len(data) >= 8 else 0
+        self._gather(answer, seq, wants_ack=bool(flags & NLM_F["ACK"]))
+        return answer
+
+    def _gather(self, answer: Answer, seq: int | None, wants_ack: bool) -> None:
+        """Read until the request's answer ends, the socket stays quiet for `quiet` s, or the
+        deadline. Messages for another seq or port (a late answer to an earlier request) are
+        kept apart as strays."""
+        end = time.monotonic() + self.deadline
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                answer.unterminated = True
+                return
+            ready, _, _ = select.select([self.sock], [], [], min(self.quiet, left))
+            if not ready:
+                answer.silent = not answer.messages
+                answer.incomplete = bool(answer.messages)
+                return
+            try:
+                data = self.sock.recv(1 << 20)
+            except OSError as exc:  # e.g. ENOBUFS: an answer that overran us is an answer too
+                answer.messages.append(Message("RECV_ERROR", 0, 0, 0, 0, error=exc.errno))
+                return
+            for m in decode(data):
+                if (seq is not None and m.seq != seq) or m.pid not in (0, self.port):
+                    answer.strays.append(m)
+                    continue
+                answer.messages.append(m)
+                if _ends(m, seq, wants_ack):
+                    return
+
+
+def _ends(message: Message, seq: int | None, wants_ack: bool) -> bool:
+    if message.type in ("NLMSG_DONE", "NLMSG_ERROR"):
+        return True
+    # A single (non-multipart) answer to a GET is complete in itself, unless an ACK is to follow.
+    single = not message.flags & NLM_F["MULTI"] and message.type.startswith("RTM_NEW")
+    return single and not wants_ack and (seq is None or message.seq == seq)
+
+
+CAP_NET_ADMIN = 12
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def drop_net_admin() -> None:
+    """Remove CAP_NET_ADMIN from this process's effective, permitted and inheritable sets (capset(2)
+    directly: a sandbox may ignore a bounding-set drop, as gVisor's did)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for i in range(3):
+        data[i] &= ~(1 << CAP_NET_ADMIN)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+    status = open("/proc/self/status").read()
+    effective = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
+    if effective & (1 << CAP_NET_ADMIN):
+        raise OSError("CAP_NET_ADMIN is still effective after capset")
+
+
+def main(argv: list[str]) -> int:
+    """argv[0]: JSON {"requests": [[name, request], ...], "quiet": s, "unprivileged": bool};
+    prints one JSON list of answers."""
+    spec = json.loads(argv[0])
+    if spec.get("unprivileged"):
+        drop_net_admin()
+    probe = Probe(quiet=spec.get("quiet", 0.3))
+    answers = []
+    try:
+        for name, request in spec["requests"]:
+            try:
+                answers.append(probe.ask(name, request))
+            except Exception as exc:  # keep going: one broken request must not hide the others
+                answers.append(Answer(request=name, crashed=f"{type(exc).__name__}: {exc}"))
+    finally:
+        probe.close()
+    json.dump([asdict(a) for a in answers], sys.stdout)
+    return 0
+
+
+def ask(stack: Any, requests: dict[str, dict[str, Any]], *, unprivileged: bool = False, quiet: float = 0.3) -> dict[str, Answer]:
+    """Run the probe inside `stack` (through its `run`) and return each request's answer by name.
+
+    `unprivileged` drops CAP_NET_ADMIN in the probe first, as a container without it runs.
+    """
+    spec = json.dumps({"requests": list(requests.items()), "quiet": quiet, "unprivileged": unprivileged})
+    argv = [sys.executable, "-m", "labkit.rtnetlink.probe", spec]
+    done = stack.run(argv, timeout=30 + len(requests) * 4)
+    if done.returncode != 0:
+        raise RuntimeError(f"nlprobe in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    return {a.request: a for a in answers_from_json(done.stdout)}
+
+
+def answers_from_json(text: str) -> list[Answer]:
+    out = []
+    for item in json.loads(text):
+        messages = [Message(**m) for m in item.pop("messages")]
+        strays = [Message(**m) for m in item.pop("strays", [])]
+        out.append(Answer(messages=messages, strays=strays, **item))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,80 @@
+"""A lab service running inside a stack, seen from the lab: its JSON-line events are the evidence.
+
+The program itself is `labkit.services` (standard library only, started through the driver's
+`spawn`); this is the lab's handle on one running copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from labkit.errors import ExpectTimeout, LabError
+from labkit.lifecycle.process import LabProcess
+
+
+class Service:
+    """A lab service running inside a stack; its JSON-line events are the stack's evidence."""
+
+    def __init__(self, kind: str, process: LabProcess, ready_timeout: float = 10.0) -> None:
+        self.kind = kind
+        self.process = process
+        self.events: list[dict[str, Any]] = []
+        self._cursor = 0
+        try:
+            ready = self.wait_for(lambda e: e["event"] in ("ready", "error"), ready_timeout)
+            if ready["event"] == "error":
+                raise LabError(f"service {kind} failed to start: {ready.get('message')}")
+        except BaseException:
+            process.close()
+            raise
+        self.port: int = ready["port"]
+
+    def _next(self, timeout: float) -> dict[str, Any] | None:
+        line = self.process.read_line(timeout)
+        if line is None:
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = {"event": "output", "line": line.rstrip("\n")}
+        self.events.append(event)
+        return event
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 2.0) -> dict[str, Any]:
+        """The next event for which `predicate` holds, within `timeout`.
+
+        Each event is returned at most once (like the Wire's frames), so waiting for a second
+        datagram cannot be satisfied by the first.
+        """
+        while self._cursor < len(self.events):
+            event = self.events[self._cursor]
+            self._cursor += 1
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                event = self._next(left)
+            except ExpectTimeout:
+                break
+            if event is None:
+                raise LabError(f"service {self.kind} exited (code {self.process.popen.poll()}); events: {self.events[-5:]}")
+            self._cursor = len(self.events)
+            if predicate(event):
+                return event
+        raise ExpectTimeout(f"service {self.kind}: no matching event within {timeout:g}s; events so far: {self.events[-5:]}")
+
+    def close(self) -> None:
+        self.process.close()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,147 @@
+"""A testbed: the standard topology, a started stack behind it and a Wire in front of it.
+
+This is the unit a conformance check runs against. Building and tearing down is one call each,
+and teardown removes everything even when the stack failed to start.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from scapy.layers.l2 import ARP, Ether
+
+from labkit.errors import LabInputError
+from labkit.net import layouts
+from labkit.net.plan import AddressPlan
+from labkit.net.topology import Link, Topology
+from labkit.packet.wire import Wire
+from labkit.stacks import Stack, StackSpec
+
+# A layout declares a topology from an address plan: (topology, the stack's end, the Wire's end).
+Layout = Callable[[AddressPlan], tuple[Topology, Link, Link]]
+
+
+def standard_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
+    return plan.build()
+
+
+class Testbed:
+    """`layout` replaces the standard topology for checks about the topology itself; the Wire
+    sits on the returned peer end and answers for the plan's peer addresses."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, spec: StackSpec, plan: AddressPlan | None = None, layout: Layout = standard_layout) -> None:
+        self.spec = spec
+        self.plan = spec.driver.plan_for(spec.variant, plan or AddressPlan())
+        self.layout = layout
+        self.topology: Topology | None = None
+        self.stack: Stack | None = None
+        self.wire: Wire | None = None
+        self.stack_end: Link | None = None
+        self.peer_end: Link | None = None
+
+    def up(self) -> Testbed:
+        if self.topology is not None:
+            return self  # already up (`with Testbed(...).up()` must not build a second one)
+        makes_link = self.spec.driver.makes_link
+        if makes_link and self.layout is not standard_layout:
+            name = getattr(self.layout, "__name__", self.layout)
+            raise LabInputError(
+                f"{self.spec.id} makes its own link (a tap); layout {name} does not apply; allowed: the standard layout"
+            )
+        self.topology, self.stack_end, self.peer_end = (layouts.tap if makes_link else self.layout)(self.plan)
+        try:
+            self.topology.up()
+            if makes_link:
+                self._up_on_tap()
+                return self
+            assert self.peer_end.ns.netns is not None and self.peer_end.mac is not None
+            # The Wire listens before the stack starts, so the pcap has the stack's first frames.
+            self.wire = Wire(self.peer_end.ns.netns, self.peer_end.name, mac=self.peer_end.mac, far_mac=self.stack_end.mac)
+            self._own_peer_addresses()
+            self.stack = self.spec.create()
+            self.stack.start(self.topology, self.stack_end)  # if this fails, down() still stops it
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _up_on_tap(self) -> None:
+        """A stack that makes its own link: start it, then put the Wire on its tap; the stack's
+        MAC is what its driver says or, if it cannot say, what the stack answers to ARP."""
+        self.stack = self.spec.create()
+        self.stack.start(self.topology, self.stack_end)
+        end = self.peer_end
+        assert end.mac is not None, f"{self.stack.id} did not report its tap's MAC"
+        self.wire = Wire(end.netns, end.name, mac=end.mac, far_mac=end.stack_mac)
+        self._own_peer_addresses()
+        if end.stack_mac is None:
+            reply = self.wire.send_and_expect(
+                Ether(src=end.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=end.mac, psrc=self.plan.peer4, pdst=self.plan.stack4),
+                ARP(op=2, psrc=self.plan.stack4),
+                timeout=3,
+            )
+            end.stack_mac = self.wire.far_mac = reply[ARP].hwsrc
+
+    def _own_peer_addresses(self) -> None:
+        assert self.wire is not None and self.peer_end is not None
+        self.wire.disown_all()
+        if not self.peer_end.addresses:  # a kernel peer (or the kernel behind a tap) answers for itself
+            self.wire.own(self.plan.peer4)
+            self.wire.own(self.plan.peer6)
+
+    def reset(self) -> Testbed:
+        """Ready a reused testbed for the next check: no services, no old frames, fresh log marks,
+        and the Wire answering as the peer again (a check may have made it answer otherwise)."""
+        assert self.stack is not None and self.wire is not None
+        self.stack.reset()
+        self.wire.forget()
+        self._own_peer_addresses()
+        return self
+
+    def healthy(self) -> bool:
+        return self.stack is not None and self.wire is not None and self.stack.healthy()
+
+    def save_evidence(self, directory: Path, stem: str) -> list[Path]:
+        """Write the Wire's pcap and the stack's logs (since the check began) under `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        saved: list[Path] = []
+        if self.wire is not None:
+            saved.append(self.wire.write_pcap(directory / f"{stem}.pcap"))
+        if self.stack is not None:
+            for name, path in self.stack.logs().items():
+                dest = directory / f"{stem}.{name}"
+                with open(path, "rb") as src, open(dest, "wb") as out:
+                    src.seek(self.stack.log_offset(path))
+                    shutil.copyfileobj(src, out)
+                saved.append(dest)
+        return saved
+
+    def down(self) -> None:
+        errors: list[BaseException] = []
+        for step in (
+            self.wire.close if self.wire else None,
+            self.stack.stop if self.stack else None,
+            self.topology.down if self.topology else None,
+        ):
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as exc:  # finish the teardown, then report the first failure
+                errors.append(exc)
+        self.wire = self.stack = None
+        self.topology = None
+        if errors:
+            raise errors[0]
+
+    close = down
+
+    def __enter__(self) -> Testbed:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
