@@ -42,7 +42,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
         print(f"  process {pid}")
     for path in done.paths:
         print(f"  path {path}")
-    return 0
+    # What is still there is named, and the exit status says so: a script must not take it as clean.
+    for pid in done.survivors:
+        print(f"  survivor {pid}")
+    for pid in done.refused:
+        print(f"  refused {pid}")
+    for name in done.kept_namespaces:
+        print(f"  kept netns {name}")
+    return 1 if done.left else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -4,20 +4,28 @@ Rows are checks, grouped by suite and by file (a feature); columns are the stack
 that ran; a cell is the status, coloured, linking to its detail (the failure's message with the
 field that differed, the deviation's reason, the pcap and logs). A missing stack's column says
 why and how to install it. Given the previous run's results, a section lists what changed.
-No external assets: it opens offline.
+A cell whose verdict was carried over from another variant of its stack (`carried_from`) shows
+that verdict, marked, and links to the measured cell's detail. No external assets: it opens
+offline.
+
+This module shapes the data (grouping, anchors, what links where); templates/index.html.j2
+lays it out, autoescaped, so no reason, check or stack name can turn into markup.
 """
 
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 import re
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import jinja2
+
+TEMPLATES = Path(__file__).parent / "templates"
 DETAILED = ("failed", "known deviation", "unexpected pass")  # cells with a detail section to link to
 SHORT = {
     "passed": "pass",
@@ -27,19 +35,23 @@ SHORT = {
     "skipped": "skip",
     "not run": "—",
 }
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
-table{border-collapse:collapse;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
-th{background:#f3f3f3;position:sticky;top:0}
-td.c{text-align:center;white-space:nowrap}
-.passed{background:#d9f2d9}.failed{background:#f7c6c6;font-weight:bold}
-.known-deviation{background:#fbe9b7}.unexpected-pass{background:#c9d7f7;font-weight:bold}
-.skipped{background:#eee;color:#777}.missing{background:#eee;color:#777;font-style:italic}
-.suite td{background:#e8e8f4;font-weight:bold}.feature td{background:#f6f6fb}
-a{color:inherit}pre{white-space:pre-wrap;margin:.2em 0}.small{color:#666;font-size:.9em}
-"""
+CARRIED_MARK = "↳"
+SUPPORT_CSS = {"supported": "passed", "differs": "known-deviation", "unsupported": "failed"}
+
+
+@cache
+def environment() -> jinja2.Environment:
+    """Autoescaping, so that what a stack or a check says is shown, never run; StrictUndefined,
+    so that a field the template expects and the shaping forgot fails the build instead of
+    leaving a blank cell that reads as "nothing to report"."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def _cls(status: str) -> str:
@@ -77,161 +89,214 @@ def changes(current: dict[str, Any], previous: dict[str, Any]) -> dict[str, list
     return out
 
 
-def _link(path: str, out_dir: Path | None) -> str:
+def detail_targets(results: list[dict[str, Any]]) -> dict[str, str]:
+    """The detail section each non-passing cell links to, by nodeid. A carried-over verdict goes
+    to the measured cell's section, where the evidence is; only if that cell has none (it is
+    missing, or its own status needs no detail) does the carried cell get a section of its own."""
+    by_cell = {(r["check"], r["stack"]): r for r in results}
+    targets = {}
+    for r in results:
+        if r["status"] not in DETAILED:
+            continue
+        source = by_cell.get((r["check"], r["carried_from"])) if r.get("carried_from") else None
+        if source is not None and not source.get("carried_from") and source["status"] in DETAILED:
+            targets[r["nodeid"]] = anchor(source["nodeid"])
+        else:
+            targets[r["nodeid"]] = anchor(r["nodeid"])
+    return targets
+
+
+def _link(path: str, out_dir: Path | None) -> dict[str, str]:
     target = Path(path)
     if out_dir is not None:
         try:
             target = target.resolve().relative_to(out_dir.resolve())
-            return f'<a href="{html.escape(quote(str(target)))}">{html.escape(target.name)}</a>'
+            return {"href": quote(str(target)), "name": target.name}
         except ValueError:
             pass
-    return f'<a href="{html.escape(Path(path).resolve().as_uri())}">{html.escape(Path(path).name)}</a>'
+    return {"href": Path(path).resolve().as_uri(), "name": Path(path).name}
 
 
-def render(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir: Path | None = None) -> str:
-    run, results = data.get("run", {}), data.get("results", [])
-    stacks = sorted({r["stack"] for r in results if r["stack"]} | set(run.get("stacks", {})))
-    rows: dict[str, dict[str, dict[str, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
-    for r in results:
-        rows[r["suite"]][r["check"]][r["stack"]] = r
-    esc = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>labkit conformance</title><style>{CSS}</style></head><body>"]
-    out.append("<h1>labkit conformance report</h1>")
-    out.append(
-        f"<p class='small'>{esc(run.get('date', ''))} · kernel {esc(run.get('kernel', ''))} · labkit {esc(str(run.get('labkit', '')))}"
-        f" · python {esc(run.get('python', ''))}</p>"
-    )
-    for note in run.get("notes", []) + [f"collection error: {e}" for e in run.get("collection errors", [])]:
-        out.append(f"<p class='failed'>{esc(note)}</p>")
-    if run.get("exit status") not in (None, 0, 1):
-        out.append(f"<p class='failed'>the run ended with exit status {esc(str(run['exit status']))}: it may be incomplete</p>")
-    counts = data.get("counts", {})
-    out.append("<p>" + " · ".join(f"<span class='{_cls(s)}'>&nbsp;{esc(s)}: {n}&nbsp;</span>" for s, n in counts.items()) + "</p>")
-
-    out.append(
-        "<h2 id='stacks'>Stacks</h2><table><tr><th>stack</th><th>state</th><th>version</th>"
-        + "".join(f"<th>{esc(s)}</th>" for s in SHORT)
-        + "</tr>"
-    )
+def _stacks(results: list[dict[str, Any]], stacks: list[str], run: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
     for stack in stacks:
         info = run.get("stacks", {}).get(stack, {"available": True})
         mine = [r for r in results if r["stack"] == stack]
-        state = (
-            "installed"
-            if info.get("available", True)
-            else f"missing: {esc(info.get('why', ''))} — install: <code>{esc(info.get('install', ''))}</code>"
+        carried = sum(1 for r in mine if r.get("carried_from"))
+        rows.append(
+            {
+                "name": stack,
+                "available": info.get("available", True),
+                "why": info.get("why", ""),
+                "install": info.get("install", ""),
+                "version": info.get("version", ""),
+                "counts": [{"cls": _cls(s), "n": sum(1 for r in mine if r["status"] == s)} for s in SHORT],
+                "measured": len(mine) - carried,
+                "carried": carried,
+            }
         )
-        out.append(
-            f"<tr><td>{esc(stack)}</td><td{'' if info.get('available', True) else ' class=missing'}>{state}</td><td>{esc(info.get('version', ''))}</td>"
-            + "".join(f"<td class='c {_cls(s)}'>{sum(1 for r in mine if r['status'] == s)}</td>" for s in SHORT)
-            + "</tr>"
-        )
-    out.append("</table>")
+    return rows
 
-    if previous is not None:
-        out.append("<h2 id='changes'>Changed since the previous run</h2>")
-        out.append(f"<p class='small'>previous run: {esc(previous.get('run', {}).get('date', '?'))}</p>")
-        for title, items in changes(data, previous).items():
-            out.append(f"<h3>{esc(title)} ({len(items)})</h3>")
-            if items:
-                out.append("<ul class='changes' data-kind='" + esc(title) + "'>")
-                for i in items:
-                    name = esc(i["check"])
-                    if i["status"] in DETAILED:  # only those have a detail section to go to
-                        name = f"<a href='#{anchor(i['nodeid'])}'>{name}</a>"
-                    was = "new check" if i["was"] is None else f"was {esc(i['was'])}"
-                    out.append(f"<li>{name} on {esc(i['stack'] or '-')} ({was}): {esc(i['reason'][:200])}</li>")
-                out.append("</ul>")
 
-    out.append("<h2 id='matrix'>Conformance matrix</h2><table class='matrix'><tr><th>check</th><th>—</th>")
+def _changes(data: dict[str, Any], previous: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
+    groups = []
+    for title, items in changes(data, previous).items():
+        shaped = [
+            {
+                "check": i["check"],
+                "href": f"#{targets[i['nodeid']]}" if i["nodeid"] in targets else "",  # only those have a section
+                "stack": i["stack"] or "-",
+                "carried_from": i.get("carried_from") or "",
+                "was": "new check" if i["was"] is None else f"was {i['was']}",
+                "reason": i.get("reason", "")[:200],
+            }
+            for i in items
+        ]
+        groups.append({"title": title, "entries": shaped})
+    return {"previous_date": previous.get("run", {}).get("date", "?"), "groups": groups}
+
+
+def _cell(r: dict[str, Any] | None, stack: str, missing: bool, targets: dict[str, str]) -> dict[str, Any]:
+    if r is None:
+        return {"record": False, "missing": missing}
+    carried = r.get("carried_from") or ""
+    title = r.get("reason", "")[:300]
+    if carried:
+        title = f"carried over from {carried}" + (f": {title}" if title else "")
+    return {
+        "record": True,
+        "stack": stack,
+        "status": r["status"],
+        "cls": _cls(r["status"]),
+        "short": SHORT.get(r["status"], r["status"]),
+        "href": f"#{targets[r['nodeid']]}" if r["nodeid"] in targets else "",
+        "title": title,
+        "carried_from": carried,
+    }
+
+
+def _matrix(results: list[dict[str, Any]], stacks: list[str], run: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
+    infos = run.get("stacks", {})
+    columns = []
     for s in stacks:
-        info = run.get("stacks", {}).get(s, {})
-        missing = not info.get("available", True)
+        info = infos.get(s, {})
         hint = f"; install: {info['install']}" if info.get("install") else ""
-        title = f" title='{esc(info.get('why', '') + hint)}'" if missing else ""
-        out.append(f"<th{title}{' class=missing' if missing else ''}>{esc(s)}{'<br>(missing)' if missing else ''}</th>")
-    out.append("</tr>")
+        columns.append({"name": s, "missing": not info.get("available", True), "title": info.get("why", "") + hint})
+    rows: dict[str, dict[str, dict[str, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in results:
+        rows[r["suite"]][r["check"]][r["stack"]] = r
+    suites = []
     for suite in sorted(rows):
-        out.append(f"<tr class='suite'><td colspan='{len(stacks) + 2}'>{esc(suite)}</td></tr>")
-        feature = None
+        features: list[dict[str, Any]] = []
         for check in sorted(rows[suite]):
-            if _feature(check) != feature:
-                feature = _feature(check)
-                out.append(f"<tr class='feature'><td colspan='{len(stacks) + 2}'>{esc(feature)}</td></tr>")
-            cells = rows[suite][check]
-            out.append(f"<tr data-check='{esc(check)}'><td>{esc(_check_name(check))}</td>")
-            for stack in ["", *stacks]:
-                r = cells.get(stack)
-                if r is None:
-                    missing = stack and not run.get("stacks", {}).get(stack, {}).get("available", True)
-                    out.append(f"<td class='c{' missing' if missing else ''}'>{'n/a' if missing else ''}</td>")
-                    continue
-                label = (
-                    f"<a href='#{anchor(r['nodeid'])}'>{SHORT[r['status']]}</a>" if r["status"] in DETAILED else SHORT[r["status"]]
-                )
-                out.append(
-                    f"<td class='c {_cls(r['status'])}' data-stack='{esc(stack)}' data-status='{esc(r['status'])}' title='{esc(r['reason'][:300])}'>"
-                    f"{label}</td>"
-                )
-            out.append("</tr>")
-    out.append("</table>")
+            if not features or features[-1]["name"] != _feature(check):
+                features.append({"name": _feature(check), "rows": []})
+            missing = {s: bool(s) and not infos.get(s, {}).get("available", True) for s in ["", *stacks]}
+            cells = [_cell(rows[suite][check].get(s), s, missing[s], targets) for s in ["", *stacks]]
+            features[-1]["rows"].append({"check": check, "name": _check_name(check), "cells": cells})
+        suites.append({"name": suite, "features": features})
+    return {"columns": columns, "suites": suites, "width": len(stacks) + 2}
 
-    details = [r for r in results if r["status"] in DETAILED]
-    out.append(f"<h2 id='details'>Details ({len(details)})</h2>")
-    for r in details:
-        evidence = " ".join(_link(p, out_dir) for p in r.get("evidence", []))
-        out.append(
-            f"<div id='{anchor(r['nodeid'])}' class='detail'><h3 class='{_cls(r['status'])}'>{esc(r['check'])} · {esc(r['stack'] or '-')} · {esc(r['status'])}</h3>"
-            f"<pre>{esc(r['reason'])}</pre><p class='small'>{esc(r['nodeid'])} · {r['duration']:.2f} s {('· evidence: ' + evidence) if evidence else ''}</p></div>"
+
+def _details(results: list[dict[str, Any]], targets: dict[str, str], out_dir: Path | None) -> list[dict[str, Any]]:
+    carried_to: dict[str, list[str]] = defaultdict(list)
+    for r in results:
+        if r["nodeid"] in targets and targets[r["nodeid"]] != anchor(r["nodeid"]):
+            carried_to[targets[r["nodeid"]]].append(r["stack"])
+    details = []
+    for r in results:
+        if targets.get(r["nodeid"]) != anchor(r["nodeid"]):
+            continue  # passing, or carried over: its detail is the measured cell's
+        details.append(
+            {
+                "anchor": anchor(r["nodeid"]),
+                "cls": _cls(r["status"]),
+                "check": r["check"],
+                "stack": r["stack"] or "-",
+                "status": r["status"],
+                "reason": r.get("reason", ""),
+                "carried_from": r.get("carried_from") or "",
+                "carried_to": sorted(carried_to.get(anchor(r["nodeid"]), [])),
+                "nodeid": r["nodeid"],
+                "duration": f"{r.get('duration', 0.0):.2f}",
+                "evidence": [_link(p, out_dir) for p in r.get("evidence", [])],
+            }
         )
-
-    support = data.get("rtnetlink_support")
-    if support:
-        table_stacks = sorted({s for cells in support["messages"].values() for s in cells})
-        out.append("<h2 id='rtnetlink'>rtnetlink support</h2><table class='support'><tr><th>message</th>")
-        out += [f"<th>{esc(s)}</th>" for s in table_stacks]
-        out.append("<th>kernel's attributes</th></tr>")
-        css = {"supported": "passed", "differs": "known-deviation", "unsupported": "failed"}
-        for msg, cells in support["messages"].items():
-            out.append(f"<tr><td>{esc(msg)}</td>")
-            for s in table_stacks:
-                cell = cells.get(s)
-                if cell is None:
-                    out.append("<td></td>")
-                    continue
-                tip = "; ".join(cell.get("differences", [])[:5])
-                out.append(
-                    f"<td class='c {css.get(cell['status'], '')}' title='{esc(tip)}'>{esc(cell['status'])}"
-                    f"<br><span class='small'>{len(cell.get('attrs', []))} attrs</span></td>"
-                )
-            out.append(f"<td class='small'>{esc(', '.join(support.get('kernel_attrs', {}).get(msg, [])))}</td></tr>")
-        out.append("</table>")
-    if data.get("benchmarks"):
-        out.append(benchmarks_section(data["benchmarks"]))
-        out.append(f"<p class='small'>figures written {esc(run.get('benchmarks date', '?'))} by ./lab bench</p>")
-    out.append("</body></html>")
-    return "\n".join(out)
+    return details
 
 
-def benchmarks_section(figures: list[dict[str, Any]]) -> str:
-    """The figures as a table, and as bar charts per unit (PNG, embedded) when matplotlib is there."""
-    esc = html.escape
-    rows = "".join(
-        f"<tr><td>{esc(f['name'])}</td><td class='c'>{f['value']:.3f}</td><td>{esc(f['unit'])}</td><td>{esc(f.get('goal', ''))}</td>"
-        f"<td class='c {'passed' if f.get('met') else 'failed' if f.get('met') is False else ''}'>"
-        f"{'met' if f.get('met') else 'missed' if f.get('met') is False else ''}</td></tr>"
+def _support(support: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not support:
+        return None
+    stacks = sorted({s for cells in support["messages"].values() for s in cells})
+    rows = []
+    for msg, cells in support["messages"].items():
+        shaped: list[dict[str, Any] | None] = []
+        for s in stacks:
+            cell = cells.get(s)
+            shaped.append(
+                None
+                if cell is None
+                else {
+                    "cls": SUPPORT_CSS.get(cell["status"], ""),
+                    "status": cell["status"],
+                    "tip": "; ".join(cell.get("differences", [])[:5]),
+                    "attrs": len(cell.get("attrs", [])),
+                }
+            )
+        rows.append({"message": msg, "cells": shaped, "kernel_attrs": ", ".join(support.get("kernel_attrs", {}).get(msg, []))})
+    return {"stacks": stacks, "rows": rows}
+
+
+def _benchmarks(figures: list[dict[str, Any]] | None, date: str) -> dict[str, Any] | None:
+    """The figures as a table, and as bar charts per unit when matplotlib is there."""
+    if not figures:
+        return None
+    rows = [
+        {
+            "name": f["name"],
+            "value": f"{f['value']:.3f}",
+            "unit": f["unit"],
+            "goal": f.get("goal", ""),
+            "cls": "passed" if f.get("met") else "failed" if f.get("met") is False else "",
+            "verdict": "met" if f.get("met") else "missed" if f.get("met") is False else "",
+        }
         for f in figures
-    )
-    parts = [
-        f"<h2 id='benchmarks'>Benchmarks</h2><table class='bench'><tr><th>figure</th><th>value</th><th>unit</th><th>goal</th><th></th></tr>{rows}</table>"
     ]
     try:
-        charts = plot_figures(figures)
+        charts, matplotlib = plot_figures(figures), True
     except ImportError:
-        charts = []
-        parts.append("<p class='small'>(install matplotlib for the charts: pip install 'labkit[report]')</p>")
-    parts += [f"<img class='chart' alt='{esc(unit)}' src='data:image/png;base64,{png}'>" for unit, png in charts]
-    return "\n".join(parts)
+        charts, matplotlib = [], False
+    return {"rows": rows, "charts": [{"unit": u, "png": png} for u, png in charts], "matplotlib": matplotlib, "date": date}
+
+
+def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir: Path | None = None) -> dict[str, Any]:
+    """Everything the template shows, already decided: the template has no logic to get wrong."""
+    run, results = data.get("run", {}), data.get("results", [])
+    stacks = sorted({r["stack"] for r in results if r["stack"]} | set(run.get("stacks", {})))
+    targets = detail_targets(results)
+    carried = sum(1 for r in results if r.get("carried_from"))
+    exit_status = run.get("exit status")
+    return {
+        "run": {k: str(run.get(k, "")) for k in ("date", "kernel", "labkit", "python")},
+        "notes": run.get("notes", []) + [f"collection error: {e}" for e in run.get("collection errors", [])],
+        "exit_status": None if exit_status in (None, 0, 1) else exit_status,
+        "counts": [{"status": s, "cls": _cls(s), "n": n} for s, n in data.get("counts", {}).items()],
+        "cells": {"measured": len(results) - carried, "carried": carried},
+        "statuses": list(SHORT),
+        "stacks": _stacks(results, stacks, run),
+        "changes": None if previous is None else _changes(data, previous, targets),
+        "mark": CARRIED_MARK,
+        **_matrix(results, stacks, run, targets),
+        "details": _details(results, targets, out_dir),
+        "support": _support(data.get("rtnetlink_support")),
+        "benchmarks": _benchmarks(data.get("benchmarks"), str(run.get("benchmarks date", "?"))),
+    }
+
+
+def render(data: dict[str, Any], previous: dict[str, Any] | None = None, out_dir: Path | None = None) -> str:
+    """The page as one string; `out_dir` is where it will be written, so evidence links are relative."""
+    return environment().get_template("index.html.j2").render(context(data, previous, out_dir))
 
 
 def plot_figures(figures: list[dict[str, Any]]) -> list[tuple[str, str]]:

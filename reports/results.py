@@ -30,6 +30,7 @@ class CheckResult:
     reason: str = ""
     duration: float = 0.0
     evidence: list[str] = field(default_factory=list)
+    carried_from: str | None = None  # the variant whose run stands for this cell (None: measured)
 
 
 def write_results(
@@ -38,12 +39,12 @@ def write_results(
     run: dict[str, Any],
     previous: dict[str, Any] | None = None,
     *,
-    evidence: Path | None = None,
-    since: float = 0.0,
+    support: dict[str, Any] | None = None,
 ) -> Path:
-    """results.json and index.html. The rtnetlink support table is taken only if this run wrote
-    it (newer than `since`); benchmark figures carry the date `./lab bench` wrote them. A broken
-    optional input is noted in the run, never a reason to lose the results."""
+    """results.json and index.html. `support` is the rtnetlink support table this run gathered
+    (the plugin hands it over; none when no rtnetlink check ran); benchmark figures carry the
+    date `./lab bench` wrote them. A broken optional input is noted in the run, never a reason
+    to lose the results."""
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {s: sum(1 for r in records if r.status == s) for s in STATUSES}
     run.setdefault("notes", [])
@@ -52,11 +53,8 @@ def write_results(
         "counts": counts,
         "results": [asdict(r) for r in sorted(records, key=lambda r: (r.check, r.stack))],
     }
-    for directory in [d for d in (evidence, out_dir / "evidence", out_dir) if d is not None]:
-        support = directory / "rtnetlink-support.json"
-        if support.exists() and support.stat().st_mtime >= since:
-            data["rtnetlink_support"] = _optional_json(support, run)
-            break
+    if support:
+        data["rtnetlink_support"] = support
     bench = out_dir / BENCHMARKS_FILE
     if bench.exists():  # `./lab bench` writes it (tox -e bench)
         data["benchmarks"] = _optional_json(bench, run)

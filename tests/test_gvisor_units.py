@@ -1,13 +1,23 @@
 """gVisor's pieces that need no runsc: variant options and flags, the OCI bundle, runsc's argv and logs."""
 
+import os
+import platform
+import select
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from labkit.errors import LabInputError
+from labkit.errors import LabError, LabInputError
+from labkit.lifecycle import owner, pids
+from labkit.net.netns import NetNS
+from labkit.net.topology import Topology
 from labkit.stacks.gvisor import bundle
+from labkit.stacks.gvisor.driver import GVisorStack
 from labkit.stacks.gvisor.runsc import Runsc, last_error
 from labkit.stacks.gvisor.variants import DEFAULTS, VARIANTS, network_flags, options
+from labkit.uapi import MS_BIND, check, libc
 
 # -- variants ------------------------------------------------------------------------------------
 
@@ -287,3 +297,104 @@ def test_exec_argv_puts_env_pairs_before_the_container_id(tmp_path):
         "addr",
     ]
     assert r.exec_argv("cid1", ["true"]) == ["runsc", f"--root={tmp_path / 'root'}", "--debug", "exec", "cid1", "true"]
+
+
+# -- liveness ------------------------------------------------------------------------------------
+
+# The main thread ends itself with the raw exit syscall (SYS_exit: only the calling thread ends)
+# while a second thread runs on: the leader shows state Z, the process lives. The leader first
+# names a word for the kernel to zero (and futex-wake) when it exits (set_tid_address(2)), so the
+# second thread knows when to say so: no polling of /proc.
+ZOMBIE_LEADER = """
+import ctypes, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_futex, SYS_set_tid_address, SYS_exit, FUTEX_WAIT = 202, 218, 60, 0
+word = ctypes.c_int(1)
+
+def outlive_the_leader():
+    while word.value:
+        libc.syscall(SYS_futex, ctypes.byref(word), FUTEX_WAIT, 1, None, None, 0)
+    print("leader gone", flush=True)
+    sys.stdin.read()
+
+libc.syscall(SYS_set_tid_address, ctypes.byref(word))
+threading.Thread(target=outlive_the_leader).start()
+libc.syscall(SYS_exit, 0)
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_process_whose_leader_exited_while_a_thread_runs_is_alive():
+    child = subprocess.Popen([sys.executable, "-c", ZOMBIE_LEADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    stack = GVisorStack()
+    try:
+        assert select.select([child.stdout], [], [], 20)[0], "the child's main thread did not exit within 20s"
+        assert child.stdout.readline() == b"leader gone\n"
+        state = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        assert state == "Z" and len(os.listdir(f"/proc/{child.pid}/task")) == 2, state
+        stack.sandbox_pid = child.pid
+        assert stack.healthy(), "the driver calls a process with a zombie leader and a live thread dead"
+        assert owner.Owner(owner.run_id(), child.pid).alive(), "the owner check calls it dead"
+        assert pids.alive(child.pid)
+    finally:
+        child.stdin.close()  # the reading thread returns, the last thread exits, the process ends
+        child.stdout.close()
+        child.wait(20)
+    assert not stack.healthy() and not pids.alive(child.pid)
+
+
+# -- runsc start's private mount namespace, with a stand-in for runsc ------------------------------
+
+# Reports where `runsc start` runs and what it sees: its network and mount namespaces, its death
+# signal, and whether rmem_default (runsc's "root netns" marker) shows from inside the lab netns.
+FAKE_RUNSC = """#!/usr/bin/env python3
+import ctypes, os, subprocess
+sig = ctypes.c_int(-1)
+ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
+marker = subprocess.run(["nsenter", "--net=" + os.environ["LAB"], "--", "test", "-e", "/proc/sys/net/core/rmem_default"])
+print("net", os.stat("/proc/self/ns/net").st_ino)
+print("mnt", os.stat("/proc/self/ns/mnt").st_ino)
+print("pdeathsig", sig.value)
+print("marker", "visible" if marker.returncode == 0 else "hidden")
+"""
+
+
+@pytest.fixture
+def fake_runsc(tmp_path):
+    path = tmp_path / "runsc"
+    path.write_text(FAKE_RUNSC)
+    path.chmod(0o755)
+    return str(path)
+
+
+def report(log: Path) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in log.read_text().splitlines() if " " in line)
+
+
+def test_start_hides_the_marker_in_a_private_mount_namespace_only(fake_runsc, tmp_path, monkeypatch):
+    topo = Topology()
+    lab = topo.namespace("lab")
+    with topo:
+        monkeypatch.setenv("LAB", str(lab.netns.path))
+        log = tmp_path / "runsc.log"
+        Runsc(tmp_path / "root", [], binary=fake_runsc).start("cid", lab.netns, log)
+        seen = report(log)
+        assert seen["marker"] == "hidden", f"runsc start would see rmem_default from the lab netns: {seen}"
+        assert int(seen["net"]) == os.stat("/proc/thread-self/ns/net").st_ino, "runsc start left the caller's netns"
+        assert int(seen["mnt"]) != os.stat("/proc/self/ns/mnt").st_ino, "runsc start ran in the lab's own mount namespace"
+        assert seen["pdeathsig"] == "9", seen
+        # The tmpfs stayed in runsc's mount namespace: the lab still sees the file, in both netns.
+        assert Path("/proc/sys/net/core/rmem_default").exists()
+        with lab.netns.entered():
+            assert Path("/proc/sys/net/core/rmem_default").exists()
+
+
+def test_a_failed_start_step_is_named(fake_runsc, tmp_path):
+    not_a_netns = NetNS(owner.new_name("uts"))
+    not_a_netns.path.touch()
+    try:
+        check(libc.mount(b"/proc/self/ns/uts", bytes(not_a_netns.path), None, MS_BIND, None), "bind a uts namespace")
+        with pytest.raises(LabError, match=r"runsc start failed \(exit 122\): setup step setns\(lab netns\) \(nsenter --net\) failed"):
+            Runsc(tmp_path / "root", [], binary=fake_runsc).start("cid", not_a_netns, tmp_path / "runsc.log")
+    finally:
+        not_a_netns.delete()

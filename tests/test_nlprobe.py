@@ -1,4 +1,4 @@
-"""labkit.nlprobe and labkit.nldiff: encoding, decoding, normalising and diffing rtnetlink answers,
+"""labkit.rtnetlink.probe and .differ: encoding, decoding, normalising and diffing rtnetlink answers,
 and the probe run for real in a kernel namespace."""
 
 from __future__ import annotations
@@ -6,12 +6,16 @@ from __future__ import annotations
 import errno
 import json
 import struct
+import subprocess
 
 import pytest
 
+from labkit.errors import LabError, LabInputError
+from labkit.net.nlmsg import split
 from labkit.net.plan import AddressPlan
-from labkit.rtnetlink import differ, probe
-from labkit.rtnetlink.support import SupportTable, merge_support
+from labkit.rtnetlink import clients, differ, probe
+from labkit.rtnetlink.differential import LINKS
+from labkit.rtnetlink.support import merge
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
 
@@ -31,6 +35,29 @@ def test_encode_without_family_byte_is_a_bare_header():
 def test_raw_message_may_lie_about_its_length():
     raw = bytes.fromhex(probe.raw_message(18, 1, 5, b"\x00" * 4, length=200))
     assert len(raw) == 20 and struct.unpack_from("=I", raw)[0] == 200
+
+
+def test_encode_refuses_what_it_cannot_encode_naming_what_is_allowed():
+    with pytest.raises(LabInputError, match=r"request type 'RTM_NEWRULE'; allowed: RTM_NEWLINK, .*RTM_GETNEIGH"):
+        probe.encode({"type": "RTM_NEWRULE"}, seq=1)
+    with pytest.raises(LabInputError, match=r"request flag 'DUMPS'; allowed: REQUEST, "):
+        probe.encode({"type": "RTM_GETLINK", "flags": ["DUMPS"]}, seq=1)
+
+
+class _Broken:
+    """A stack whose `run` fails as a program does that cannot start inside it."""
+
+    id = "broken"
+
+    def run(self, argv, timeout):
+        return subprocess.CompletedProcess(argv, 1, "", "Traceback ...\nModuleNotFoundError: pyroute2")
+
+
+def test_a_probe_or_client_run_that_fails_is_a_lab_error_with_its_stderr():
+    with pytest.raises(LabError, match=r"(?s)nlprobe in broken exited 1: .*ModuleNotFoundError: pyroute2"):
+        probe.ask(_Broken(), {"links": LINKS})
+    with pytest.raises(LabError, match=r"(?s)nlclients in broken exited 1: .*ModuleNotFoundError"):
+        clients.ask(_Broken(), [])
 
 
 def _error(err: int, quoted: bytes) -> bytes:
@@ -95,18 +122,30 @@ def test_differ_only_and_ignore():
     assert [(d.what, d.kernel, d.stack) for d in missing] == [("record", "present", "absent")]
 
 
-def test_support_table_merges_parts_worst_status_first(tmp_path):
-    for worker, status in (("gw0", "supported"), ("gw1", "unsupported")):
-        table = SupportTable(tmp_path, "run1", worker)
-        table.add({"check": f"c-{worker}", "message": "RTM_GETNEIGH", "stack": "s", "status": status, "differences": [],
-                   "attrs": {"RTM_NEWNEIGH": ["NDA_DST"]}, "kernel_attrs": {"RTM_NEWNEIGH": ["NDA_DST", "NDA_LLADDR"]}})  # fmt: skip
-    SupportTable(tmp_path, "run0", "gw0").add({"check": "old", "message": "RTM_GETNEIGH", "stack": "old"})  # another run's
-    (tmp_path / "rtnetlink-support.d" / "run1-gw1.jsonl").open("a").write('{"check": "half-writ')
-    merged = json.loads(merge_support(tmp_path, "run1").read_text())
+def test_support_table_merges_rows_worst_status_first():
+    rows = [
+        {"check": f"c-{status}", "message": "RTM_GETNEIGH", "stack": "s", "status": status, "differences": [f"d-{status}"],
+         "attrs": {"RTM_NEWNEIGH": ["NDA_DST"]}, "kernel_attrs": {"RTM_NEWNEIGH": ["NDA_DST", "NDA_LLADDR"]}}
+        for status in ("supported", "unsupported", "differs")
+    ]  # fmt: skip
+    merged = merge(rows)
     assert set(merged["messages"]["RTM_GETNEIGH"]) == {"s"}
     cell = merged["messages"]["RTM_GETNEIGH"]["s"]
-    assert cell["status"] == "unsupported" and cell["checks"] == {"c-gw0": "supported", "c-gw1": "unsupported"}
+    assert cell["status"] == "unsupported"
+    assert cell["checks"] == {"c-supported": "supported", "c-unsupported": "unsupported", "c-differs": "differs"}
+    assert cell["attrs"] == ["NDA_DST"] and cell["differences"] == ["d-supported", "d-unsupported", "d-differs"]
     assert merged["kernel_attrs"]["RTM_GETNEIGH"] == ["NDA_DST", "NDA_LLADDR"]
+    assert json.loads(json.dumps(merged)) == merged  # as results.json carries it
+
+
+def test_one_splitter_for_the_probe_and_the_topology_builder():
+    ack = _error(0, b"")
+    odd = probe.NLMSG_HDR.pack(21, 2, 0, 7, 1) + b"\x00" * 5  # a length not a multiple of 4
+    assert [len(chunk) for _, chunk in split(odd + b"\x00" * 3 + ack)] == [21, 20]  # the padding skipped
+    overrun = probe.NLMSG_HDR.pack(400, 16, 0, 1, 0) + b"\x00" * 16
+    (_, first), (header, rest) = split(ack + overrun)
+    assert first == ack and header.length == 400 and rest == overrun  # the rest, for the caller to judge
+    assert [chunk for _, chunk in split(ack + b"\x00" * 8)] == [ack]  # a tail shorter than a header: dropped
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,16 @@ as strings; and `labkit report --previous` saying what changed."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import jinja2
 import pytest
 
-from reports.html import anchor
+from reports.html import CARRIED_MARK, anchor, environment, render
 
 from .conftest import ROOT, run_pytest
 
@@ -26,7 +28,8 @@ BENCH = [
 
 
 class Page(HTMLParser):
-    """The matrix cells (check, stack -> status), the detail anchors, and every link."""
+    """The matrix cells (check, stack -> status, with their attributes, link and text), the detail
+    anchors, every link, the tags and attributes used, and the measured / carried-over counts."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -36,15 +39,38 @@ class Page(HTMLParser):
         self.anchors: set[str] = set()
         self.links: list[str] = []
         self.changes: dict[str, int] = {}
+        self.cell_attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self.cell_links: dict[tuple[str, str], str] = {}
+        self.cell_text: dict[tuple[str, str], str] = {}
+        self.tags: set[str] = set()
+        self.attr_names: set[str] = set()
+        self.cell_counts: dict[str, str] = {}
+        self.stack_counts: dict[str, dict[str, str]] = {}
         self._row: str | None = None
+        self._stack_row: str | None = None
+        self._cell: tuple[str, str] | None = None
         self._changes: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
+        self.tags.add(tag)
+        self.attr_names |= set(a)
         if tag == "tr":
             self._row = a.get("data-check")
+            self._stack_row = a.get("data-stack")
         if tag == "td" and "data-status" in a and self._row:
-            self.cells[(self._row, a["data-stack"])] = a["data-status"]
+            self._cell = (self._row, a["data-stack"])
+            self.cells[self._cell] = a["data-status"]
+            self.cell_attrs[self._cell] = a
+            self.cell_text[self._cell] = ""
+        if tag == "a" and self._cell:
+            self.cell_links[self._cell] = a["href"]
+        if tag == "span" and a.get("class") == "cells":
+            self.cell_counts = {"measured": a["data-measured"], "carried": a["data-carried"]}
+        if tag == "td" and self._stack_row is not None:
+            for key in ("data-measured", "data-carried"):
+                if key in a:
+                    self.stack_counts.setdefault(self._stack_row, {})[key[5:]] = a[key]
         if "id" in a:
             self.anchors.add(a["id"])
         for key in ("href", "src"):
@@ -60,14 +86,24 @@ class Page(HTMLParser):
         if tag == "li" and self._changes:
             self.changes[self._changes] += 1
 
+    def handle_data(self, data):
+        if self._cell:
+            self.cell_text[self._cell] += data
+
     def handle_endtag(self, tag):
         if tag == "ul":
             self._changes = None
+        if tag == "td":
+            self._cell = None
 
 
 def parse(path: Path) -> Page:
+    return parse_text(path.read_text())
+
+
+def parse_text(text: str) -> Page:
     page = Page()
-    page.feed(path.read_text())
+    page.feed(text)
     return page
 
 
@@ -188,3 +224,109 @@ def test_benchmarks_are_in_the_results_and_drawn_in_the_page(small_run):
     page = parse(small_run / "index.html")
     pytest.importorskip("matplotlib", reason="the charts need matplotlib (pip install 'labkit[report]')")
     assert len(page.images) == 2 and all(src.startswith("data:image/png;base64,") for src in page.images), page.images
+
+
+CHECK_A = "linkdispatch/test_arp.py::test_answers"
+CHECK_B = "linkdispatch/test_arp.py::test_ignores"
+
+
+def record(check: str, stack: str, status: str, reason: str = "", carried_from: str | None = None, **more) -> dict:
+    """A results.json record as the plugin writes it; `carried_from` only when given, as an older
+    results.json has no such field at all."""
+    r = {"nodeid": f"suites/{check}[{stack}]", "check": check, "suite": check.split("/")[0], "stack": stack, "status": status,
+         "reason": reason, "duration": 0.1, "evidence": [], **more}  # fmt: skip
+    if carried_from is not None:
+        r["carried_from"] = carried_from
+    return r
+
+
+def synthetic(results: list[dict], stacks: dict[str, dict]) -> dict:
+    statuses = ("passed", "failed", "known deviation", "unexpected pass", "skipped", "not run")
+    counts = {s: sum(1 for r in results if r["status"] == s) for s in statuses}
+    run = {"date": "2025-01-01T00:00:00+00:00", "kernel": "6.1.0", "labkit": "0.1.0", "python": "3.11", "notes": [], "collection errors": [],
+           "exit status": 1, "stacks": stacks}  # fmt: skip
+    return {"run": run, "counts": counts, "results": results}
+
+
+def test_carried_over_cells_are_marked_and_link_to_the_measured_cell():
+    names = ("linux", "gvisor", "gvisor-ch2", "gvisor-ch4")
+    stacks = {s: {"available": True, "why": "", "install": "", "version": "release-1"} for s in names}
+    results = [
+        record(CHECK_A, "linux", "passed"),
+        record(CHECK_A, "gvisor", "failed", "ttl: 64 != 63"),
+        record(CHECK_A, "gvisor-ch2", "failed", "ttl: 64 != 63", carried_from="gvisor"),
+        record(CHECK_A, "gvisor-ch4", "failed", "ttl: 64 != 63", carried_from="gvisor"),
+        record(CHECK_B, "linux", "passed"),
+        record(CHECK_B, "gvisor", "passed", carried_from=None),
+        record(CHECK_B, "gvisor-ch2", "passed", carried_from="gvisor"),
+        # The measured cell passed, but a deviation is claimed for this variant: its cell has
+        # nothing to link to, so it keeps a section of its own.
+        record(CHECK_B, "gvisor-ch4", "known deviation", "claimed for ch4", carried_from="gvisor"),
+    ]
+    data = synthetic(results, stacks)
+    previous = synthetic([{**r, "status": "passed"} for r in results], stacks)
+    text = render(data, previous)
+    page = parse_text(text)
+
+    assert page.cells == {(r["check"], r["stack"]): r["status"] for r in results}
+    carried = {(r["check"], r["stack"]) for r in results if r.get("carried_from")}
+    for key, attrs in page.cell_attrs.items():
+        if key in carried:
+            assert "carried" in attrs["class"].split() and attrs["data-carried-from"] == "gvisor", attrs
+            assert page.cell_text[key].startswith(CARRIED_MARK), key
+            assert attrs["title"].startswith("carried over from gvisor"), attrs
+        else:
+            assert "carried" not in attrs["class"].split() and "data-carried-from" not in attrs, attrs
+            assert CARRIED_MARK not in page.cell_text[key]
+    # Same status colour as the measured cell, and the same detail: the measured cell's.
+    assert page.cell_attrs[(CHECK_A, "gvisor-ch2")]["class"].split()[:2] == page.cell_attrs[(CHECK_A, "gvisor")]["class"].split()
+    measured = "#" + anchor(f"suites/{CHECK_A}[gvisor]")
+    assert {page.cell_links[(CHECK_A, s)] for s in ("gvisor", "gvisor-ch2", "gvisor-ch4")} == {measured}
+    assert (CHECK_B, "gvisor-ch2") not in page.cell_links, "a passed cell links nowhere"
+    own = anchor(f"suites/{CHECK_B}[gvisor-ch4]")
+    assert page.cell_links[(CHECK_B, "gvisor-ch4")] == "#" + own
+    assert {a for a in page.anchors if a.startswith("d-")} == {measured[1:], own}, "carried cells got detail sections of their own"
+    section = re.search(rf'<div id="{measured[1:]}" class="detail">(.*?)</div>', text, re.S)
+    assert section and "carried over to: gvisor-ch2, gvisor-ch4" in section.group(1)
+
+    assert page.cell_counts == {"measured": "4", "carried": "4"}
+    assert "cells measured: 4 · carried over: 4" in text
+    assert page.stack_counts["gvisor"] == {"measured": "2", "carried": "0"}
+    assert page.stack_counts["gvisor-ch2"] == {"measured": "0", "carried": "2"}
+    assert page.stack_counts["linux"] == {"measured": "2", "carried": "0"}
+
+    # What changed: the carried-over new failure goes to the measured cell's detail too.
+    assert page.changes == {"new failures": 3, "new deviations": 1}  # the lists that are not empty
+    assert re.search(rf'<li><a href="{measured}">{re.escape(CHECK_A)}</a> on gvisor-ch2 \(carried over from gvisor\)', text)
+    dangling = [link for link in page.links if link.startswith("#") and link[1:] not in page.anchors]
+    assert not dangling, f"links to no section: {dangling}"
+
+
+def test_script_in_a_reason_or_a_stack_name_is_shown_not_run(tmp_path):
+    evil = '<script>alert("stack")</script>'
+    reason = "</pre><script>alert('reason')</script>"
+    stacks = {
+        evil: {"available": True, "why": "", "install": "", "version": '" onmouseover="alert(1)'},
+        "gone<script>": {"available": False, "why": "<script>why</script>", "install": "' onclick='alert(2)", "version": ""},
+    }
+    results = [
+        record(CHECK_A, evil, "failed", reason, evidence=[str(tmp_path / "<script>.pcap")]),
+        record(CHECK_B, evil, "known deviation", reason, carried_from="<script>x</script>"),
+        record(CHECK_A, "gone<script>", "skipped", reason),
+    ]
+    data = synthetic(results, stacks)
+    data["run"]["notes"] = ["<script>alert('note')</script>"]
+    text = render(data, synthetic([], stacks), tmp_path)
+    page = parse_text(text)
+    assert "<script" not in text.lower() and "&lt;script&gt;" in text
+    assert "script" not in page.tags
+    assert not {a for a in page.attr_names if a.startswith("on")}, page.attr_names
+    # Escaped, not mangled: the values read back as they were.
+    assert page.cells[(CHECK_A, evil)] == "failed" and page.cell_attrs[(CHECK_A, evil)]["title"] == reason
+    assert page.cell_attrs[(CHECK_B, evil)]["data-carried-from"] == "<script>x</script>"
+    assert page.missing_columns == ["<script>why</script>; install: ' onclick='alert(2)"]
+
+
+def test_the_template_refuses_a_missing_field():
+    with pytest.raises(jinja2.UndefinedError):
+        environment().get_template("index.html.j2").render({"run": {"date": "today"}})

@@ -14,7 +14,7 @@ from typing import Protocol
 
 
 class Disposable(Protocol):
-    def close(self) -> None: ...
+    def close(self) -> object: ...
 
 
 _live: dict[int, Disposable] = {}

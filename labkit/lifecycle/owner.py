@@ -13,6 +13,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from labkit.lifecycle import pids
+
 PREFIX = "labkit"
 STATE_DIR = Path(os.environ.get("LABKIT_STATE_DIR", "/run/labkit"))
 ENV_OWNER = "LABKIT_OWNER"
@@ -20,24 +22,6 @@ ENV_RUN = "LABKIT_RUN_ID"
 
 # labkit-<run>-<pid>-<rest>; run ids are lowercase hex so that the pattern cannot match foreign names.
 TAG_RE = re.compile(rf"^{PREFIX}-(?P<run>[0-9a-f]{{4,16}})-(?P<pid>\d+)(?:-(?P<rest>.*))?$")
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (starttime); the command name in field 2 may hold spaces, so split after ')'. A
-    # zombie (state Z, field 3) is dead: it only waits for its parent to reap it.
-    # (A thread-group leader that exited while its other threads run shows Z too: it is alive.)
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        try:
-            if len(os.listdir(f"/proc/{pid}/task")) <= 1:
-                return None
-        except OSError:
-            return None
-    return fields[19]
 
 
 @dataclass(frozen=True)
@@ -58,10 +42,10 @@ class Owner:
         if self.record.exists():
             return
         self.record.parent.mkdir(parents=True, exist_ok=True)
-        self.record.write_text(_start_time(self.pid) or "")
+        self.record.write_text(pids.start_time(self.pid) or "")
 
     def alive(self) -> bool:
-        started = _start_time(self.pid)
+        started = pids.start_time(self.pid)
         if started is None:
             return False
         try:

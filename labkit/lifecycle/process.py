@@ -2,26 +2,46 @@
 
 Each child gets `LABKIT_OWNER=<tag>` in its environment (the reaper's proof that the lab made it)
 and PR_SET_PDEATHSIG=SIGKILL, so a SIGKILLed test run does not leave services behind.
+
+No Python runs in the forked child (no preexec_fn). The lab's threads enter namespaces and tear
+testbeds down while checks start processes, and a child forked from a threaded process can
+deadlock on a lock that another thread held at the fork. So:
+- the network namespace is the calling thread's own for the moment of the fork (a network
+  namespace belongs to a thread, which is how NetNS.entered works): the child is born in it, so
+  it is there when LabProcess returns, and a failed setns raises here, naming the step;
+- the rest is done by util-linux's small tools, each of which sets one thing and execs the next,
+  so the pid stays the program's: `setpriv --pdeathsig KILL`, then, for a mount namespace of its
+  own, `unshare --mount --propagation private` (a threaded process may not change its mount
+  namespace itself). A tool that fails prints `TOOL: why` and exits before the program runs;
+  run_in turns that into a LabError naming the step.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from labkit.errors import ExpectTimeout, LabError
+from labkit.errors import ExpectTimeout, LabError, LabInputError
 from labkit.lifecycle import janitor, owner
-from labkit.net.netns import CLONE_NEWNET, NetNS
+from labkit.lifecycle.pids import alive
+from labkit.net.netns import NetNS, setns
 
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
+SETNS_STEP = "setns(lab netns)"
+# What each tool of the exec chain sets up, to name the step when it fails.
+SETUP_STEPS = {
+    "setpriv": "PR_SET_PDEATHSIG=SIGKILL (setpriv --pdeathsig KILL)",
+    "unshare": "a private mount namespace (unshare --mount --propagation private)",
+}
 
 
 def lab_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -32,18 +52,78 @@ def lab_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-CLONE_NEWNS = 0x00020000
-MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+@functools.cache
+def tool(name: str) -> str:
+    """The absolute path of a util-linux tool of the exec chain (found once, on our own PATH)."""
+    path = shutil.which(name)
+    if path is None:
+        raise LabError(f"{name} not found: labkit starts its processes through it; install: apt-get install -y util-linux")
+    return path
 
 
-def _child_setup(ns_fd: int | None, private_mounts: bool = False) -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if ns_fd is not None and _libc.setns(ns_fd, CLONE_NEWNET) != 0:
-        os._exit(121)
-    # A mount namespace of its own whose mounts do not propagate back: what a program that
-    # unmounts things (slirp4netns --enable-sandbox) does stays with it.
-    if private_mounts and (_libc.unshare(CLONE_NEWNS) != 0 or _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0):
-        os._exit(122)
+def exec_argv(argv: Sequence[str], private_mounts: bool = False) -> list[str]:
+    """`argv` behind the tools that give it a death signal and, with `private_mounts`, a mount
+    namespace of its own whose mounts do not propagate back (what a program that unmounts
+    things, slirp4netns --enable-sandbox, does stays with it)."""
+    chain = [tool("setpriv"), "--pdeathsig", "KILL", "--"]
+    if private_mounts:
+        chain += [tool("unshare"), "--mount", "--propagation", "private", "--"]
+    return chain + list(argv)
+
+
+@contextmanager
+def born_in(netns: NetNS | None, program: str) -> Iterator[None]:
+    """The calling thread inside `netns` for the body (a fork there gives a child born in it),
+    then back; failing to get in raises LabError naming the step, the body's errors pass."""
+    if netns is None:
+        yield
+        return
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fd = netns.open()
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise LabError(f"cannot run {program!r} in netns {netns.name}: setup step {SETNS_STEP} failed: {exc}") from None
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def check_startable(argv: Sequence[str], netns: NetNS | None, env: Mapping[str, str] | None, cwd: Any = None) -> None:
+    """Refuse, before anything is forked, what would make the child fail before its program runs."""
+    if not argv:
+        raise LabInputError("command []: allowed: a program and its arguments")
+    if netns is not None and not netns.exists():
+        raise LabError(f"cannot run {argv[0]!r} in netns {netns.name}: the namespace does not exist")
+    program = str(argv[0])
+    if os.sep in program:
+        found = os.access(Path(cwd or ".", program), os.X_OK)
+    else:
+        found = shutil.which(program, path=(env if env is not None else os.environ).get("PATH", os.defpath)) is not None
+    if not found:
+        raise LabError(f"cannot run {program!r}: not found")
+
+
+def setup_failure(stderr: str, argv: Sequence[str]) -> str | None:
+    """What a child's stderr says about a setup step that failed, or None when its program ran.
+
+    The tools print `TOOL: why` and exit before the program starts, so the step's message is the
+    first line. (A program that is itself one of the tools is taken at its word.)
+    """
+    line = stderr.strip().splitlines()[0] if stderr.strip() else ""
+    name, sep, why = line.partition(": ")
+    if not sep or name not in SETUP_STEPS or os.path.basename(str(argv[0])) == name:
+        return None
+    if why.startswith("failed to execute"):
+        return f"{name} could not exec the next step: {line}"
+    return f"setup step {SETUP_STEPS[name]} failed: {line}"
 
 
 class LabProcess:
@@ -51,21 +131,21 @@ class LabProcess:
 
     def __init__(self, argv: Sequence[str], netns: NetNS | None = None, private_mounts: bool = False, **popen: Any) -> None:
         owner.me().register()
-        ns_fd = netns.open() if netns is not None else None
         popen.setdefault("env", lab_env())
         popen.setdefault("stdin", subprocess.DEVNULL)
-        # ns_fd is O_CLOEXEC and not passed: preexec_fn uses it before exec, and no child keeps
-        # a namespace alive through an inherited fd.
+        check_startable(argv, netns, popen["env"], popen.get("cwd"))
         try:
-            self.popen = subprocess.Popen(list(argv), preexec_fn=lambda: _child_setup(ns_fd, private_mounts), **popen)
-        except FileNotFoundError:
-            raise LabError(f"cannot run {argv[0]!r}: not found") from None
-        finally:
-            if ns_fd is not None:
-                os.close(ns_fd)
+            with born_in(netns, argv[0]):
+                self.popen = subprocess.Popen(exec_argv(argv, private_mounts), **popen)
+        except FileNotFoundError as exc:
+            raise LabError(f"cannot run {argv[0]!r}: {exc}") from None
         self.argv = list(argv)
         self._pending = b""
         janitor.track(self)
+
+    def running(self) -> bool:
+        """Whether the program still runs (not reaped here: close() collects its exit code)."""
+        return self.popen.returncode is None and alive(self.pid)
 
     @property
     def pid(self) -> int:
@@ -124,70 +204,129 @@ class LabProcess:
 
 
 def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw: Any) -> subprocess.CompletedProcess:
-    """Run a command to completion inside `netns`, output captured, bounded by `timeout`."""
-    ns_fd = netns.open() if netns is not None else None
-    try:
-        return subprocess.run(
-            list(argv),
-            preexec_fn=lambda: _child_setup(ns_fd),
-            env=kw.pop("env", None) or lab_env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            **kw,
-        )
-    finally:
-        if ns_fd is not None:
-            os.close(ns_fd)
+    """Run a command to completion inside `netns`, output captured, bounded by `timeout`.
 
-
-def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> list[int]:
-    """SIGKILL `pids` and wait (bounded, on pidfds) until they are gone; returns those not killed.
-
-    Our own children among them are reaped, so no zombies pile up during a session. A process
-    we may not signal (PermissionError) is reported back, not fatal: cleanup goes on.
+    A setup step that fails (entering the namespace, or a tool of the exec chain) raises
+    LabError naming it, rather than passing for the command's own failure.
     """
-    waiting: dict[int, int] = {}
-    refused = []
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        except OSError:
-            fd = -1
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            refused.append(pid)
-            if fd >= 0:
-                os.close(fd)
-            continue
-        if fd >= 0:
-            waiting[fd] = pid
-    deadline = time.monotonic() + timeout
+    env = kw.pop("env", None) or lab_env()
+    check_startable(argv, netns, env, kw.get("cwd"))
+    popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with born_in(netns, argv[0]):
+        child = subprocess.Popen(exec_argv(argv), **{**popen, **kw})
     try:
-        while waiting and (left := deadline - time.monotonic()) > 0:
-            for fd in select.select(list(waiting), [], [], left)[0]:
-                waiting.pop(fd)
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            pass  # the janitor has no handle on it, but its death signal and owner tag remain
+        raise subprocess.TimeoutExpired(list(argv), timeout) from None
+    finally:
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+    done = subprocess.CompletedProcess(list(argv), child.returncode, out, err)
+    if done.returncode != 0 and (why := setup_failure(done.stderr, argv)):
+        where = f" in netns {netns.name}" if netns is not None else ""
+        raise LabError(f"cannot run {argv[0]!r}{where}: {why}")
+    return done
+
+
+@dataclass
+class Killed:
+    """What kill_pids did, so that only what really ended is counted as killed."""
+
+    killed: list[int] = field(default_factory=list)  # signalled and seen to end within the bound
+    survivors: list[int] = field(default_factory=list)  # signalled, still alive when the bound ran out
+    refused: list[int] = field(default_factory=list)  # not ours to signal (PermissionError): left alone
+
+    @property
+    def left(self) -> list[int]:
+        """Every process still there: survivors and refused."""
+        return sorted(self.survivors + self.refused)
+
+
+def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> Killed:
+    """SIGKILL `pids` and wait (bounded, on pidfds) until they are gone; says which ones ended.
+
+    A pid already gone is in no list. The signal goes through a pidfd, so a pid number reused
+    after the process ended is never hit. Our own children among them are reaped, so no zombies
+    pile up during a session. A process we may not signal (PermissionError) is reported back,
+    not fatal: cleanup goes on. A process still alive at the deadline (stuck in the kernel, in
+    state D) is a survivor: the caller must not count it as killed.
+    """
+    result = Killed()
+    waiting: dict[int, int] = {}  # pidfd -> pid
+    unwatched: list[int] = []  # no pidfd (not a thread-group leader): judged at the deadline
+    try:
+        for pid in dict.fromkeys(pids):
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            except OSError:
+                fd = -1
+            try:
+                if fd >= 0:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it ended on its own just now: the pidfd says so below
+            except PermissionError:
+                result.refused.append(pid)
+                if fd >= 0:
+                    os.close(fd)
+                continue
+            if fd >= 0:
+                waiting[fd] = pid
+            else:
+                unwatched.append(pid)
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            left = max(0.0, deadline - time.monotonic())
+            ready = poller.poll(left * 1000)
+            for fd, _ in ready:
+                poller.unregister(fd)
+                result.killed.append(waiting.pop(fd))
                 try:  # reap through the pidfd: a recycled pid number cannot be mistaken for it
                     os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
                 except ChildProcessError:
                     pass  # not our child: its parent reaps it
                 finally:
                     os.close(fd)
+            if not ready and left == 0:
+                break
+        result.survivors = list(waiting.values())
+        for pid in unwatched:
+            (result.survivors if alive(pid) else result.killed).append(pid)
     finally:
         for fd in waiting:
             os.close(fd)
-    return refused
+    return result
 
 
-def kill_namespace_processes(netns: NetNS) -> None:
-    """SIGKILL every process still in a lab namespace; they exist only because the lab ran them."""
-    kill_pids([p for p in netns.pids() if p != os.getpid()])
+def kill_namespace_processes(netns: NetNS, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process still in a lab namespace (they exist only because the lab ran them);
+    returns those killed.
+
+    One that survives is an error: deleting the name then would hide a namespace that lives on
+    with that process in it, so the caller must keep the name and say what it left.
+    """
+    result = kill_pids([p for p in netns.pids() if p != os.getpid()], timeout)
+    problems = []
+    if result.survivors:
+        problems.append(f"process(es) {result.survivors} survived SIGKILL for {timeout:g}s")
+    if result.refused:
+        problems.append(f"process(es) {result.refused} may not be signalled (not root?)")
+    if problems:
+        raise LabError(f"netns {netns.name}: " + "; ".join(problems))
+    return result.killed
 
 
 def log_tail(path: Path, lines: int = 5) -> str:

@@ -18,16 +18,27 @@ from labkit.lifecycle import owner as owners
 from labkit.lifecycle.process import kill_pids
 from labkit.net.netns import NetNS, list_names
 
+KILL_TIMEOUT = 5.0  # seconds a SIGKILLed orphan may take to end (a runsc sandbox takes ~1.5 s)
+
 
 @dataclass
 class Reaped:
+    """What a reap did. Only what really ended counts as killed; what is still there is named."""
+
     namespaces: list[str] = field(default_factory=list)
-    processes: list[int] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)  # killed: seen to end
     paths: list[str] = field(default_factory=list)
+    survivors: list[int] = field(default_factory=list)  # SIGKILLed, still alive when the wait ended
     refused: list[int] = field(default_factory=list)  # processes we may not signal (not root?)
+    kept_namespaces: list[str] = field(default_factory=list)  # not deleted: a survivor is still in it
 
     def __bool__(self) -> bool:
-        return bool(self.namespaces or self.processes or self.paths)
+        return bool(self.namespaces or self.processes or self.paths or self.left)
+
+    @property
+    def left(self) -> list[int]:
+        """The orphaned processes still there after the reap."""
+        return sorted(self.survivors + self.refused)
 
     def summary(self) -> str:
         if not self:
@@ -36,8 +47,15 @@ class Reaped:
             f"removed {len(self.namespaces)} namespace(s), killed {len(self.processes)} process(es), "
             f"removed {len(self.paths)} path(s)"
         )
+        if self.survivors:
+            text += (
+                f"; {len(self.survivors)} process(es) survived SIGKILL for {KILL_TIMEOUT:g}s: {self.survivors} "
+                "(stuck in the kernel? run labkit clean again later)"
+            )
         if self.refused:
             text += f"; not allowed to kill {len(self.refused)} process(es): {self.refused} (run as root)"
+        if self.kept_namespaces:
+            text += f"; kept {len(self.kept_namespaces)} namespace(s) that still hold them: {self.kept_namespaces}"
         return text
 
 
@@ -100,14 +118,15 @@ def reap(run: str | None = None) -> Reaped:
         tag = _owner_of_process(int(entry.name))
         if tag and _orphaned(tag, run):
             pids.append(int(entry.name))
-    for name in doomed_ns:
-        pids.extend(p for p in NetNS(name).pids() if p != me)
-    pids = sorted(set(pids))
-    refused = kill_pids(pids)
-    done.processes = [p for p in pids if p not in refused]
-    done.refused = refused
+    in_ns = {name: [p for p in NetNS(name).pids() if p != me] for name in doomed_ns}
+    pids = sorted(set(pids).union(*in_ns.values()))
+    killed = kill_pids(pids, KILL_TIMEOUT)
+    done.processes, done.survivors, done.refused = killed.killed, killed.survivors, killed.refused
 
     for name in doomed_ns:
+        if set(in_ns[name]) & set(killed.left):
+            done.kept_namespaces.append(name)  # its name is how the next reap finds what is left
+            continue
         try:
             NetNS(name).delete()
             done.namespaces.append(name)

@@ -83,6 +83,9 @@ class TapEnd:
         return self.ns.netns
 
 
+End = Link | TapEnd  # where a stack runs, or the Wire sits: a veth end, or a tap's namespace side
+
+
 def tap(plan: AddressPlan) -> tuple[Topology, TapEnd, TapEnd]:
     topo = Topology()
     end = TapEnd(topo.namespace("sb"), "tap0", plan.net4, plan.net6, plan.mtu, plan.peer4, plan.peer6)

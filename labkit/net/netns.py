@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
 from labkit.errors import LabError
@@ -113,10 +114,8 @@ class NetNS:
         with self.entered():
             return socket.socket(family, type, proto)
 
-    def iproute(self):  # -> pyroute2.IPRoute
+    def iproute(self) -> IPRoute:
         """A pyroute2 IPRoute bound to this namespace (its netlink socket is made inside)."""
-        from pyroute2 import IPRoute
-
         with self.entered():
             return IPRoute()
 

@@ -7,11 +7,66 @@ is data so suites can ask "what is the stack's IPv6 address" instead of hard-cod
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from labkit.errors import LabInputError
 from labkit.net.addressing import lab_interface
 from labkit.net.topology import Link, Topology, check_mac, check_mtu
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet
+
+Family = Literal["ipv4", "ipv6"]
+FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """One IP version of the plan: who is who, so a check says `ends.stack` once for v4 and v6.
+
+    `peer` is the Wire's side, `stack` the stack under test, `unused` an address of the stack's
+    subnet that nobody owns. `to_stack()` and `from_stack()` are the IP headers of each direction
+    (scapy layers, imported on use: this module stays free of scapy).
+    """
+
+    family: Family
+    peer: str
+    stack: str
+    unused: str
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    @property
+    def version(self) -> int:
+        return 4 if self.family == "ipv4" else 6
+
+    @property
+    def af(self) -> socket.AddressFamily:
+        return socket.AF_INET if self.family == "ipv4" else socket.AF_INET6
+
+    @property
+    def ip(self) -> type[Packet]:
+        """scapy's IP or IPv6 layer class."""
+        if self.family == "ipv4":
+            from scapy.layers.inet import IP
+
+            return cast("type[Packet]", IP)
+        from scapy.layers.inet6 import IPv6
+
+        return cast("type[Packet]", IPv6)
+
+    def to_stack(self, **fields: Any) -> Packet:
+        """The IP header of a packet from the peer to the stack (fields override)."""
+        return self.ip(**{"src": self.peer, "dst": self.stack, **fields})
+
+    def from_stack(self, **fields: Any) -> Packet:
+        """A template for the IP header of the stack's packets to the peer (fields override)."""
+        return self.ip(**{"src": self.stack, "dst": self.peer, **fields})
+
+    def host(self, number: int) -> str:
+        """Host `number` of the stack's subnet (another neighbour a check invents)."""
+        return str(self.network.network_address + number)
 
 
 @dataclass(frozen=True)
@@ -76,6 +131,14 @@ class AddressPlan:
 
     def unused6(self) -> str:
         return str(self.net6.network_address + self.unused_host)
+
+    def endpoints(self, family: str) -> Endpoints:
+        """The addresses of one IP version: `plan.endpoints("ipv6").stack` is `plan.stack6`."""
+        if family == "ipv4":
+            return Endpoints("ipv4", self.peer4, self.stack4, self.unused4(), self.net4)
+        if family == "ipv6":
+            return Endpoints("ipv6", self.peer6, self.stack6, self.unused6(), self.net6)
+        raise LabInputError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
 
     def build(self, defaults: tuple[int, ...] = (4, 6)) -> tuple[Topology, Link, Link]:
         """Declare the standard topology: (topology, the stack's end, the Wire's end), with a

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import select
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from labkit.errors import LabError
 from labkit.net.netns import NetNS
+from labkit.net.nlmsg import split
 
 IFA_F_TENTATIVE = 0x40
 
@@ -143,7 +143,7 @@ class Batch:
             pending = len(self.data)
             done = 0
             while done < pending:
-                for kind, data in _messages(sock.recv(1 << 16)):
+                for kind, data in _messages(sock.recv(1 << 16), self.ns):
                     if kind == NLMSG_ERROR:
                         reply = nlmsgerr(data)
                         reply.decode()
@@ -163,18 +163,15 @@ class Batch:
         self.what.clear()
 
 
-def _messages(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, bytes) of each netlink message in one datagram (lengths padded to 4)."""
-    offset = 0
-    while offset + 16 <= len(buf):
-        length, kind = struct.unpack_from("=IH", buf, offset)
-        if length < 16:
-            return
-        yield kind, buf[offset : offset + length]
-        offset += (length + 3) & ~3
+def _messages(buf: bytes, ns: NetNS) -> Iterator[tuple[int, bytes]]:
+    """(type, bytes) of each message the kernel sent; a malformed one is the lab's failure."""
+    for header, data in split(buf):
+        if len(data) != header.length:
+            raise LabError(f"a malformed netlink message from the kernel in {ns.name}: {data[:64].hex()}")
+        yield header.type, data
 
 
-def _watch(ns: NetNS, groups: int, request, timeout: float, timed_out: Callable[[], str]) -> Iterator[tuple[int, bytes]]:
+def _watch(ns: NetNS, groups: int, request: nlmsg, timeout: float, timed_out: Callable[[], str]) -> Iterator[tuple[int, bytes]]:
     """Subscribe to `groups`, then send the dump `request` (so no change can fall in between),
     and yield every message of either until the caller has what it waits for; after `timeout`
     s without it, LabError with `timed_out()`."""
@@ -188,7 +185,7 @@ def _watch(ns: NetNS, groups: int, request, timeout: float, timed_out: Callable[
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([sock], [], [], left)[0]:
                 raise LabError(timed_out())
-            yield from _messages(sock.recv(1 << 16))
+            yield from _messages(sock.recv(1 << 16), ns)
     finally:
         sock.close()
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from pyroute2 import IPRoute
+
 from labkit.errors import LabError, LabInputError
 from labkit.lifecycle import janitor, owner
 from labkit.lifecycle.process import kill_namespace_processes
@@ -81,11 +83,11 @@ class Link:
 
     @property
     def ipv4(self) -> list[ipaddress.IPv4Interface]:
-        return [a for a in self.addresses if a.version == 4]  # type: ignore[misc]
+        return [a for a in self.addresses if isinstance(a, ipaddress.IPv4Interface)]
 
     @property
     def ipv6_addresses(self) -> list[ipaddress.IPv6Interface]:
-        return [a for a in self.addresses if a.version == 6]  # type: ignore[misc]
+        return [a for a in self.addresses if isinstance(a, ipaddress.IPv6Interface)]
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Namespace:
             with open(path, "w") as f:
                 f.write(value)
 
-    def iproute(self):  # -> pyroute2.IPRoute
+    def iproute(self) -> IPRoute:
         if self.netns is None:
             raise LabError(f"namespace {self.role!r} is not up")
         return self.netns.iproute()
@@ -352,9 +354,17 @@ class Topology:
                 continue
             try:
                 kill_namespace_processes(ns.netns)
-                ns.netns.delete()
+            except LabError as exc:
+                # A process survived: the name stays, so the namespace is not hidden while it lives
+                # on, and `labkit clean` finds it once this run has ended.
+                errors.append(f"{exc}; the namespace is left in place")
             except Exception as exc:
                 errors.append(f"{ns.netns.name}: {exc}")
+            else:
+                try:
+                    ns.netns.delete()
+                except Exception as exc:
+                    errors.append(f"{ns.netns.name}: {exc}")
             ns.netns = None
             for link in ns.links.values():
                 link.index = None

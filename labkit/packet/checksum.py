@@ -90,6 +90,6 @@ def leave_to_device(pkt: Packet) -> Packet:
         return out
     proto = 6 if isinstance(l4, TCP) else 17
     length = len(bytes(l4))
-    pseudo = bytes(in4_pseudoheader(proto, ip, length) if isinstance(ip, IP) else in6_pseudoheader(proto, ip, length))
+    pseudo = bytes(in4_pseudoheader(proto, ip, length) if isinstance(ip, IP) else in6_pseudoheader(proto, ip, length))  # type: ignore[arg-type]  # IPv6 here
     l4.chksum = ~internet_checksum(pseudo) & 0xFFFF
     return type(pkt)(bytes(out))

@@ -9,11 +9,13 @@ can resolve the peer without the peer's kernel holding an address and answering 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import socket
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from scapy.layers.inet import IP
@@ -31,6 +33,19 @@ from labkit.packet.frames import READ_BATCH, Frame, open_packet_socket, read_fra
 from labkit.packet.match import Verdict, compare, describe
 
 
+@dataclass(frozen=True)
+class Expectation:
+    """One thing a check looked for on the wire and what came of it."""
+
+    kind: str  # "expect", "expect_none" or "listen"
+    template: str  # as the check wrote it (only the fields it set)
+    timeout: float
+    started: float  # wall clock, as the frames' timestamps
+    outcome: str  # "matched", "timeout", "absent", "present", or "N frame(s)" for listen
+    frame: int | None  # index in `Wire.frames` (and the pcap) of the frame that matched or came
+    closest: str | None = None  # on a timeout: the field in which the nearest frame differed
+
+
 class Wire:
     """The lab's side of one veth: inject, record, expect.
 
@@ -43,6 +58,7 @@ class Wire:
         self.mac = mac
         self.far_mac = far_mac
         self.frames: list[Frame] = []
+        self.expectations: list[Expectation] = []  # what this check looked for, and what answered it
         self._cursor = 0
         self._since = 0.0  # frames stamped before this belong to an earlier check
         self._neighbours: dict[str, str] = {}
@@ -137,7 +153,7 @@ class Wire:
         elif etype == b"\x86\xdd" and len(frame.data) > 54 and frame.data[20] == 58 and frame.data[54] == 135:
             ns = frame.packet.getlayer(ICMPv6ND_NS)
             ip6 = frame.packet.getlayer(IPv6)
-            if ns is not None and ns.tgt in self._neighbours and ip6.src != "::":
+            if ns is not None and ip6 is not None and ns.tgt in self._neighbours and ip6.src != "::":
                 mac = self._neighbours[ns.tgt]
                 self._tx.send(
                     bytes(
@@ -190,17 +206,39 @@ class Wire:
         for frame in self._incoming(timeout):
             verdict = compare(template, frame.packet)
             if verdict.matched:
+                self._log("expect", template, timeout, started, "matched", self._cursor - 1)
                 return frame
             near.append((verdict, frame))
+        closest = max(near, key=lambda vf: vf[0].score)[0].diff if near else None
+        self._log("expect", template, timeout, started, "timeout", None, closest)
         raise ExpectTimeout(self._explain(template, timeout, near, started))
 
     def expect_none(self, template: Packet, timeout: float = 0.5) -> None:
         """Fail if a frame matching `template` arrives within `timeout` (which is always waited out)."""
+        started = time.time()
         for frame in self._incoming(timeout):
             if compare(template, frame.packet).matched:
+                self._log("expect_none", template, timeout, started, "present", self._cursor - 1)
                 raise UnexpectedFrame(
                     f"{self}: got a frame matching {describe(template)} that must not come: {frame.packet.summary()}"
                 )
+        self._log("expect_none", template, timeout, started, "absent", None)
+
+    def listen(self, seconds: float) -> list[Frame]:
+        """Watch the wire for `seconds`, always waited out: the incoming frames that came meanwhile
+        (consumed, and kept in `frames` for the pcap), while the Wire goes on answering for its
+        neighbours. For "watch for this long", where no template fits."""
+        started = time.time()
+        first = self._cursor
+        heard = list(self._incoming(seconds))
+        self._log("listen", None, seconds, started, f"{len(heard)} frame(s)", first if heard else None)
+        return heard
+
+    def _log(
+        self, kind: str, template: Packet | None, timeout: float, started: float, outcome: str, frame: int | None, diff: str | None = None
+    ) -> None:
+        what = describe(template) if template is not None else "any frame"
+        self.expectations.append(Expectation(kind, what, timeout, started, outcome, frame, diff))
 
     def send_and_expect(self, pkt: Packet | bytes, template: Packet, timeout: float = 1.0) -> Packet:
         self.drain()
@@ -226,6 +264,7 @@ class Wire:
             while self._pull(0) == READ_BATCH:
                 pass
         self.frames.clear()
+        self.expectations.clear()
         self._cursor = 0
 
     def capture(self, expr: str) -> Capture:
@@ -243,6 +282,13 @@ class Wire:
         return "\n".join(lines)
 
     # -- evidence -----------------------------------------------------------------------------
+
+    def write_expectations(self, path: str | os.PathLike[str]) -> Path:
+        """What each expect looked for and which frame answered it (`frame`: its index in the pcap
+        that `write_pcap` writes, from 0), as JSON: the evidence that goes with the pcap."""
+        path = Path(path)
+        path.write_text(json.dumps([asdict(e) for e in self.expectations], indent=1))
+        return path
 
     def write_pcap(self, path: str | os.PathLike[str]) -> Path:
         """Everything seen on this end so far, both directions, as a pcap file."""

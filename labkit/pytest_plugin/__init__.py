@@ -4,4 +4,4 @@ Registered as the `pytest11` entry point `labkit.pytest_plugin`; the parts are p
 `options` (command line and settings), `hooks` (parametrization, deviations, evidence), `fixtures`.
 """
 
-pytest_plugins = ["labkit.pytest_plugin.hooks"]
+pytest_plugins = ["labkit.pytest_plugin.hooks", "labkit.pytest_plugin.fixtures", "labkit.pytest_plugin.rtnetlink"]

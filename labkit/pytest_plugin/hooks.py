@@ -8,19 +8,18 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
 from labkit.errors import LabInputError
 from labkit.lifecycle import janitor, owner, reaper
-from labkit.net.plan import AddressPlan
-from labkit.packet.wire import Wire
+from labkit.pytest_plugin.matrix import MARKER, check_axes, known_axes, plan_cells
 from labkit.pytest_plugin.options import LabSettings, add_options, read_settings
-from labkit.stacks import Stack, StackSpec
+from labkit.stacks import StackSpec, known_drivers
 from labkit.testbed import Layout, Testbed, standard_layout
-from labkit.testbed.pool import TestbedPool
 
 SETTINGS = pytest.StashKey[LabSettings]()
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
@@ -38,6 +37,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "fresh: this check needs a newly started stack (and leaves it changed): never a reused testbed"
     )
     config.addinivalue_line("markers", "layout(fn): fn(plan) -> (topology, stack end, wire end) replaces the standard topology")
+    config.addinivalue_line(
+        "markers",
+        "varies_with(*axes): the variant options (channels, gso, tx_checksum, ...) this check's outcome depends on; "
+        "it runs on one variant per distinct value of them (--full-matrix: on all)",
+    )
     try:
         config.stash[SETTINGS] = read_settings(config)
     except LabInputError as exc:
@@ -105,20 +109,98 @@ def check_id(item: pytest.Item) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     manifest = config.stash[SETTINGS].manifest
     for item in items:
-        spec = getattr(item, "callspec", None) and item.callspec.params.get("stack_spec")
+        spec = _spec(item)
         item.user_properties.append(("check", check_id(item)))  # for the report (reports/results.py)
-        if not isinstance(spec, StackSpec):
+        if spec is None:
             continue
         item.user_properties.append(("stack", spec.id))
         deviation = manifest.lookup(spec.id, check_id(item))
         if deviation is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {deviation.reason}", strict=deviation.strict))
             item.user_properties.append(("deviation", deviation.reason))
+    if not config.stash[SETTINGS].full_matrix:
+        _measure_one_variant_per_group(config, items)
+
+
+def _measure_one_variant_per_group(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the runs whose verdict another variant's run carries over (see `matrix`); the
+    run that stands for them lists them (`stands_for`), so the report fills in their cells."""
+    settings = config.stash[SETTINGS]
+    allowed = known_axes(known_drivers().values())
+    runs: dict[tuple[str, str], list[pytest.Item]] = defaultdict(list)
+    for item in items:
+        if _spec(item) is not None:
+            runs[(str(item.path), check_id(item))].append(item)
+
+    def verdict_inputs(item: pytest.Item) -> tuple[object, ...]:
+        spec = _spec_of(item)
+        deviation = settings.manifest.lookup(spec.id, check_id(item))
+        return spec.capabilities, spec.driver.plan_for(spec.variant, settings.plan), deviation
+
+    carried: set[pytest.Item] = set()
+    for group in runs.values():
+        marker = group[0].get_closest_marker(MARKER)
+        try:
+            axes = None if marker is None else check_axes(marker.args, allowed, group[0].nodeid)
+        except LabInputError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        for cell in plan_cells(group, _spec_of, axes, verdict_inputs):
+            if cell.carried:
+                cell.measured.user_properties.append(("stands_for", [_spec_of(c).id for c in cell.carried]))
+                carried.update(cell.carried)
+    if carried:
+        config.hook.pytest_deselected(items=[i for i in items if i in carried])
+        items[:] = [i for i in items if i not in carried]
+
+
+def _spec(item: pytest.Item) -> StackSpec | None:
+    callspec = getattr(item, "callspec", None)
+    spec = callspec.params.get("stack_spec") if callspec is not None else None
+    return spec if isinstance(spec, StackSpec) else None
+
+
+def _spec_of(item: pytest.Item) -> StackSpec:
+    spec = _spec(item)
+    assert spec is not None, f"{item.nodeid} runs on no stack"
+    return spec
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """How many cells ran and how many took another variant's verdict, and each suite's share
+    of the time (check time summed over workers), so a budget is seen where it goes."""
+    if hasattr(config, "workerinput"):
+        return
+    reports = [r for kind in terminalreporter.stats.values() for r in kind if isinstance(r, pytest.TestReport)]
+    measured = {r.nodeid for r in reports if dict(r.user_properties).get("stack")}
+    carried = sum(len(stands_for(r)) for r in reports if r.when == "setup")
+    if measured:
+        how = "every one measured (--full-matrix)" if config.stash[SETTINGS].full_matrix else (
+            f"{carried} carried over from the variant that stands for them (--full-matrix measures them all)"
+        )
+        terminalreporter.write_line(f"labkit: {len(measured)} check x stack cells measured, {how}")
+    seconds: dict[str, float] = defaultdict(float)
+    for r in reports:
+        seconds[suite_of(r.nodeid)] += r.duration
+    total = sum(seconds.values())
+    if total > 0:
+        shares = ", ".join(f"{s} {t:.0f} s ({t / total:.0%})" for s, t in sorted(seconds.items(), key=lambda kv: -kv[1]))
+        terminalreporter.write_line(f"labkit: check time by suite (all workers): {shares}")
+
+
+def stands_for(report: pytest.TestReport) -> list[str]:
+    """The variants whose cells this run fills (see labkit.pytest_plugin.matrix)."""
+    return list(dict(report.user_properties).get("stands_for", []))  # type: ignore[call-overload]
+
+
+def suite_of(nodeid: str) -> str:
+    """`suites/rtnetlink/test_x.py::...` -> `rtnetlink`; anything else by its top folder."""
+    parts = nodeid.split("::", 1)[0].split("/")
+    return parts[1] if parts[0] == "suites" and len(parts) > 2 else parts[0]
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
-    report: pytest.TestReport = yield
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.when == "call":
         item.stash[CALL_REPORT] = report
     testbed = item.stash.get(TESTBED, None)
@@ -141,74 +223,6 @@ def _keep_evidence(item: pytest.Item, testbed: Testbed, report: pytest.TestRepor
         item.user_properties.append(("pcap" if p.suffix == ".pcap" else "log", str(p)))
 
 
-# -- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def lab_settings(request: pytest.FixtureRequest) -> LabSettings:
-    return request.config.stash[SETTINGS]
-
-
-@pytest.fixture
-def plan(request: pytest.FixtureRequest, lab_settings: LabSettings) -> AddressPlan:
-    """The addresses of the check's topology: peer .1/::1 and stack .2/::2 of the lab prefixes,
-    unless the stack under test fixes its own (its driver's plan_for)."""
-    if "stack_spec" in request.fixturenames:
-        spec = request.getfixturevalue("stack_spec")
-        return spec.driver.plan_for(spec.variant, lab_settings.plan)
-    return lab_settings.plan
-
-
-@pytest.fixture(scope="session")
-def testbed_pool() -> Iterator[TestbedPool]:
-    """Started testbeds of slow-to-start stacks, kept across checks of this worker (labkit.pool)."""
-    pool = TestbedPool()
-    try:
-        yield pool
-    finally:
-        pool.close()
-        if pool.errors:
-            raise pool.errors[0]
-
-
-def require(request: pytest.FixtureRequest, spec: StackSpec) -> None:
-    """Skip, saying why, when `spec` is not installed or lacks what the check's `needs` marker asks."""
-    available = spec.availability()
-    if not available.ok:
-        hint = f"; install: {available.install}" if available.install else ""
-        pytest.skip(f"{spec.id} unavailable: {available.reason}{hint}")
-    marker = request.node.get_closest_marker("needs")
-    missing = sorted(set(marker.args) - spec.capabilities) if marker else []
-    if missing:
-        pytest.skip(f"{spec.id} lacks capabilities: {', '.join(missing)}")
-    layout = request.node.get_closest_marker("layout")
-    if layout is not None and spec.driver.makes_link:
-        name = getattr(layout.args[0], "__name__", layout.args[0]) if layout.args else "?"
-        pytest.skip(f"{spec.id} makes its own link (a tap); the check's topology ({name}) does not apply")
-
-
-@pytest.fixture
-def testbed(
-    request: pytest.FixtureRequest, stack_spec: StackSpec, plan: AddressPlan, testbed_pool: TestbedPool
-) -> Iterator[Testbed]:
-    """The standard topology with `stack_spec` started behind it and a Wire in front.
-
-    A stack whose driver allows it is reused from an earlier check (reset in between) unless the
-    check is marked `fresh`; after a failing or `fresh` check the testbed is discarded.
-    """
-    require(request, stack_spec)
-    fresh = request.node.get_closest_marker("fresh") is not None
-    bed = testbed_pool.acquire(stack_spec, plan, fresh=fresh, layout=layout_of(request.node))
-    request.node.stash[TESTBED] = bed
-    try:
-        yield bed
-    finally:
-        if request.node.stash.get(TESTBED, None) is bed:
-            del request.node.stash[TESTBED]
-        outcome = request.node.stash.get(CALL_REPORT, None)
-        testbed_pool.release(bed, reusable=not fresh and outcome is not None and outcome.passed)
-
-
 def layout_of(item: pytest.Item) -> Layout:
     marker = item.get_closest_marker("layout")
     if marker is None:
@@ -218,51 +232,6 @@ def layout_of(item: pytest.Item) -> Layout:
             f"{item.nodeid}: bad layout marker {marker.args!r}; allowed: @pytest.mark.layout.with_args(fn), fn(plan) -> (topology, stack end, wire end)"
         )
     return marker.args[0]
-
-
-@pytest.fixture
-def testbed_factory(request: pytest.FixtureRequest, stack_spec: StackSpec, plan: AddressPlan) -> Iterator[Callable[..., Testbed]]:
-    """`make(layout)` builds a new testbed of `stack_spec` on the check's own layout.
-
-    For checks that expect a start to fail, or need several testbeds; each is torn down after
-    the check, and the last one made supplies the evidence.
-    """
-    require(request, stack_spec)
-    made: list[Testbed] = []
-
-    def make(layout: Layout = standard_layout) -> Testbed:
-        bed = Testbed(stack_spec, plan, layout).up()
-        made.append(bed)
-        request.node.stash[TESTBED] = bed
-        return bed
-
-    try:
-        yield make
-    finally:
-        if request.node.stash.get(TESTBED, None) in made:
-            del request.node.stash[TESTBED]
-        errors = []
-        for bed in made:
-            try:
-                bed.down()
-            except Exception as exc:  # tear down the others all the same
-                errors.append(exc)
-        if errors:
-            raise errors[0]
-
-
-@pytest.fixture
-def stack(testbed: Testbed) -> Stack:
-    """The started stack under test (parametrized over --stack)."""
-    assert testbed.stack is not None
-    return testbed.stack
-
-
-@pytest.fixture
-def wire(testbed: Testbed) -> Wire:
-    """The Wire on the peer end of the stack's veth; it answers ARP/NDP for the peer addresses."""
-    assert testbed.wire is not None
-    return testbed.wire
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -42,6 +42,13 @@ def add_options(parser: pytest.Parser) -> None:
         help="a previous run's results.json: the report then says what changed (new failures, fixed, new deviations)",
     )
     group.addoption(
+        "--full-matrix",
+        action="store_true",
+        default=False,
+        help="run every check on every variant; by default a check runs on one variant per distinct value "
+        "of the options it declares it varies with, and the others carry its verdict over",
+    )
+    group.addoption(
         "--lab-evidence",
         metavar="DIR",
         default=None,
@@ -55,6 +62,7 @@ class LabSettings:
     manifest: Manifest
     plan: AddressPlan
     evidence: Path | None
+    full_matrix: bool = False
 
 
 def read_settings(config: pytest.Config) -> LabSettings:
@@ -66,4 +74,6 @@ def read_settings(config: pytest.Config) -> LabSettings:
     manifest = Manifest.load(path) if path else (Manifest.load(default) if default.exists() else Manifest.empty())
     plan = AddressPlan.parse(config.getoption("lab_net4"), config.getoption("lab_net6"))
     evidence = config.getoption("lab_evidence")
-    return LabSettings(tuple(specs), manifest, plan, Path(evidence).resolve() if evidence else None)
+    return LabSettings(
+        tuple(specs), manifest, plan, Path(evidence).resolve() if evidence else None, bool(config.getoption("full_matrix"))
+    )

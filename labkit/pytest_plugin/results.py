@@ -11,12 +11,13 @@ import datetime as dt
 import os
 import platform
 import textwrap
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from labkit.pytest_plugin.hooks import stands_for, suite_of
 from reports.results import CheckResult, load, write_results
 
 
@@ -44,17 +45,14 @@ class ResultsCollector:
     def __init__(self, out_dir: Path, previous: Path | None = None) -> None:
         self.out_dir, self.previous = out_dir, previous
         self.records: dict[str, CheckResult] = {}
+        self.stands_for: dict[str, list[str]] = {}  # nodeid -> the variants whose cell it fills
         self.collection_errors: list[str] = []
-        self.started = time.time()
 
     def _record(self, report: pytest.TestReport) -> CheckResult:
         if report.nodeid not in self.records:
             props = dict(report.user_properties)
-            parts = report.nodeid.split("/")
-            suite = parts[1] if parts[0] == "suites" and len(parts) > 2 else parts[0].split("::")[0]
-            self.records[report.nodeid] = CheckResult(
-                report.nodeid, props.get("check", report.nodeid), suite, props.get("stack", "")
-            )
+            check, stack = str(props.get("check", report.nodeid)), str(props.get("stack", ""))
+            self.records[report.nodeid] = CheckResult(report.nodeid, check, suite_of(report.nodeid), stack)
         return self.records[report.nodeid]
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -63,6 +61,8 @@ class ResultsCollector:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         rec = self._record(report)
+        if others := stands_for(report):
+            self.stands_for[report.nodeid] = others
         rec.duration += report.duration
         # The evidence is added to user_properties after the call report was made, so it
         # arrives with the teardown report: keep the union over the phases.
@@ -96,14 +96,30 @@ class ResultsCollector:
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         from labkit.pytest_plugin.hooks import SETTINGS
+        from labkit.pytest_plugin.rtnetlink import SUPPORT
 
         settings = session.config.stash.get(SETTINGS, None)
         run = describe_run(settings)
         run["exit status"] = int(exitstatus)
         run["collection errors"] = self.collection_errors
         previous = load(self.previous) if self.previous is not None else None
-        evidence = getattr(settings, "evidence", None)
-        write_results(self.out_dir, list(self.records.values()), run, previous, evidence=evidence, since=self.started)
+        support = session.config.stash.get(SUPPORT, None)  # the rtnetlink plugin's, stored before this runs
+        run["full matrix"] = bool(getattr(settings, "full_matrix", False))
+        write_results(self.out_dir, [*self.records.values(), *self.carried()], run, previous, support=support)
+
+    def carried(self) -> list[CheckResult]:
+        """The cells of variants that did not run a check because another stood for them: the
+        measured cell's verdict, marked as carried over from it (see labkit.pytest_plugin.matrix)."""
+        out = []
+        for nodeid, stacks in self.stands_for.items():
+            rec = self.records[nodeid]
+            base, _, params = rec.nodeid.partition("[")
+            for stack in stacks:
+                cell = params.replace(rec.stack, stack, 1) if params else ""
+                out.append(
+                    replace(rec, nodeid=f"{base}[{cell}" if cell else base, stack=stack, duration=0.0, evidence=[], carried_from=rec.stack)
+                )
+        return out
 
 
 def describe_run(settings: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """What the tools containers use make of a stack's rtnetlink answers.
 
-Run inside a stack (`python -m labkit.nlclients`): `ip -j` (iproute2) and pyroute2's IPRoute ask
+Run inside a stack (`python -m labkit.rtnetlink.clients`): `ip -j` (iproute2) and pyroute2's IPRoute ask
 for links, addresses, routes, neighbours and one lookup, and each outcome is written as data: the
 exit code and first error line, or the exception, and a short summary of what was listed. The
 rtnetlink suite compares it with the same run in a kernel namespace, so "ip route fails inside
@@ -13,6 +13,8 @@ import json
 import subprocess
 import sys
 from typing import Any
+
+from labkit.errors import LabError
 
 IP_COMMANDS = {
     "ip link": ["link", "show"],
@@ -85,8 +87,11 @@ def ask(stack: Any, lookups: list[str]) -> dict[str, dict[str, Any]]:
     """Run the clients inside `stack` (through its `run`)."""
     done = stack.run([sys.executable, "-m", "labkit.rtnetlink.clients", *lookups], timeout=60)
     if done.returncode != 0:
-        raise RuntimeError(f"nlclients in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout)
+        raise LabError(f"nlclients in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    try:
+        return json.loads(done.stdout)
+    except ValueError as exc:
+        raise LabError(f"nlclients in {stack.id} printed no JSON ({exc}): {done.stdout[:300]!r}") from exc
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ say "route 198.19.64.0/24 in main: RTA_GATEWAY kernel 198.18.0.1, gvisor absent"
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NAMES as PYROUTE2_IFA_F
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_TENTATIVE
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_NAMES as PYROUTE2_IFF
 
 from labkit.rtnetlink.probe import Answer, Message
 
@@ -30,14 +35,22 @@ COMPARED_FIELDS = {
     "RTM_NEWROUTE": ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type"),
     "RTM_NEWNEIGH": ("family", "flags"),  # not the NUD state: it moves with time
 }
-IFF_NAMES = {0x1: "UP", 0x2: "BROADCAST", 0x8: "LOOPBACK", 0x10: "POINTOPOINT", 0x40: "RUNNING", 0x80: "NOARP",
-             0x100: "PROMISC", 0x1000: "MULTICAST", 0x10000: "LOWER_UP", 0x20000: "DORMANT"}  # fmt: skip
-IFA_F_NAMES = {0x01: "secondary", 0x02: "nodad", 0x04: "optimistic", 0x08: "dadfailed", 0x10: "homeaddress",
-               0x20: "deprecated", 0x40: "tentative", 0x80: "permanent", 0x100: "managetempaddr",
-               0x200: "noprefixroute", 0x400: "mcautojoin", 0x800: "stable-privacy"}  # fmt: skip
-# Left out on purpose: an IPv6 address is tentative for a moment after it is added even when no
-# DAD is done, so a dump right after an add may or may not catch it; DAD has its own checks.
-IFA_F_TENTATIVE = 0x40
+
+
+def _bit_names(names: dict[str, int], prefix: str, spell: Callable[[str], str]) -> dict[int, str]:
+    """bit -> name from pyroute2's name -> bit table, spelled as `ip` prints it; where two names
+    share a bit, the first (IFA_F_SECONDARY before its IPv6 alias IFA_F_TEMPORARY)."""
+    out: dict[int, str] = {}
+    for name, bit in names.items():
+        out.setdefault(bit, spell(name.removeprefix(prefix)))
+    return out
+
+
+IFF_NAMES = _bit_names(PYROUTE2_IFF, "IFF_", str)  # "UP", "BROADCAST", "LOWER_UP"
+IFA_F_NAMES = _bit_names(PYROUTE2_IFA_F, "IFA_F_", lambda n: n.lower().replace("_", "-"))  # "nodad", "stable-privacy"
+# IFA_F_TENTATIVE is left out on purpose: an IPv6 address is tentative for a moment after it is
+# added even when no DAD is done, so a dump right after an add may or may not catch it; DAD has
+# its own checks.
 FOREVER = 0xFFFFFFFF
 
 
@@ -69,7 +82,7 @@ class Normaliser:
         if link_dump is not None:
             for m in link_dump.payload():
                 if m.type == "RTM_NEWLINK":
-                    self.names[m.fields.get("index")] = m.attr("IFLA_IFNAME")
+                    self.names[int(m.fields.get("index") or 0)] = str(m.attr("IFLA_IFNAME"))
 
     def name(self, index: Any) -> Any:
         return self.names.get(index, f"ifindex {index}") if isinstance(index, int) and index else index

@@ -1,6 +1,6 @@
 """Ask a stack's NETLINK_ROUTE for something and write down exactly what it answered.
 
-Runs inside the stack under test (`python -m labkit.nlprobe REQUESTS-JSON`), where container
+Runs inside the stack under test (`python -m labkit.rtnetlink.probe REQUESTS-JSON`), where container
 tooling would run: a sandboxed stack answers rtnetlink itself, so the answers can only be seen
 from in there. Each request is either a message described as data and encoded with pyroute2's
 message classes, or raw bytes for the malformed cases. The answer to each is data too: every
@@ -24,30 +24,28 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-NETLINK_ROUTE = 0
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
-NLM_F = {"REQUEST": 0x1, "MULTI": 0x2, "ACK": 0x4, "ECHO": 0x8, "ROOT": 0x100, "MATCH": 0x200, "ATOMIC": 0x400}
-NLM_F["DUMP"] = NLM_F["ROOT"] | NLM_F["MATCH"]
-NLM_F_NEW = {"REPLACE": 0x100, "EXCL": 0x200, "CREATE": 0x400, "APPEND": 0x800}  # on NEW* requests
-NLMSG_HDR = struct.Struct("=IHHII")
+from pyroute2 import netlink
+from pyroute2.netlink import NETLINK_ROUTE, NLM_F_ACK, NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP
+from pyroute2.netlink.rtnl import RTM_NAMES, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTM_VALUES
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-# Message type -> the pyroute2 class that encodes and decodes its body.
-TYPES = {
-    "RTM_NEWLINK": 16, "RTM_DELLINK": 17, "RTM_GETLINK": 18, "RTM_SETLINK": 19,
-    "RTM_NEWADDR": 20, "RTM_DELADDR": 21, "RTM_GETADDR": 22,
-    "RTM_NEWROUTE": 24, "RTM_DELROUTE": 25, "RTM_GETROUTE": 26,
-    "RTM_NEWNEIGH": 28, "RTM_DELNEIGH": 29, "RTM_GETNEIGH": 30,
-}  # fmt: skip
-TYPE_NAMES = {v: k for k, v in TYPES.items()} | {NLMSG_NOOP: "NLMSG_NOOP", NLMSG_ERROR: "NLMSG_ERROR", NLMSG_DONE: "NLMSG_DONE"}
+from labkit.errors import LabError, LabInputError
+from labkit.net.nlmsg import NLMSG_HDR, split
+
+# A request's flags by name, as its JSON names them: "REQUEST", "DUMP", "CREATE", ...
+NLM_F = {name.removeprefix("NLM_F_"): value for name, value in vars(netlink).items() if name.startswith("NLM_F_")}
+TYPE_NAMES = RTM_VALUES | {NLMSG_NOOP: "NLMSG_NOOP", NLMSG_ERROR: "NLMSG_ERROR", NLMSG_DONE: "NLMSG_DONE"}
 
 
-def _message_class(type_: int):
-    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-    from pyroute2.netlink.rtnl.ndmsg import ndmsg
-    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+# The pyroute2 class of each family's body: NEW, DEL, GET and SET of a family share one.
+BODIES = {RTM_NEWLINK: ifinfmsg, RTM_NEWADDR: ifaddrmsg, RTM_NEWROUTE: rtmsg, RTM_NEWNEIGH: ndmsg}
 
-    return {16: ifinfmsg, 20: ifaddrmsg, 24: rtmsg, 28: ndmsg}.get(type_ & ~0x3)
+
+def _message_class(type_: int) -> type | None:
+    return BODIES.get(type_ & ~0x3)
 
 
 @dataclass
@@ -113,15 +111,20 @@ def encode(request: dict[str, Any], seq: int) -> bytes:
     """A request as bytes: `raw` (hex, sent as is) or a described message encoded by pyroute2."""
     if "raw" in request:
         return bytes.fromhex(request["raw"])
-    type_ = TYPES[request["type"]]
+    type_ = RTM_NAMES.get(request.get("type", ""), 0)
     cls = _message_class(type_)
+    if cls is None:
+        allowed = ", ".join(n for v, n in sorted(RTM_VALUES.items()) if _message_class(v))
+        raise LabInputError(f"request type {request.get('type')!r}; allowed: {allowed}, or raw bytes")
     msg = cls()
     for key, value in request.get("fields", {}).items():
         msg[key] = _resolve(value)
     msg["attrs"] = [[name, _resolve(value)] for name, value in request.get("attrs", [])]
     flags = 0
     for name in request.get("flags", ["REQUEST"]):
-        flags |= NLM_F.get(name) or NLM_F_NEW[name]
+        if name not in NLM_F:
+            raise LabInputError(f"request flag {name!r}; allowed: {', '.join(NLM_F)}")
+        flags |= NLM_F[name]
     msg["header"]["type"] = type_
     msg["header"]["flags"] = flags
     msg["header"]["sequence_number"] = request.get("seq", seq)
@@ -164,15 +167,11 @@ def _plain(value: Any) -> Any:
 def decode(data: bytes) -> list[Message]:
     """Split a datagram into messages and decode each; one that does not decode keeps its bytes."""
     out: list[Message] = []
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, type_, flags, seq, pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size or offset + length > len(data):
-            out.append(Message("MALFORMED", flags, seq, pid, length, raw=data[offset:].hex(), decode_error="bad nlmsg_len"))
-            break
-        chunk = data[offset : offset + length]
-        out.append(_decode_one(chunk, type_, flags, seq, pid, length))
-        offset += (length + 3) & ~3
+    for (length, type_, flags, seq, pid), chunk in split(data):
+        if len(chunk) != length:  # a length below a header or past the end: the rest, as bytes
+            out.append(Message("MALFORMED", flags, seq, pid, length, raw=chunk.hex(), decode_error="bad nlmsg_len"))
+        else:
+            out.append(_decode_one(chunk, type_, flags, seq, pid, length))
     return out
 
 
@@ -232,7 +231,7 @@ class Probe:
             return answer
         seq = struct.unpack_from("=I", data, 8)[0] if len(data) >= 12 else None
         flags = struct.unpack_from("=H", data, 6)[0] if len(data) >= 8 else 0
-        self._gather(answer, seq, wants_ack=bool(flags & NLM_F["ACK"]))
+        self._gather(answer, seq, wants_ack=bool(flags & NLM_F_ACK))
         return answer
 
     def _gather(self, answer: Answer, seq: int | None, wants_ack: bool) -> None:
@@ -268,12 +267,8 @@ def _ends(message: Message, seq: int | None, wants_ack: bool) -> bool:
     if message.type in ("NLMSG_DONE", "NLMSG_ERROR"):
         return True
     # A single (non-multipart) answer to a GET is complete in itself, unless an ACK is to follow.
-    single = not message.flags & NLM_F["MULTI"] and message.type.startswith("RTM_NEW")
+    single = not message.flags & NLM_F_MULTI and message.type.startswith("RTM_NEW")
     return single and not wants_ack and (seq is None or message.seq == seq)
-
-
-CAP_NET_ADMIN = 12
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 def drop_net_admin() -> None:
@@ -281,19 +276,19 @@ def drop_net_admin() -> None:
     directly: a sandbox may ignore a bounding-set drop, as gVisor's did)."""
     import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    from labkit.uapi import CAP_NET_ADMIN, LINUX_CAPABILITY_VERSION_3, check, libc
+
+    header = (ctypes.c_uint32 * 2)(LINUX_CAPABILITY_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words
-    if libc.capget(header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capget")
+    check(libc.capget(header, data), "capget")
     for i in range(3):
         data[i] &= ~(1 << CAP_NET_ADMIN)
-    if libc.capset(header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capset")
-    status = open("/proc/self/status").read()
+    check(libc.capset(header, data), "capset")
+    with open("/proc/self/status") as f:
+        status = f.read()
     effective = int(next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:")), 16)
     if effective & (1 << CAP_NET_ADMIN):
-        raise OSError("CAP_NET_ADMIN is still effective after capset")
+        raise LabError("CAP_NET_ADMIN is still effective after capset: the probe cannot run unprivileged here")
 
 
 def main(argv: list[str]) -> int:
@@ -325,8 +320,11 @@ def ask(stack: Any, requests: dict[str, dict[str, Any]], *, unprivileged: bool =
     argv = [sys.executable, "-m", "labkit.rtnetlink.probe", spec]
     done = stack.run(argv, timeout=30 + len(requests) * 4)
     if done.returncode != 0:
-        raise RuntimeError(f"nlprobe in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-    return {a.request: a for a in answers_from_json(done.stdout)}
+        raise LabError(f"nlprobe in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+    try:
+        return {a.request: a for a in answers_from_json(done.stdout)}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LabError(f"nlprobe in {stack.id} printed no answers ({exc}): {done.stdout[:300]!r}") from exc
 
 
 def answers_from_json(text: str) -> list[Answer]:

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from labkit.errors import LabInputError
 from labkit.lifecycle import janitor, owner
 from labkit.lifecycle.process import LabProcess
+from labkit.net.layouts import End
 from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
 from labkit.packet.sockets import PacketSocket
@@ -65,6 +66,10 @@ class Stack(abc.ABC):
     kind: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset()
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {"": {}}
+    # Every option a variant may set, with its value when the variant does not: the variant axes.
+    # A check declares the axes its outcome depends on (`@pytest.mark.varies_with`), and the
+    # plugin runs it on one variant per distinct value of them.
+    option_defaults: ClassVar[Mapping[str, Any]] = {}
     # A started instance may serve several checks in a row (when starting one is slow); the
     # testbed pool then calls reset() between checks and healthy() before handing it out.
     reuse: ClassVar[bool] = False
@@ -82,10 +87,16 @@ class Stack(abc.ABC):
         self.variant = variant
         self.options: dict[str, Any] = dict(self.variant_options(variant))
         self.topology: Topology | None = None
-        self.link: Link | None = None
+        self.link: End | None = None  # a veth end, or (a stack that makes its link) a tap's end
         self.workdir: Path | None = None
         self._services: list[Service] = []
         self._log_marks: dict[Path, int] = {}
+        self._channel_totals: dict[int, tuple[int, int]] = {}
+
+    @classmethod
+    def options_for(cls, variant: str) -> dict[str, Any]:
+        """Every option of a variant, defaults filled in: where it stands on each axis."""
+        return {**cls.option_defaults, **cls.variant_options(variant)}
 
     @classmethod
     def variant_options(cls, variant: str) -> Mapping[str, Any]:
@@ -143,7 +154,7 @@ class Stack(abc.ABC):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, topology: Topology, link: Link) -> None:
+    def start(self, topology: Topology, link: End) -> None:
         """Bring the stack up behind `link` (the sandbox end of a veth in a built topology)."""
         self.topology, self.link = topology, link
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{owner.new_name('stack')}-"))
@@ -195,17 +206,17 @@ class Stack(abc.ABC):
 
     @property
     def mac(self) -> str:
-        assert self.link is not None and self.link.mac is not None
+        assert isinstance(self.link, Link) and self.link.mac is not None
         return self.link.mac
 
     @property
     def ipv4(self) -> list[str]:
-        assert self.link is not None
+        assert isinstance(self.link, Link)
         return [str(a.ip) for a in self.link.ipv4]
 
     @property
     def ipv6(self) -> list[str]:
-        assert self.link is not None
+        assert isinstance(self.link, Link)
         return [str(a.ip) for a in self.link.ipv6_addresses]
 
     # -- inside the stack ---------------------------------------------------------------------
@@ -250,15 +261,25 @@ class Stack(abc.ABC):
         return []
 
     def channel_counts(self) -> dict[int, int]:
-        """Frames each link socket (by fd) received since the last read of the counters
-        (this or channel_drops: the kernel resets both together); empty for a kernel stack."""
-        return {fd: packets for fd, (packets, _drops) in self.channel_statistics().items()}
+        """Frames each link socket (by fd) has received since the stack started; empty for a
+        kernel stack. A check compares two readings: the totals are the lab's, not the kernel's."""
+        return {fd: packets for fd, (packets, _drops) in self.channel_totals().items()}
 
     def channel_drops(self) -> dict[int, int]:
-        """Frames the kernel dropped at each link socket (its queue was full) since the last read."""
-        return {fd: drops for fd, (_packets, drops) in self.channel_statistics().items()}
+        """Frames the kernel dropped at each link socket (its queue was full) since the stack started."""
+        return {fd: drops for fd, (_packets, drops) in self.channel_totals().items()}
+
+    def channel_totals(self) -> dict[int, tuple[int, int]]:
+        """(packets, drops) per link socket since the stack started. The kernel resets its
+        counters on every read (PACKET_STATISTICS), so the driver's reads are summed here and no
+        reading takes anything from the next one."""
+        for fd, (packets, drops) in self.channel_statistics().items():
+            seen, lost = self._channel_totals.get(fd, (0, 0))
+            self._channel_totals[fd] = (seen + packets, lost + drops)
+        return dict(self._channel_totals)
 
     def channel_statistics(self) -> dict[int, tuple[int, int]]:
+        """The driver's read of the kernel's per-socket counters since its last read (which resets them)."""
         return {}
 
     @staticmethod

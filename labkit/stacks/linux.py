@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from labkit.lifecycle.process import LabProcess, run_in
 from labkit.net.ethtool import set_tx_checksum
+from labkit.net.topology import Namespace
 from labkit.stacks import base
 
 
@@ -26,6 +27,7 @@ class LinuxStack(base.Stack):
     # tx_checksum off: the kernel finishes checksums itself, as on a NIC without offload, so the
     # Wire sees final checksums. `txcsum` keeps veth's offload (frames arrive CHECKSUM_PARTIAL).
     # TSO needs TX checksumming, so `gso` follows it: declared for the checks that expect it.
+    option_defaults: ClassVar[Mapping[str, Any]] = {"tx_checksum": False, "gso": False}
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "": {"tx_checksum": False, "gso": False},
         "txcsum": {"tx_checksum": True, "gso": True},
@@ -33,7 +35,8 @@ class LinuxStack(base.Stack):
     sysctls: ClassVar[Mapping[str, object]] = {}
 
     @property
-    def _ns(self):  # the sandbox namespace
+    def _ns(self) -> Namespace:
+        """The sandbox namespace."""
         assert self.link is not None
         return self.link.ns
 

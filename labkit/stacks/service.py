@@ -60,14 +60,14 @@ class Service:
             if left <= 0:
                 break
             try:
-                event = self._next(left)
+                came = self._next(left)
             except ExpectTimeout:
                 break
-            if event is None:
+            if came is None:
                 raise LabError(f"service {self.kind} exited (code {self.process.popen.poll()}); events: {self.events[-5:]}")
             self._cursor = len(self.events)
-            if predicate(event):
-                return event
+            if predicate(came):
+                return came
         raise ExpectTimeout(f"service {self.kind}: no matching event within {timeout:g}s; events so far: {self.events[-5:]}")
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from labkit.errors import LabInputError
 from labkit.net import layouts
+from labkit.net.layouts import End
 from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
 from labkit.packet.wire import Wire
@@ -40,8 +41,8 @@ class Testbed:
         self.topology: Topology | None = None
         self.stack: Stack | None = None
         self.wire: Wire | None = None
-        self.stack_end: Link | None = None
-        self.peer_end: Link | None = None
+        self.stack_end: End | None = None  # a Link, or a TapEnd for a stack that makes its own link
+        self.peer_end: End | None = None
 
     def up(self) -> Testbed:
         if self.topology is not None:
@@ -52,29 +53,32 @@ class Testbed:
             raise LabInputError(
                 f"{self.spec.id} makes its own link (a tap); layout {name} does not apply; allowed: the standard layout"
             )
-        self.topology, self.stack_end, self.peer_end = (layouts.tap if makes_link else self.layout)(self.plan)
         try:
-            self.topology.up()
-            if makes_link:
-                self._up_on_tap()
-                return self
-            assert self.peer_end.ns.netns is not None and self.peer_end.mac is not None
-            # The Wire listens before the stack starts, so the pcap has the stack's first frames.
-            self.wire = Wire(self.peer_end.ns.netns, self.peer_end.name, mac=self.peer_end.mac, far_mac=self.stack_end.mac)
-            self._own_peer_addresses()
-            self.stack = self.spec.create()
-            self.stack.start(self.topology, self.stack_end)  # if this fails, down() still stops it
+            self._up_on_tap() if makes_link else self._up_on_veth()
         except BaseException:
             self.down()
             raise
         return self
 
+    def _up_on_veth(self) -> None:
+        self.topology, stack_end, peer_end = self.layout(self.plan)
+        self.stack_end, self.peer_end = stack_end, peer_end
+        self.topology.up()
+        assert peer_end.ns.netns is not None and peer_end.mac is not None
+        # The Wire listens before the stack starts, so the pcap has the stack's first frames.
+        self.wire = Wire(peer_end.ns.netns, peer_end.name, mac=peer_end.mac, far_mac=stack_end.mac)
+        self._own_peer_addresses()
+        self.stack = self.spec.create()
+        self.stack.start(self.topology, stack_end)  # if this fails, down() still stops it
+
     def _up_on_tap(self) -> None:
         """A stack that makes its own link: start it, then put the Wire on its tap; the stack's
         MAC is what its driver says or, if it cannot say, what the stack answers to ARP."""
+        self.topology, end, _ = layouts.tap(self.plan)
+        self.stack_end = self.peer_end = end
+        self.topology.up()
         self.stack = self.spec.create()
-        self.stack.start(self.topology, self.stack_end)
-        end = self.peer_end
+        self.stack.start(self.topology, end)
         assert end.mac is not None, f"{self.stack.id} did not report its tap's MAC"
         self.wire = Wire(end.netns, end.name, mac=end.mac, far_mac=end.stack_mac)
         self._own_peer_addresses()
@@ -106,11 +110,14 @@ class Testbed:
         return self.stack is not None and self.wire is not None and self.stack.healthy()
 
     def save_evidence(self, directory: Path, stem: str) -> list[Path]:
-        """Write the Wire's pcap and the stack's logs (since the check began) under `directory`."""
+        """Write the Wire's pcap, what the check expected of it, and the stack's logs (since the check
+        began) under `directory`."""
         directory.mkdir(parents=True, exist_ok=True)
         saved: list[Path] = []
         if self.wire is not None:
             saved.append(self.wire.write_pcap(directory / f"{stem}.pcap"))
+            if self.wire.expectations:
+                saved.append(self.wire.write_expectations(directory / f"{stem}.expects.json"))
         if self.stack is not None:
             for name, path in self.stack.logs().items():
                 dest = directory / f"{stem}.{name}"

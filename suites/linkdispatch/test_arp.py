@@ -3,7 +3,7 @@
 import pytest
 from scapy.layers.l2 import ARP, Ether
 
-pytestmark = pytest.mark.needs("arp", "ipv4")
+pytestmark = [pytest.mark.needs("arp", "ipv4"), pytest.mark.varies_with("channels")]
 
 
 def who_has(wire, plan, target: str) -> Ether:

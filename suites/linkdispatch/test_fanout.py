@@ -19,88 +19,61 @@ import socket
 import struct
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP, fragment
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.inet import TCP, UDP, fragment
+from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
 
 from labkit.errors import ExpectTimeout
 from labkit.net import layouts
-from labkit.net.plan import AddressPlan
+from labkit.net.plan import FAMILIES, AddressPlan
 from labkit.packet.checksum import checksum_errors
+from labkit.packet.testbench import NumberedFlows
 from labkit.uapi import PACKET_FANOUT, PACKET_FANOUT_FLAG_DEFRAG, PACKET_FANOUT_HASH, PACKET_FANOUT_LB, SOL_PACKET
 
 FLOWS = 64
 PER_FLOW = 8
 FRAGMENTED = 16  # datagrams of 3000 bytes, each cut into three fragments
-
-
-def flow_frames(wire, plan, family: str, dport: int) -> tuple[list[bytes], dict[int, list[int]]]:
-    """FLOWS flows (source ports) of PER_FLOW numbered datagrams, interleaved across flows."""
-    peer, me, ip = (plan.peer4, plan.stack4, IP) if family == "ipv4" else (plan.peer6, plan.stack6, IPv6)
-    ports = random.sample(range(20000, 60000), FLOWS)
-    frames = []
-    for n in range(PER_FLOW):
-        for port in ports:
-            frames.append(bytes(wire.ether() / ip(src=peer, dst=me) / UDP(sport=port, dport=dport) / struct.pack("!HI", port, n)))
-    return frames, {port: list(range(PER_FLOW)) for port in ports}
-
-
-def received_sequences(sink, expected: int, timeout: float = 15, got=None) -> dict[int, list[int]]:
-    got = defaultdict(list) if got is None else got
-    count = 0
-    try:
-        while count < expected:
-            event = sink.wait_for(lambda e: e["event"] == "datagram", timeout=timeout)
-            port, n = struct.unpack("!HI", bytes.fromhex(event["data"]))
-            got[port].append(n)
-            count += 1
-    except ExpectTimeout:
-        pass
-    return got
-
-
 ROUND = 16  # frames in flight at once: two consecutive datagrams of each of 8 flows
+# What reaches a stack's channels, and in which order, depends on how many there are and on how
+# each reads (a virtio_net_hdr with GSO, checksum verification); the replies' path on the rest.
+RECEIVE_PATH = pytest.mark.varies_with("channels", "gso", "rx_checksum")
 
 
-def lost_and_disordered(sent, got) -> tuple[dict, dict]:
-    missing = {p: sorted(set(want) - set(got.get(p, []))) for p, want in sent.items() if set(want) - set(got.get(p, []))}
-    disordered = {p: seq for p, seq in got.items() if seq != sorted(seq)}
-    return missing, disordered
-
-
-@pytest.mark.needs("udp", "services")
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_many_flows_arrive_complete_and_in_order(stack, wire, plan, family):
-    """Paced in rounds of ROUND frames, each round two datagrams of each of 8 flows (so each
-    flow has two in flight at once), the next round once the service has this one."""
-    if not stack.can(family):
-        pytest.skip(f"{stack.id} lacks {family}")
-    sink = stack.service("udp-sink")
-    frames, sent = flow_frames(wire, plan, family, sink.port)
-    stack.channel_counts()  # read (and so reset) the per-channel counters
-    by_flow = [frames[i::FLOWS] for i in range(FLOWS)]  # frames of one flow, in sequence
-    got: dict[int, list[int]] = defaultdict(list)
-    for first in range(0, FLOWS, ROUND // 2):
-        flows = by_flow[first : first + ROUND // 2]
-        for n in range(0, PER_FLOW, 2):
-            wire.inject([f[n] for f in flows] + [f[n + 1] for f in flows])
-            received_sequences(sink, ROUND, timeout=5, got=got)
-    missing, disordered = lost_and_disordered(sent, got)
-    assert not missing, (
-        f"{sum(map(len, missing.values()))} of {len(frames)} datagrams lost, e.g. flow {next(iter(missing))}: {next(iter(missing.values()))}"
-    )
-    assert not disordered, f"{len(disordered)} flows delivered out of order, e.g. {next(iter(disordered.items()))}"
-    _assert_several_channels_busy(stack, f"{FLOWS} flows")
-
-
-def _assert_several_channels_busy(stack, what: str) -> None:
+def _busy_channels(stack, before: dict[int, int], what: str) -> None:
     channels = stack.options.get("channels", 1)
     if channels > 1:
-        counts = stack.channel_counts()
+        after = stack.channel_counts()
+        counts = {fd: n - before.get(fd, 0) for fd, n in after.items()}
         busy = [fd for fd, n in counts.items() if n > 0]
         assert len(busy) > 1, f"{channels} channels, yet only {len(busy)} carried the {what} (frames per channel fd: {counts})"
+
+
+def _drops(stack, before: dict[int, int]) -> str:
+    drops = {fd: n - before.get(fd, 0) for fd, n in stack.channel_drops().items() if n - before.get(fd, 0)}
+    return f"; the kernel dropped {sum(drops.values())} at the stack's AF_PACKET channels (PACKET_STATISTICS, by fd: {drops})" if drops else ""
+
+
+@RECEIVE_PATH
+@pytest.mark.needs("udp", "services")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_many_flows_arrive_complete_and_in_order(stack, wire, ends):
+    """Paced in rounds of ROUND frames, each round two datagrams of each of 8 flows (so each
+    flow has two in flight at once), the next round once the service has this one."""
+    sink = stack.service("udp-sink")
+    flows = NumberedFlows(wire, ends, sink.port, FLOWS, PER_FLOW)
+    before = stack.channel_counts()
+    for first in range(0, FLOWS, ROUND // 2):
+        ports = flows.ports[first : first + ROUND // 2]
+        for n in range(0, PER_FLOW, 2):
+            wire.inject(flows.frames([n, n + 1], ports))
+            flows.collect(sink, ROUND, timeout=5)
+    lost, disordered = flows.lost(), flows.disordered()
+    assert not lost, f"{sum(map(len, lost.values()))} of {len(flows)} datagrams lost, e.g. flow {next(iter(lost.items()))}"
+    assert not disordered, f"{len(disordered)} flows delivered out of order, e.g. {next(iter(disordered.items()))}"
+    _busy_channels(stack, before, f"{FLOWS} flows")
 
 
 def _read_exactly(conn: socket.socket, size: int, deadline: float) -> bytes:
@@ -129,33 +102,29 @@ def _unanswered_connect(wire, conn: socket.socket, me: str, port: int, nth: int)
 
 @pytest.mark.needs("tcp", "services")
 @pytest.mark.layout.with_args(layouts.kernel_peer)
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_many_tcp_flows_arrive_complete_and_in_order(testbed, stack, wire, plan, family):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_many_tcp_flows_arrive_complete_and_in_order(testbed, stack, wire, ends):
     """FLOWS connections from a kernel peer to an echo service, each PER_FLOW numbered records
     written one per segment (TCP_NODELAY), paced like the UDP check: two records of each of 8
     flows in flight, then their echoes. Each flow's echo must be its records, all and in order,
     and with several channels more than one must have carried the segments. (TCP repairs
     reordering below it, so unlike the UDP check this one does not see a reordering channel:
     receivers coalesce their SACKs, so not even the ACKs reliably show it.)"""
-    if not stack.can(family):
-        pytest.skip(f"{stack.id} lacks {family}")
     echo = stack.service("tcp-echo")
-    me = plan.stack4 if family == "ipv4" else plan.stack6
-    af = socket.AF_INET if family == "ipv4" else socket.AF_INET6
     conns: list[socket.socket] = []
+    record = struct.Struct("!HI")
     try:
         for _ in range(FLOWS):
-            conn = testbed.peer_end.ns.socket(af, socket.SOCK_STREAM)
+            conn = testbed.peer_end.ns.socket(ends.af, socket.SOCK_STREAM)
             conns.append(conn)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.settimeout(3)
             try:
-                conn.connect((me, echo.port))
+                conn.connect((ends.stack, echo.port))
             except TimeoutError:
-                raise AssertionError(_unanswered_connect(wire, conn, me, echo.port, len(conns))) from None
-        stack.channel_counts()
+                raise AssertionError(_unanswered_connect(wire, conn, ends.stack, echo.port, len(conns))) from None
+        before = stack.channel_counts()
         echoed: dict[int, bytes] = defaultdict(bytes)
-        record = struct.Struct("!HI")
         for first in range(0, FLOWS, ROUND // 2):
             group = conns[first : first + ROUND // 2]
             for n in range(0, PER_FLOW, 2):
@@ -175,45 +144,36 @@ def test_many_tcp_flows_arrive_complete_and_in_order(testbed, stack, wire, plan,
         if got != want[port]
     }
     assert not wrong, f"{len(wrong)} of {FLOWS} TCP flows not echoed whole and in order, e.g. flow {next(iter(wrong.items()))}"
-    _assert_several_channels_busy(stack, f"{FLOWS} TCP flows")
+    _busy_channels(stack, before, f"{FLOWS} TCP flows")
 
 
+@RECEIVE_PATH
 @pytest.mark.needs("udp", "services")
 def test_a_burst_within_the_kernels_backlog_is_absorbed(stack, wire, plan):
     """All FLOWS x PER_FLOW datagrams at once (512, half of Linux's default netdev_max_backlog)."""
     sink = stack.service("udp-sink")
-    frames, sent = flow_frames(wire, plan, "ipv4", sink.port)
-    stack.channel_counts()
-    wire.inject(frames)
-    got = received_sequences(sink, len(frames), timeout=5)
-    missing, _ = lost_and_disordered(sent, got)
-    lost = sum(map(len, missing.values()))
-    drops = {fd: n for fd, n in stack.channel_drops().items() if n}
-    assert not lost, f"{lost} of {len(frames)} datagrams of a burst lost" + (
-        f"; the kernel dropped {sum(drops.values())} at the stack's AF_PACKET channels (PACKET_STATISTICS, by fd: {drops})"
-        if drops
-        else ""
-    )
+    flows = NumberedFlows(wire, plan.endpoints("ipv4"), sink.port, FLOWS, PER_FLOW)
+    drops = stack.channel_drops()
+    wire.inject(flows.frames())
+    flows.collect(sink, len(flows), timeout=5)
+    lost = sum(map(len, flows.lost().values()))
+    assert not lost, f"{lost} of {len(flows)} datagrams of a burst lost" + _drops(stack, drops)
 
 
+@RECEIVE_PATH
 @pytest.mark.needs("udp", "services")
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_fragmented_datagrams_are_reassembled(stack, wire, plan, family):
-    if not stack.can(family):
-        pytest.skip(f"{stack.id} lacks {family}")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fragmented_datagrams_are_reassembled(stack, wire, ends):
     sink = stack.service("udp-sink")
-    peer, me = (plan.peer4, plan.stack4) if family == "ipv4" else (plan.peer6, plan.stack6)
-    stack.channel_counts()
+    drops = stack.channel_drops()
     bad = {}
     for i in range(FRAGMENTED):  # one datagram at a time: a loss is the reassembly's, not a burst's
         port = 30000 + i
         payload = struct.pack("!HI", port, 0) + random.randbytes(3000)
-        if family == "ipv4":
-            pieces = fragment(IP(src=peer, dst=me, id=0x100 + i) / UDP(sport=port, dport=sink.port) / payload, fragsize=1200)
+        if ends.version == 4:
+            pieces = fragment(ends.to_stack(id=0x100 + i) / UDP(sport=port, dport=sink.port) / payload, fragsize=1200)
         else:
-            pieces = fragment6(
-                IPv6(src=peer, dst=me) / IPv6ExtHdrFragment(id=0x100 + i) / UDP(sport=port, dport=sink.port) / payload, 1280
-            )
+            pieces = fragment6(ends.to_stack() / IPv6ExtHdrFragment(id=0x100 + i) / UDP(sport=port, dport=sink.port) / payload, 1280)
         wire.send(*[wire.ether() / p for p in pieces])
         try:
             event = sink.wait_for(lambda e: e["event"] == "datagram", timeout=3)
@@ -222,12 +182,10 @@ def test_fragmented_datagrams_are_reassembled(stack, wire, plan, family):
             continue
         if (event["peer"][1], event["len"]) != (port, len(payload)):
             bad[port] = f"delivered as {event['len']} bytes from port {event['peer'][1]}"
-    drops = {fd: n for fd, n in stack.channel_drops().items() if n}
-    assert not bad, f"{len(bad)} of {FRAGMENTED} fragmented datagrams not delivered whole: {bad}" + (
-        f"; AF_PACKET channel drops by fd: {drops}" if drops else ""
-    )
+    assert not bad, f"{len(bad)} of {FRAGMENTED} fragmented datagrams not delivered whole: {bad}" + _drops(stack, drops)
 
 
+@pytest.mark.varies_with("channels")
 @pytest.mark.fresh  # a second sandbox joins the testbed's link
 @pytest.mark.needs("netns-copy", "af-packet", "udp", "services", "ipv4")
 def test_two_sandboxes_on_one_namespace_keep_their_own_fanout_groups(testbed, stack_spec, stack, wire, plan):
@@ -251,15 +209,10 @@ def test_two_sandboxes_on_one_namespace_keep_their_own_fanout_groups(testbed, st
         lost = {}
         for who, sandbox, addr in (("first", stack, plan.stack4), ("second", second, second_addr)):
             echo = sandbox.service("udp-echo")
-            ports = random.sample(range(20000, 60000), FLOWS // 2)
-            wire.inject(
-                [
-                    bytes(wire.ether() / IP(src=plan.peer4, dst=addr) / UDP(sport=p, dport=echo.port) / struct.pack("!HI", p, 0))
-                    for p in ports
-                ]
-            )
-            got = received_sequences(echo, len(ports), timeout=5)
-            if missing := set(ports) - set(got):
+            flows = NumberedFlows(wire, replace(plan.endpoints("ipv4"), stack=addr), echo.port, FLOWS // 2, 1)
+            wire.inject(flows.frames())
+            flows.collect(echo, len(flows), timeout=5)
+            if missing := flows.lost():
                 lost[who] = len(missing)
         assert not lost, f"datagrams of {FLOWS // 2} flows each that never reached their sandbox: {lost}"
     finally:
@@ -284,15 +237,15 @@ def kernel_link():
         yield plan, near, far
 
 
-def _flows_by_socket(kernel_link, socks: list[socket.socket], expected: int) -> tuple[dict[int, set[int]], dict]:
+def _flows_by_socket(kernel_link, socks: list[socket.socket], expected: int) -> tuple[dict[int, set[int]], list[int]]:
     """Inject FLOWS flows from the far end; which of `socks` (by index) saw each flow (source
     port). Reads until `expected` frames of them arrived in all, or the sockets stay quiet 0.5 s."""
     from labkit.packet.wire import Wire
 
     plan, near, far = kernel_link
     with Wire(far.ns.netns, far.name, mac=far.mac, far_mac=near.mac, record=False) as w:
-        frames, sent = flow_frames(w, plan, "ipv4", 9)
-        w.inject(frames)
+        flows = NumberedFlows(w, plan.endpoints("ipv4"), 9, FLOWS, PER_FLOW)
+        w.inject(flows.frames())
     where: dict[int, set[int]] = defaultdict(set)
     index = {s.fileno(): i for i, s in enumerate(socks)}
     seen = 0
@@ -305,7 +258,7 @@ def _flows_by_socket(kernel_link, socks: list[socket.socket], expected: int) -> 
             if pkt.haslayer(UDP) and pkt[UDP].dport == 9:
                 where[pkt[UDP].sport].add(index[s.fileno()])
                 seen += 1
-    return where, sent
+    return where, flows.ports
 
 
 def test_kernel_fanout_keeps_each_flow_on_one_socket_and_spreads_flows(kernel_link):
@@ -332,7 +285,8 @@ def test_kernel_gives_each_group_every_frame_but_merges_a_shared_id(kernel_link,
     _plan, near, _far = kernel_link
     first = random.randint(1, 0x7FFF)
     ids = (first, first if same_id else first + 0x8000)
-    socks = [_fanout_socket(near.ns.netns, near.name, ids[i // 2], PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) for i in range(4)]
+    mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+    socks = [_fanout_socket(near.ns.netns, near.name, ids[i // 2], mode) for i in range(4)]
     try:
         # Every frame reaches one socket of each group: two groups, or one merged group.
         where, sent = _flows_by_socket(kernel_link, socks, expected=FLOWS * PER_FLOW * (1 if same_id else 2))

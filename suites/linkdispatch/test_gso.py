@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
 
 from labkit.net import layouts
+from labkit.net.plan import FAMILIES
 from labkit.packet.checksum import checksum_errors
 from labkit.packet.layers.virtio_net import GSO_ECN, GSO_TCPV4, GSO_TCPV6, TCP_CSUM_OFFSET
 from labkit.packet.vnet import VnetSocket
@@ -72,22 +72,22 @@ class BulkWrite:
 _transfers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def bulk_write(testbed, stack, plan, family: str) -> BulkWrite:
+def bulk_write(testbed, stack, ends) -> BulkWrite:
     done = _transfers.setdefault(testbed, {})
-    if family not in done:
-        done[family] = _transfer(testbed, stack, plan, family)
-    return done[family]
+    if ends.family not in done:
+        done[ends.family] = _transfer(testbed, stack, ends)
+    return done[ends.family]
 
 
-def _transfer(testbed, stack, plan, family: str) -> BulkWrite:
-    ip = IP if family == "ipv4" else IPv6
-    far_addr = layouts.FAR4 if family == "ipv4" else layouts.FAR6
+def _transfer(testbed, stack, ends) -> BulkWrite:
+    ip = ends.ip
+    far_addr = layouts.FAR4 if ends.version == 4 else layouts.FAR6
     far_ns = testbed.topology["far"]
     sandbox_end = testbed.stack_end
     with (
         VnetSocket(sandbox_end.ns.netns, sandbox_end.name) as at_stack,
         VnetSocket(far_ns.netns, layouts.FAR_IFNAME) as at_far,
-        far_ns.socket(socket.AF_INET if family == "ipv4" else socket.AF_INET6, socket.SOCK_STREAM) as listener,
+        far_ns.socket(ends.af, socket.SOCK_STREAM) as listener,
     ):
         listener.settimeout(3)
         listener.bind((far_addr, 0))
@@ -110,16 +110,15 @@ def _transfer(testbed, stack, plan, family: str) -> BulkWrite:
         sent = source.wait_for(lambda e: e["event"] == "sent", timeout=10)
         near = at_stack.collect(timeout=0.2, until=10)
         far = at_far.collect(timeout=0.2, until=10, outgoing=False)
-    me = plan.stack4 if family == "ipv4" else plan.stack6
-    return BulkWrite(ip, me, near, far, sent, received, digest.hexdigest())
+    return BulkWrite(ip, ends.stack, near, far, sent, received, digest.hexdigest())
 
 
-FAMILIES = pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+FAMILY = pytest.mark.parametrize("family", FAMILIES)
 
 
-@FAMILIES
-def test_gso_frames_carry_a_header_a_device_can_act_on(testbed, stack, plan, family):
-    bulk = bulk_write(testbed, stack, plan, family)
+@FAMILY
+def test_gso_frames_carry_a_header_a_device_can_act_on(testbed, stack, ends):
+    bulk = bulk_write(testbed, stack, ends)
     assert (bulk.received, bulk.digest) == (bulk.sent["len"], bulk.sent["sha256"]), (
         f"far host got {bulk.received} of {bulk.sent['len']} bytes"
     )
@@ -155,9 +154,9 @@ def test_gso_frames_carry_a_header_a_device_can_act_on(testbed, stack, plan, fam
         assert p.gso_size in cut, f"gso_size {p.gso_size}, but the device cut segments of {sorted(cut)[-3:]} bytes"
 
 
-@FAMILIES
-def test_segments_on_the_wire_fit_the_mtu_are_contiguous_and_checksummed(testbed, stack, plan, family):
-    bulk = bulk_write(testbed, stack, plan, family)
+@FAMILY
+def test_segments_on_the_wire_fit_the_mtu_are_contiguous_and_checksummed(testbed, stack, ends):
+    bulk = bulk_write(testbed, stack, ends)
     ip = bulk.ip
     flow = bulk.flow_at_far_host()
     assert flow, "nothing from the stack reached the far host's link"
@@ -175,10 +174,10 @@ def test_segments_on_the_wire_fit_the_mtu_are_contiguous_and_checksummed(testbed
     assert total == BYTES, f"segments carry {total} bytes, {BYTES} were sent"
 
 
-@FAMILIES
-def test_full_segments_use_the_whole_mss(testbed, stack, plan, family):
+@FAMILY
+def test_full_segments_use_the_whole_mss(testbed, stack, ends):
     """What the far host announced, less the option bytes each segment carries, is what fits."""
-    bulk = bulk_write(testbed, stack, plan, family)
+    bulk = bulk_write(testbed, stack, ends)
     mss = _segment_payload_limit(bulk.near, bulk.ip, testbed.plan.mtu)
     sizes = [len(p[TCP].payload) for p in bulk.flow_at_far_host()]
     assert sizes, "no data segment reached the far host"

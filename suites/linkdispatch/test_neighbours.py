@@ -11,58 +11,31 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from socket import AF_INET6, inet_ntop, inet_pton
 
 import pytest
-from scapy.layers.inet import ICMP, IP, UDP
-from scapy.layers.inet6 import (
-    ICMPv6EchoReply,
-    ICMPv6EchoRequest,
-    ICMPv6ND_NA,
-    ICMPv6ND_NS,
-    ICMPv6NDOptDstLLAddr,
-    ICMPv6NDOptSrcLLAddr,
-    IPv6,
-    in6_getnsma,
-    in6_getnsmac,
-)
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.inet import UDP
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6NDOptDstLLAddr, IPv6
+from scapy.layers.l2 import Ether
 
-from labkit.errors import ExpectTimeout, UnexpectedFrame
-from labkit.packet.echo import echo_outcome
+from labkit.errors import ExpectTimeout
+from labkit.net.plan import FAMILIES
+from labkit.packet import echo
+from labkit.packet.testbench import IcmpEcho
+from labkit.packet.testbench.neighbours import announce, ask, dad_probe, protocol, solicitations
 
 OTHER_MAC = "02:00:00:00:00:55"  # the MAC a neighbour answers with, unlike the Wire's own
 EHOSTUNREACH = 113
-OFF_LINK4, OFF_LINK6 = "198.19.77.7", "2001:db8:77::7"  # reached through the default gateway
+OFF_LINK = {"ipv4": "198.19.77.7", "ipv6": "2001:db8:77::7"}  # reached through the default gateway
 
-
-def solicitations(frames, target: str) -> list:
-    return [
-        f
-        for f in frames
-        if f.outgoing is False
-        and (
-            (f.packet.haslayer(ARP) and f.packet[ARP].op == 1 and f.packet[ARP].pdst == target)
-            or (f.packet.haslayer(ICMPv6ND_NS) and f.packet[ICMPv6ND_NS].tgt == target)
-        )
-    ]
+pytestmark = pytest.mark.varies_with("channels")
 
 
 @pytest.mark.needs("ndp", "ipv6")
 def test_answers_neighbour_solicitation_for_own_address_only(stack, wire, plan):
     """The NA may come from any address of the stack's interface (RFC 4861 7.2.4: Linux uses the
     target, pasta its link-local); what counts is the target, the S flag and the MAC it names."""
-
-    def ns(target: str):
-        return (
-            Ether(src=wire.mac, dst=in6_getnsmac(inet_pton(AF_INET6, target)))
-            / IPv6(src=plan.peer6, dst=in6_getnsma_str(target), hlim=255)
-            / ICMPv6ND_NS(tgt=target)
-            / ICMPv6NDOptSrcLLAddr(lladdr=wire.mac)
-        )
-
-    wire.send(ns(plan.unused6()))
-    wire.send(ns(plan.stack6))
+    wire.send(ask(wire.mac, plan.peer6, plan.unused6()))
+    wire.send(ask(wire.mac, plan.peer6, plan.stack6))
     na = wire.expect(IPv6(dst=plan.peer6) / ICMPv6ND_NA(tgt=plan.stack6), timeout=2)
     assert na[ICMPv6ND_NA].S == 1, "the advertisement answering a solicitation must have the Solicited flag"
     lladdr = na[ICMPv6NDOptDstLLAddr].lladdr if na.haslayer(ICMPv6NDOptDstLLAddr) else None
@@ -74,19 +47,14 @@ def test_answers_neighbour_solicitation_for_own_address_only(stack, wire, plan):
 @pytest.mark.fresh  # the destination must not be resolved yet
 @pytest.mark.needs("udp", "services")
 @pytest.mark.parametrize("where", ["on-link", "gateway"])
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_resolves_before_its_first_packet_and_uses_the_answer(stack, wire, plan, family, where):
-    if not stack.can(family):
-        pytest.skip(f"{stack.id} lacks {family}")
-    on_link = plan.unused4() if family == "ipv4" else plan.unused6()
-    gateway = plan.peer4 if family == "ipv4" else plan.peer6
-    dst = on_link if where == "on-link" else (OFF_LINK4 if family == "ipv4" else OFF_LINK6)
-    neighbour = on_link if where == "on-link" else gateway
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resolves_before_its_first_packet_and_uses_the_answer(stack, wire, ends, where):
+    dst = ends.unused if where == "on-link" else OFF_LINK[ends.family]
+    neighbour = ends.unused if where == "on-link" else ends.peer
     wire.own(neighbour, mac=OTHER_MAC)
     payload = random.randbytes(8)
     stack.service("udp-send", to=dst, port=9, payload=payload.hex()).wait_for(lambda e: e["event"] == "sent", timeout=5)
-    ip = IP if family == "ipv4" else IPv6
-    datagram = wire.expect_frame(ip(dst=dst) / UDP(dport=9) / payload, timeout=5)
+    datagram = wire.expect_frame(ends.ip(dst=dst) / UDP(dport=9) / payload, timeout=5)
     asked = solicitations(wire.frames, neighbour)
     assert asked, f"the stack sent to {dst} without asking for {neighbour} first"
     assert asked[0].ts <= datagram.ts, "the datagram left before the solicitation"
@@ -96,9 +64,9 @@ def test_resolves_before_its_first_packet_and_uses_the_answer(stack, wire, plan,
 
 
 @pytest.mark.needs("tcp", "services")
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_unanswered_neighbour_ends_in_ehostunreach_after_bounded_solicitations(stack, wire, plan, family):
-    nobody = plan.unused4() if family == "ipv4" else plan.unused6()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unanswered_neighbour_ends_in_ehostunreach_after_bounded_solicitations(stack, wire, ends):
+    nobody = ends.unused
     attempt = stack.service("tcp-connect", to=nobody, port=9, timeout=20)
     started = time.time()
     outcome = attempt.wait_for(lambda e: e["event"] in ("failed", "connected"), timeout=25)
@@ -108,8 +76,7 @@ def test_unanswered_neighbour_ends_in_ehostunreach_after_bounded_solicitations(s
     )
     # Bounded: the solicitations stop. Watch 4 s past the error; a resolution already under way
     # may finish its round (netstack sometimes runs one more for a queued retransmission).
-    with contextlib.suppress(UnexpectedFrame):
-        wire.expect_none(Ether(type=0x88B5), timeout=4)  # a type nobody sends: this only reads the wire
+    wire.listen(4)
     asked = solicitations(wire.frames, nobody)
     times = [round(f.ts - started, 2) for f in asked]
     assert 1 <= len(asked) <= 10, f"{len(asked)} solicitations for {nobody}, at {times}s from the connect"
@@ -117,55 +84,35 @@ def test_unanswered_neighbour_ends_in_ehostunreach_after_bounded_solicitations(s
     assert last < 3, f"solicitations for {nobody} still went on {last:.1f}s after the sender's error; all at {times}s"
 
 
+def _announcement_moves_the_neighbour(stack, wire, ends, announcement, what: str) -> None:
+    """The stack answers the peer at the Wire's MAC; the peer announces OTHER_MAC; the stack's
+    answers must go there. With several channels the announcement and the echo are different
+    flows and may be handled out of order: ask again (bounded) before judging."""
+    if not stack.can(protocol(ends.peer)):
+        pytest.skip(f"{stack.id} lacks capabilities: {protocol(ends.peer)}")
+    ping = IcmpEcho(wire, ends)
+    assert ping.ping(1, timeout=3)[Ether].dst == wire.mac
+    wire.own(ends.peer, mac=OTHER_MAC)
+    wire.send(announcement)
+    for seq in (2, 3, 4):
+        wire.send(Ether(src=OTHER_MAC, dst=stack.mac) / ping.request(seq))
+        second = ping.expect_reply(seq, timeout=3)
+        if second[Ether].dst == OTHER_MAC:
+            break
+    assert second[Ether].dst == OTHER_MAC, f"after {what} for {ends.peer} at {OTHER_MAC}, the reply went to {second[Ether].dst}"
+
+
 @pytest.mark.needs("icmp", "ipv4", "arp")
 @pytest.mark.parametrize("form", ["request", "reply"])  # RFC 5227 announces with requests; both are seen
 def test_gratuitous_arp_updates_the_neighbour(stack, wire, plan, form):
-    ident = random.randint(1, 0xFFFF)
-    wire.send(IP(src=plan.peer4, dst=plan.stack4) / ICMP(id=ident, seq=1))
-    first = wire.expect(IP(src=plan.stack4) / ICMP(type="echo-reply", id=ident, seq=1), timeout=3)
-    assert first[Ether].dst == wire.mac
-    wire.own(plan.peer4, mac=OTHER_MAC)
-    # A gratuitous reply names its sender as target too (what Linux's arp_is_garp asks for).
-    tha = "00:00:00:00:00:00" if form == "request" else OTHER_MAC
-    wire.send(
-        Ether(src=OTHER_MAC, dst="ff:ff:ff:ff:ff:ff")
-        / ARP(op=1 if form == "request" else 2, hwsrc=OTHER_MAC, psrc=plan.peer4, hwdst=tha, pdst=plan.peer4)
-    )
-    # With several channels the announcement and the echo are different flows and may be handled
-    # out of order: ask again (bounded) before judging.
-    for seq in (2, 3, 4):
-        wire.send(Ether(src=OTHER_MAC, dst=stack.mac) / IP(src=plan.peer4, dst=plan.stack4) / ICMP(id=ident, seq=seq))
-        second = wire.expect(IP(src=plan.stack4) / ICMP(type="echo-reply", id=ident, seq=seq), timeout=3)
-        if second[Ether].dst == OTHER_MAC:
-            break
-    assert second[Ether].dst == OTHER_MAC, (
-        f"after a gratuitous ARP {form} for {plan.peer4} at {OTHER_MAC}, the reply went to {second[Ether].dst}"
-    )
+    ends = plan.endpoints("ipv4")
+    _announcement_moves_the_neighbour(stack, wire, ends, announce(OTHER_MAC, ends.peer, form), f"a gratuitous ARP {form}")
 
 
 @pytest.mark.needs("icmp", "ipv6", "ndp")
 def test_unsolicited_advertisement_updates_the_neighbour(stack, wire, plan):
-    ident = random.randint(1, 0xFFFF)
-    wire.send(IPv6(src=plan.peer6, dst=plan.stack6) / ICMPv6EchoRequest(id=ident, seq=1))
-    first = wire.expect(IPv6(src=plan.stack6) / ICMPv6EchoReply(id=ident, seq=1), timeout=3)
-    assert first[Ether].dst == wire.mac
-    wire.own(plan.peer6, mac=OTHER_MAC)
-    wire.send(
-        Ether(src=OTHER_MAC, dst="33:33:00:00:00:01")
-        / IPv6(src=plan.peer6, dst="ff02::1", hlim=255)
-        / ICMPv6ND_NA(tgt=plan.peer6, R=0, S=0, O=1)
-        / ICMPv6NDOptDstLLAddr(lladdr=OTHER_MAC)
-    )
-    for seq in (2, 3, 4):  # see the ARP check: the advertisement may be handled after the echo
-        wire.send(
-            Ether(src=OTHER_MAC, dst=stack.mac) / IPv6(src=plan.peer6, dst=plan.stack6) / ICMPv6EchoRequest(id=ident, seq=seq)
-        )
-        second = wire.expect(IPv6(src=plan.stack6) / ICMPv6EchoReply(id=ident, seq=seq), timeout=3)
-        if second[Ether].dst == OTHER_MAC:
-            break
-    assert second[Ether].dst == OTHER_MAC, (
-        f"after an unsolicited NA for {plan.peer6} at {OTHER_MAC}, the reply went to {second[Ether].dst}"
-    )
+    ends = plan.endpoints("ipv6")
+    _announcement_moves_the_neighbour(stack, wire, ends, announce(OTHER_MAC, ends.peer), "an unsolicited NA")
 
 
 # -- duplicate address detection ---------------------------------------------------------------
@@ -177,14 +124,6 @@ def _add_address_inside(stack, testbed, address: str, prefixlen: int) -> None:
     assert done.returncode == 0, f"{stack.id}: ip addr add {address}/{prefixlen} failed: {done.stderr.strip()}"
 
 
-def _dad_probe(address: str):
-    return IPv6(src="::", dst=in6_getnsma_str(address)) / ICMPv6ND_NS(tgt=address)
-
-
-def in6_getnsma_str(address: str) -> str:
-    return inet_ntop(AF_INET6, in6_getnsma(inet_pton(AF_INET6, address)))
-
-
 @pytest.mark.fresh  # the check adds an address inside the stack
 @pytest.mark.needs("ndp", "ipv6", "addr-config")
 def test_a_new_ipv6_address_is_probed_before_use(testbed, stack, wire, plan):
@@ -193,7 +132,7 @@ def test_a_new_ipv6_address_is_probed_before_use(testbed, stack, wire, plan):
     address = plan.unused6()
     _add_address_inside(stack, testbed, address, plan.net6.prefixlen)
     try:
-        wire.expect(_dad_probe(address), timeout=3)
+        wire.expect(dad_probe(address), timeout=3)
     except ExpectTimeout as exc:
         raise AssertionError(f"no duplicate address detection probe for {address} within 3 s after it was added\n{exc}") from None
 
@@ -207,13 +146,8 @@ def test_a_duplicate_ipv6_address_is_given_up(testbed, stack, wire, plan):
     address = plan.unused6()
     _add_address_inside(stack, testbed, address, plan.net6.prefixlen)
     with contextlib.suppress(ExpectTimeout):  # a stack without DAD sends no probe; it is told all the same
-        wire.expect(_dad_probe(address), timeout=3)
-    wire.send(
-        Ether(src=wire.mac, dst="33:33:00:00:00:01")
-        / IPv6(src=plan.peer6, dst="ff02::1", hlim=255)
-        / ICMPv6ND_NA(tgt=address, R=0, S=0, O=1)
-        / ICMPv6NDOptDstLLAddr(lladdr=wire.mac)
-    )
-    outcome = echo_outcome(wire, plan.peer6, address, control=plan.stack6)
+        wire.expect(dad_probe(address), timeout=3)
+    wire.send(announce(wire.mac, address, source=plan.peer6))
+    outcome = echo.echo_outcome(wire, plan.endpoints("ipv6"), address)
     assert outcome != "deaf", f"{stack.id} no longer answers at its own address {plan.stack6}"
     assert outcome == "silent", f"{address} is another node's (it answered the DAD probe), yet the stack answered an echo to it"

@@ -21,6 +21,7 @@ from labkit.net.topology import Link, Topology
 from labkit.packet.wire import Wire
 
 GW1_MAC, ONLINK1_MAC = "02:00:00:00:01:01", "02:00:00:00:01:07"
+pytestmark = pytest.mark.varies_with("channels")
 ENETUNREACH = 101
 
 # destination -> (link, gateway or None for on-link)

@@ -1,32 +1,31 @@
 """UDP: a datagram from the wire reaches a service inside the stack, and the reply is well formed."""
 
 import pytest
-from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
 
+from labkit.net.plan import FAMILIES
 from labkit.packet.checksum import checksum_errors, finish_partial
+from labkit.packet.testbench import UdpFlow
 
 PAYLOAD = b"labkit-udp-\x00\x01\x02\xfe\xff-end"
 
+pytestmark = pytest.mark.varies_with("channels", "tx_checksum")
+
 
 @pytest.mark.needs("udp", "services")
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_datagram_reaches_service_and_reply_checksum_is_valid(stack, wire, plan, family):
-    if not stack.can(family):
-        pytest.skip(f"{stack.id} lacks {family}")
-    ip = IP if family == "ipv4" else IPv6
-    peer, me = (plan.peer4, plan.stack4) if family == "ipv4" else (plan.peer6, plan.stack6)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_datagram_reaches_service_and_reply_checksum_is_valid(stack, wire, ends):
     echo = stack.service("udp-echo", port=7)
+    flow = UdpFlow(wire, ends, port=echo.port, local_port=40007)
 
-    wire.send(ip(src=peer, dst=me) / UDP(sport=40007, dport=echo.port) / PAYLOAD)
+    flow.send(PAYLOAD)
 
     got = echo.wait_for(lambda e: e["event"] == "datagram", timeout=2)
     assert bytes.fromhex(got["data"]) == PAYLOAD, f"service received {got}"
-    assert got["peer"] == [peer, 40007], f"service saw the datagram from {got['peer']}"
-    frame = wire.expect_frame(
-        Ether(src=stack.mac, dst=wire.mac) / ip(src=me, dst=peer) / UDP(sport=echo.port, dport=40007) / PAYLOAD, timeout=2
-    )
+    assert got["peer"] == [ends.peer, 40007], f"service saw the datagram from {got['peer']}"
+    frame = flow.expect_frame(PAYLOAD, timeout=2)
+    assert (frame.packet[Ether].src, frame.packet[Ether].dst) == (stack.mac, wire.mac), f"reply framed {frame.packet.summary()}"
     # With tx offload the stack leaves the checksum to the device: judge it as the device finishes it.
     reply = finish_partial(frame.packet) if frame.checksum_partial else frame.packet
     assert reply[UDP].chksum != 0, "UDP reply carries no checksum"

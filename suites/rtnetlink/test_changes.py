@@ -12,10 +12,11 @@ import pytest
 
 from labkit.packet import echo
 from labkit.rtnetlink import differ
+from labkit.rtnetlink.differential import LINKS, dump
 
-from .conftest import IN_SPECIFIC4, LINKS, SPECIFIC4, dump, rtnl_layout
+from .conftest import IN_SPECIFIC4, SPECIFIC4, SUITE
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout), pytest.mark.fresh]
+pytestmark = [*SUITE, pytest.mark.fresh]
 
 ADD = ["REQUEST", "ACK", "CREATE", "EXCL"]
 
@@ -33,8 +34,7 @@ def address_request(type_: str, ifname: str, address: str, prefixlen: int, flags
 
 
 def echo_outcome(wire, plan, address: str) -> str:
-    me, peer = (plan.stack6, plan.peer6) if ":" in address else (plan.stack4, plan.peer4)
-    return echo.echo_outcome(wire, peer, address, control=me)
+    return echo.echo_outcome(wire, plan.endpoints("ipv6" if ":" in address else "ipv4"), address)
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])

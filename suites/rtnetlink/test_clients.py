@@ -9,9 +9,9 @@ import pytest
 
 from labkit.rtnetlink import clients
 
-from .conftest import DEFAULTED6, IN_SPECIFIC4, rtnl_layout
+from .conftest import DEFAULTED6, IN_SPECIFIC4, SUITE
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
+pytestmark = SUITE
 
 LOOKUPS = [IN_SPECIFIC4, DEFAULTED6]
 

@@ -7,10 +7,11 @@ import socket
 import pytest
 
 from labkit.rtnetlink import differ
+from labkit.rtnetlink.differential import dump, family_filter_differences
 
-from .conftest import dump, family_filter_differences, rtnl_layout
+from .conftest import SUITE
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
+pytestmark = SUITE
 
 FAMILIES = {"unspec": socket.AF_UNSPEC, "inet": socket.AF_INET, "inet6": socket.AF_INET6}
 

@@ -1,6 +1,6 @@
 """RTM_GETLINK: the dump, a link by index and by name, and the errors for what does not exist.
 
-Every check asks the kernel and the stack the same thing (see conftest.py) and fails on any
+Every check asks the kernel and the stack the same thing (labkit.rtnetlink.differential) and fails on any
 difference in the outcome (errno, ACK, silence) or in a compared field or attribute.
 """
 
@@ -10,9 +10,9 @@ import errno
 
 import pytest
 
-from .conftest import rtnl_layout
+from .conftest import SUITE
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
+pytestmark = SUITE
 
 
 def getlink(flags=("REQUEST",), **fields) -> dict:

@@ -9,10 +9,11 @@ import socket
 import pytest
 
 from labkit.rtnetlink import differ
+from labkit.rtnetlink.differential import dump, family_filter_differences
 
-from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, UNROUTED4, dump, family_filter_differences, rtnl_layout
+from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, SUITE, UNROUTED4
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
+pytestmark = SUITE
 
 MAIN, LOCAL = 254, 255
 RTM_F_NOTIFY, RTM_F_LOOKUP_TABLE, RTM_F_FIB_MATCH = 0x100, 0x1000, 0x2000

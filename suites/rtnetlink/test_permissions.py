@@ -13,9 +13,9 @@ import pytest
 
 from labkit.rtnetlink import differ
 
-from .conftest import rtnl_layout
+from .conftest import SUITE
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
+pytestmark = SUITE
 
 LO = {"ifindex_of": "lo"}
 NOWHERE = 0x7FFF0000  # no link has this index

@@ -11,9 +11,9 @@ import pytest
 from labkit.rtnetlink import differ
 from labkit.rtnetlink.probe import NLM_F, NLMSG_HDR, raw_message
 
-from .conftest import rtnl_layout
+from .conftest import SUITE
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout)]
+pytestmark = SUITE
 
 DUMPS = {
     "link": {"type": "RTM_GETLINK", "flags": ["REQUEST", "DUMP"], "fields": {"family": 0}},

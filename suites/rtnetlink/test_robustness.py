@@ -16,11 +16,12 @@ import pytest
 from scapy.layers.inet import ICMP, IP
 
 from labkit.rtnetlink import differ
+from labkit.rtnetlink.differential import LINKS
 from labkit.rtnetlink.probe import NLM_F, raw_message
 
-from .conftest import LINKS, rtnl_layout
+from .conftest import SUITE
 
-pytestmark = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout), pytest.mark.fresh]
+pytestmark = [*SUITE, pytest.mark.fresh]
 
 IFINFO = struct.pack("=BxHiII", 0, 0, 0, 0, 0)  # ifinfomsg: family, type, index, flags, change
 REQ, DUMP = NLM_F["REQUEST"], NLM_F["REQUEST"] | NLM_F["DUMP"]

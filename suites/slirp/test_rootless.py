@@ -11,6 +11,7 @@ import socket
 
 import pytest
 
+from labkit.lifecycle.pids import alive
 from labkit.rtnetlink.view import NetView
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
@@ -37,7 +38,7 @@ def test_rootless_namespace_gets_its_tap_address_and_route(kind):
         assert defaults == [(plan.stack4, "tap0")], defaults
         userns_path = bed.peer_end.netns.path
     assert not userns_path.exists(), "the named user+net namespace outlived the testbed"
-    assert not os.path.exists(f"/proc/{holder}") or open(f"/proc/{holder}/stat").read().split(") ")[1][0] == "Z"
+    assert not alive(holder), f"the namespace holder {holder} outlived the testbed"
 
 
 @pytest.mark.skipif(not shutil.which("slirp4netns"), reason="apt-get install -y slirp4netns")

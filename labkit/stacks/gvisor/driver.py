@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from labkit.errors import LabError
+from labkit.lifecycle.pids import alive
 from labkit.lifecycle.process import LabProcess, kill_pids, run_in
 from labkit.net.netns import NetNS
 from labkit.packet.sockets import PacketSocket, packet_sockets, packet_statistics
 from labkit.stacks import base
 from labkit.stacks.gvisor import bundle
 from labkit.stacks.gvisor.runsc import Runsc
-from labkit.stacks.gvisor.variants import VARIANTS, network_flags, options
+from labkit.stacks.gvisor.variants import DEFAULTS, VARIANTS, network_flags, options
 
 INSTALL = "apt-get install -y runsc"
 LOGGED_COMMANDS = "create,start,boot,gofer"  # not exec: every exec would add a log file
@@ -37,19 +38,11 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a dead sandbox waits for PID 1 to reap it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 class GVisorStack(base.Stack):
     kind = "gvisor"
     capabilities = (base.CAPABILITIES - {base.SYSCTL}) | {base.NETNS_COPY, base.AF_PACKET}
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = VARIANTS
+    option_defaults: ClassVar[Mapping[str, Any]] = DEFAULTS
     reuse = True
     start_timeout = 30.0
 
@@ -130,13 +123,15 @@ class GVisorStack(base.Stack):
         self.runsc = self.cid = self.sandbox_pid = None
         if self.workdir is None:
             return
-        kill_pids(self._processes(), timeout=10.0)
-        survivors = [p for p in self._processes() if _running(p)]
+        # A zombie sandbox (dead, waiting for its parent to reap it) is gone; a sandbox whose
+        # leader thread exited while others run is not (labkit.lifecycle.pids).
+        left = kill_pids(self._processes(), timeout=10.0).left
+        survivors = sorted(set(left) | {p for p in self._processes() if alive(p)})
         if survivors:
             raise LabError(f"{self.id}: runsc processes {survivors} survived SIGKILL for 10s; `labkit clean` will retry")
 
     def healthy(self) -> bool:
-        return self.sandbox_pid is not None and _running(self.sandbox_pid)
+        return self.sandbox_pid is not None and alive(self.sandbox_pid)
 
     # -- inside the sandbox -------------------------------------------------------------------
 

@@ -11,51 +11,31 @@ Two facts of Debian 12 on a new kernel shape the code (README, "Stacks"):
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from labkit.errors import LabError
+from labkit.lifecycle import process
 from labkit.lifecycle.process import lab_env
-from labkit.net.netns import CLONE_NEWNET, NetNS
+from labkit.net.netns import NetNS
 
-CLONE_NEWNS = 0x00020000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-# Exit codes of the start helper's setup steps, so a failure names the step.
+# `runsc start` runs as `unshare --mount --propagation private -- sh -c START_SCRIPT ...` (behind
+# setpriv's death signal). In that private mount namespace the shell mounts the tmpfs from inside
+# the lab namespace (nsenter, a child of the shell), then execs runsc, which stays in the shell's
+# network namespace, the caller's: runsc's control socket is an abstract one there. Each step
+# exits with its own code, so a failure names the step; the tool's own message is in the log.
+START_SCRIPT = """
+lab=$1; shift
+nsenter --no-fork --net="$lab" -- true || exit 122
+nsenter --no-fork --net="$lab" -- mount -t tmpfs none /proc/sys/net/core || exit 123
+exec "$@"
+"""
 _STEPS = {
-    120: "unshare(CLONE_NEWNS)",
-    121: "make / private",
-    122: "setns(lab netns)",
-    123: "mount tmpfs on /proc/sys/net/core",
-    124: "setns(back)",
+    122: "setns(lab netns) (nsenter --net)",
+    123: "mount tmpfs on /proc/sys/net/core (in the lab netns)",
 }
-
-
-def _hide_root_netns_marker(lab_fd: int, home_fd: int) -> None:
-    """preexec for `runsc start`: the workaround described in the module docstring."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        os._exit(120)
-    if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        os._exit(121)
-    if _libc.setns(lab_fd, CLONE_NEWNET) != 0:
-        os._exit(122)
-    if _libc.mount(b"none", b"/proc/sys/net/core", b"tmpfs", 0, None) != 0:
-        os._exit(123)
-    if _libc.setns(home_fd, CLONE_NEWNET) != 0:
-        os._exit(124)
-
-
-def _pdeathsig() -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Runsc:
@@ -70,36 +50,37 @@ class Runsc:
     def argv(self, *command: str) -> list[str]:
         return [self.binary, f"--root={self.root}", *self.flags, *command]
 
-    def _run_to_file(self, command: Sequence[str], log: Path, timeout: float, preexec=_pdeathsig) -> None:
+    def _run_to_file(self, command: Sequence[str], log: Path, timeout: float, argv: Sequence[str] | None = None) -> None:
+        env = lab_env()
+        process.check_startable([self.binary], None, env)
         with open(log, "ab") as out:
             try:
                 done = subprocess.run(
-                    self.argv(*command),
+                    argv or process.exec_argv(self.argv(*command)),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=preexec,
-                    env=lab_env(),
+                    env=env,
                     timeout=timeout,
                 )
             except subprocess.TimeoutExpired:
                 raise LabError(f"runsc {command[0]} did not finish within {timeout:g}s; log: {log}") from None
         if done.returncode != 0:
             step = _STEPS.get(done.returncode)
-            why = f"setup step {step} failed" if step else last_error(log)
+            last = last_line(log)
+            why = f"setup step {step} failed: {last}" if step else process.setup_failure(last, [self.binary]) or last_error(log)
             raise LabError(f"runsc {command[0]} failed (exit {done.returncode}): {why}")
 
     def create(self, cid: str, bundle: Path, log: Path, timeout: float = 30.0) -> None:
         self._run_to_file(["create", "--bundle", str(bundle), cid], log, timeout)
 
     def start(self, cid: str, netns: NetNS, log: Path, timeout: float = 30.0) -> None:
-        lab_fd = netns.open()
-        home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._run_to_file(["start", cid], log, timeout, preexec=lambda: _hide_root_netns_marker(lab_fd, home_fd))
-        finally:
-            os.close(lab_fd)
-            os.close(home_fd)
+        """`runsc start`, with /proc/sys/net/core covered as seen from the lab namespace (see the
+        module docstring); nothing outside runsc's own mount namespace changes."""
+        if not netns.exists():
+            raise LabError(f"runsc start {cid}: netns {netns.name} does not exist")
+        shell = [process.tool("sh"), "-c", START_SCRIPT, "labkit-runsc-start", str(netns.path), *self.argv("start", cid)]
+        self._run_to_file(["start", cid], log, timeout, process.exec_argv(shell, private_mounts=True))
 
     def state(self, cid: str, timeout: float = 10.0) -> dict:
         done = subprocess.run(self.argv("state", cid), capture_output=True, text=True, timeout=timeout, env=lab_env())
@@ -110,6 +91,15 @@ class Runsc:
     def exec_argv(self, cid: str, argv: Sequence[str], env: Mapping[str, str] = {}) -> list[str]:
         env_flags = [x for k, v in env.items() for x in ("-env", f"{k}={v}")]
         return self.argv("exec", *env_flags, cid, *argv)
+
+
+def last_line(log: Path) -> str:
+    """The last non-empty line of a log (where a failing setup tool's `TOOL: why` lands)."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def last_error(log: Path) -> str:

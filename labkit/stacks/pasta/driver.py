@@ -24,6 +24,7 @@ INSTALL = "apt-get install -y passt"
 class PastaStack(TapStack):
     kind = "pasta"
     capabilities = frozenset({base.ARP, base.NDP, base.IPV4, base.IPV6, base.EXEC, base.SERVICES})
+    option_defaults: ClassVar[Mapping[str, Any]] = {"rootless": False, "mtu": 1500}
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "": {},  # rootful (a named netns), MTU 1500
         "rootless": {"rootless": True},  # a user+net namespace, joined by pid

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.errors import LabError, LabInputError
+from labkit.lifecycle.pids import exited
 from labkit.lifecycle.process import lab_env, log_tail
 from labkit.net.addressing import lab_address, lab_interface
 from labkit.net.netns import NetNS
@@ -180,9 +181,7 @@ class Pasta:
         return log_tail(self.log_path, lines)
 
     def running(self) -> bool:
-        if self._pidfd is None:
-            return False
-        return not select.select([self._pidfd], [], [], 0)[0]
+        return self._pidfd is not None and not exited(self._pidfd)
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, a bounded wait on the pidfd, then SIGKILL."""

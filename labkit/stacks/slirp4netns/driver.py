@@ -28,6 +28,7 @@ SLIRP_GUEST, SLIRP_GATEWAY, SLIRP_UNUSED = 100, 2, 50  # .3 is libslirp's DNS ad
 class Slirp4netnsStack(TapStack):
     kind = "slirp4netns"
     capabilities = frozenset({base.ARP, base.IPV4, base.ICMP, base.EXEC, base.SERVICES})
+    option_defaults: ClassVar[Mapping[str, Any]] = {"rootless": False, "sandbox": False, "mtu": 1500}
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "": {},  # rootful (a named netns, by path), MTU 1500, no --enable-sandbox
         "rootless": {"rootless": True},  # a user+net namespace, by pid

@@ -164,7 +164,7 @@ class Slirp4netns:
         return log_tail(self.log_path, lines)
 
     def running(self) -> bool:
-        return self.process is not None and self.process.popen.poll() is None
+        return self.process is not None and self.process.running()
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """Close the exit fd (slirp4netns ends on it) and wait, bounded; kill if it does not."""

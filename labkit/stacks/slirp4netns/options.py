@@ -13,6 +13,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from labkit.errors import LabInputError
 from labkit.net.addressing import lab_interface
@@ -49,7 +50,8 @@ class SlirpOptions:
         pairs = list(items.items()) if isinstance(items, Mapping) else [_split(item) for item in items]
         opts = cls()
         for key, value in pairs:
-            opts = replace(opts, **{key: _parse_one(key, value, max_mtu)})
+            change: dict[str, Any] = {key: _parse_one(key, value, max_mtu)}
+            opts = replace(opts, **change)
         if opts.outbound_addr6 is not None and not opts.enable_ipv6:
             raise LabInputError(f"slirp4netns option outbound_addr6={opts.outbound_addr6}: needs enable_ipv6=true")
         return opts

@@ -1,0 +1,11 @@
+"""The testbench: flows and connections the Wire plays against the stack, v4 and v6 behind one call.
+
+`TcpConnection` (active and passive open, seq/ack/window and negotiated options tracked, send,
+expect relative to the state), `UdpFlow`, `IcmpEcho`, and `NumberedFlows` for many-flow dispatch
+checks. Each takes `plan.endpoints(family)`.
+"""
+
+from labkit.packet.testbench.flows import IcmpEcho, NumberedFlows, UdpFlow
+from labkit.packet.testbench.tcp import Negotiated, TcpConnection
+
+__all__ = ["IcmpEcho", "Negotiated", "NumberedFlows", "TcpConnection", "UdpFlow"]

@@ -1,0 +1,139 @@
+"""The lab's fixtures: the check's addresses, a started testbed (pooled for slow stacks), the
+stack and the Wire in front of it, and a factory for checks that need testbeds of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from labkit.net.plan import AddressPlan, Endpoints
+from labkit.packet.wire import Wire
+from labkit.pytest_plugin.hooks import CALL_REPORT, SETTINGS, TESTBED, layout_of
+from labkit.pytest_plugin.options import LabSettings
+from labkit.stacks import Stack, StackSpec
+from labkit.testbed import Layout, Testbed, standard_layout
+from labkit.testbed.pool import TestbedPool
+
+
+@pytest.fixture(scope="session")
+def lab_settings(request: pytest.FixtureRequest) -> LabSettings:
+    return request.config.stash[SETTINGS]
+
+
+@pytest.fixture
+def plan(request: pytest.FixtureRequest, lab_settings: LabSettings) -> AddressPlan:
+    """The addresses of the check's topology: peer .1/::1 and stack .2/::2 of the lab prefixes,
+    unless the stack under test fixes its own (its driver's plan_for)."""
+    if "stack_spec" in request.fixturenames:
+        spec = request.getfixturevalue("stack_spec")
+        return spec.driver.plan_for(spec.variant, lab_settings.plan)
+    return lab_settings.plan
+
+
+@pytest.fixture(scope="session")
+def testbed_pool() -> Iterator[TestbedPool]:
+    """Started testbeds of slow-to-start stacks, kept across checks of this worker (labkit.pool)."""
+    pool = TestbedPool()
+    try:
+        yield pool
+    finally:
+        pool.close()
+        if pool.errors:
+            raise pool.errors[0]
+
+
+def require(request: pytest.FixtureRequest, spec: StackSpec) -> None:
+    """Skip, saying why, when `spec` is not installed or lacks what the check's `needs` marker asks."""
+    available = spec.availability()
+    if not available.ok:
+        hint = f"; install: {available.install}" if available.install else ""
+        pytest.skip(f"{spec.id} unavailable: {available.reason}{hint}")
+    marker = request.node.get_closest_marker("needs")
+    missing = sorted(set(marker.args) - spec.capabilities) if marker else []
+    if missing:
+        pytest.skip(f"{spec.id} lacks capabilities: {', '.join(missing)}")
+    layout = request.node.get_closest_marker("layout")
+    if layout is not None and spec.driver.makes_link:
+        name = getattr(layout.args[0], "__name__", layout.args[0]) if layout.args else "?"
+        pytest.skip(f"{spec.id} makes its own link (a tap); the check's topology ({name}) does not apply")
+
+
+@pytest.fixture
+def testbed(
+    request: pytest.FixtureRequest, stack_spec: StackSpec, plan: AddressPlan, testbed_pool: TestbedPool
+) -> Iterator[Testbed]:
+    """The standard topology with `stack_spec` started behind it and a Wire in front.
+
+    A stack whose driver allows it is reused from an earlier check (reset in between) unless the
+    check is marked `fresh`; after a failing or `fresh` check the testbed is discarded.
+    """
+    require(request, stack_spec)
+    fresh = request.node.get_closest_marker("fresh") is not None
+    bed = testbed_pool.acquire(stack_spec, plan, fresh=fresh, layout=layout_of(request.node))
+    request.node.stash[TESTBED] = bed
+    try:
+        yield bed
+    finally:
+        if request.node.stash.get(TESTBED, None) is bed:
+            del request.node.stash[TESTBED]
+        outcome = request.node.stash.get(CALL_REPORT, None)
+        testbed_pool.release(bed, reusable=not fresh and outcome is not None and outcome.passed)
+
+
+@pytest.fixture
+def testbed_factory(request: pytest.FixtureRequest, stack_spec: StackSpec, plan: AddressPlan) -> Iterator[Callable[..., Testbed]]:
+    """`make(layout)` builds a new testbed of `stack_spec` on the check's own layout.
+
+    For checks that expect a start to fail, or need several testbeds; each is torn down after
+    the check, and the last one made supplies the evidence.
+    """
+    require(request, stack_spec)
+    made: list[Testbed] = []
+
+    def make(layout: Layout = standard_layout) -> Testbed:
+        bed = Testbed(stack_spec, plan, layout).up()
+        made.append(bed)
+        request.node.stash[TESTBED] = bed
+        return bed
+
+    try:
+        yield make
+    finally:
+        if request.node.stash.get(TESTBED, None) in made:
+            del request.node.stash[TESTBED]
+        errors = []
+        for bed in made:
+            try:
+                bed.down()
+            except Exception as exc:  # tear down the others all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def stack(testbed: Testbed) -> Stack:
+    """The started stack under test (parametrized over --stack)."""
+    assert testbed.stack is not None
+    return testbed.stack
+
+
+@pytest.fixture
+def wire(testbed: Testbed) -> Wire:
+    """The Wire on the peer end of the stack's veth; it answers ARP/NDP for the peer addresses."""
+    assert testbed.wire is not None
+    return testbed.wire
+
+
+
+
+@pytest.fixture
+def ends(request: pytest.FixtureRequest, plan: AddressPlan, family: str) -> Endpoints:
+    """The addresses of the check's `family` parameter (`plan.endpoints(family)`); a stack that
+    lacks that IP version skips, saying so."""
+    if "stack_spec" in request.fixturenames:
+        spec: StackSpec = request.getfixturevalue("stack_spec")
+        if family not in spec.capabilities:
+            pytest.skip(f"{spec.id} lacks capabilities: {family}")
+    return plan.endpoints(family)

@@ -1,0 +1,117 @@
+"""The differential the rtnetlink suite is written in: the same requests to the kernel and to the
+stack under test, their answers side by side, and one support-table row per check.
+
+A kernel namespace with the stack's own topology is the reference: the probe (labkit.rtnetlink.probe)
+asks both, from inside, and the checks compare the normalised answers (labkit.rtnetlink.differ)
+on what each is about, so one difference fails one check.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from labkit.rtnetlink import differ, probe
+
+if TYPE_CHECKING:
+    from labkit.stacks import Stack
+    from labkit.testbed import Testbed
+
+
+def dump(type_: str, family: int = 0) -> dict[str, Any]:
+    """A dump request (`ip link|addr|route show`) of one message type, filtered to `family`."""
+    return {"type": type_, "flags": ["REQUEST", "DUMP"], "fields": {"family": family}}
+
+
+LINKS = dump("RTM_GETLINK")
+
+
+def _is_about(key_part: object, about: str) -> bool:
+    """`about` names this part of a record's identity: equal, the same address with a prefix
+    length ("198.18.0.50" in "198.18.0.50/24"), or a prefix ending in "." or ":" ("198.19.99.")."""
+    text = str(key_part)
+    return text == about or text.startswith(about + "/") or (about[-1:] in ".:" and text.startswith(about))
+
+
+@dataclass
+class Pair:
+    """The kernel's and the stack's answers to one set of requests, with their normalisers."""
+
+    kernel: dict[str, probe.Answer]
+    stack: dict[str, probe.Answer]
+    stack_id: str
+
+    def __post_init__(self) -> None:
+        self.kernel_norm = differ.Normaliser(self.kernel.get("_links"))
+        self.stack_norm = differ.Normaliser(self.stack.get("_links"))
+
+    def records(self, name: str) -> tuple[list[differ.Record], list[differ.Record]]:
+        return self.kernel_norm.records(self.kernel[name]), self.stack_norm.records(self.stack[name])
+
+    def differences(
+        self, name: str, ignore: tuple[str, ...] = (), about: str | None = None, only: tuple[str, ...] | None = None
+    ) -> list[differ.Difference]:
+        """The request's outcome first (errno, ACK, silence), then its records: all of them, or
+        only those whose identity mentions `about`, and of their values all, or `only` those
+        named (`only=()`: presence alone). A check about one address or one flag leaves the
+        attributes of a dump to the dump checks, so each difference fails one check."""
+        outcome = differ.diff_outcome(self.kernel[name], self.stack[name])
+        kernel, stack = self.records(name)
+        if about is not None:
+            kernel, stack = ([r for r in records if any(_is_about(k, about) for k in r.key)] for records in (kernel, stack))
+        records = differ.diff_records(kernel, stack, ignore=ignore, only=only)
+        return outcome + [replace(d, where=f"{name}: {d.where}") for d in records]  # which step saw it
+
+    def report(self, name: str, differences: list[differ.Difference]) -> str:
+        return f"{self.stack_id} answers {name} unlike the kernel:\n{differ.explain(differences)}"
+
+
+def family_filter_differences(pair: Pair, name: str, family: int) -> list[differ.Difference]:
+    """Records of another family in a dump asked for `family` (the kernel's must have none)."""
+    kernel, stack = pair.records(name)
+    assert kernel and all(r.values["family"] == family for r in kernel), f"the kernel's dump for family {family}: {kernel}"
+    return [differ.Difference(r.label(), "family", "filtered out", "returned") for r in stack if r.values["family"] != family]
+
+
+class Differential:
+    """One check's view of both sides: `ask` them, then `verdict` (or `note`) what it found."""
+
+    def __init__(self, kernel: Testbed, stack: Stack, support: list[dict[str, Any]], check: str) -> None:
+        self.kernel, self.stack, self.support, self.check = kernel, stack, support, check
+
+    def ask(self, requests: dict[str, dict[str, Any]], *, unprivileged: bool = False, quiet: float = 0.3) -> Pair:
+        """Ask both, each request in order, after a link dump both normalisers need."""
+        requests = {"_links": LINKS, **requests}
+        kernel = probe.ask(self.kernel.stack, requests, unprivileged=unprivileged, quiet=quiet)
+        stack = probe.ask(self.stack, requests, unprivileged=unprivileged, quiet=quiet)
+        crashed = [f"{n}: {a.crashed}" for side in (kernel, stack) for n, a in side.items() if a.crashed]
+        assert not crashed, f"the probe itself failed: {crashed}"
+        # A client library breaking on the stack's answer is a finding in any check: with the bytes.
+        broken = [f"{n}: {m.type}: {m.decode_error}; bytes {m.raw}" for n, a in stack.items() for m in a.messages if m.decode_error]
+        assert not broken, f"pyroute2 cannot decode {self.stack.id}'s answers:\n" + "\n".join(broken[:5])
+        return Pair(kernel, stack, self.stack.id)
+
+    def verdict(self, message_type: str, pair: Pair, name: str, differences: list[differ.Difference], what: str) -> None:
+        """Note the support-table row, then fail on any difference, saying what was asked."""
+        self.note(message_type, pair, name, differences)
+        assert not differences, pair.report(what, differences)
+
+    def note(self, message_type: str, pair: Pair, name: str, differences: list[differ.Difference]) -> None:
+        """A support-table row for this check: how the stack did with `message_type`."""
+        k, s = pair.kernel[name], pair.stack[name]
+        if s.errno in (errno.EOPNOTSUPP, errno.ENOSYS) and k.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            status = "unsupported"
+        else:
+            status = "differs" if differences else "supported"
+        self.support.append(
+            {
+                "check": self.check,
+                "message": message_type,
+                "stack": self.stack.id,
+                "status": status,
+                "differences": [str(d) for d in differences[:10]],
+                "attrs": differ.attribute_names(s),
+                "kernel_attrs": differ.attribute_names(k),
+            }
+        )
