@@ -36,19 +36,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
         raise LabInputError(f"bad run id {args.run!r}: allowed are the hex run ids in lab resource names (labkit-RUN-PID-...)")
     done = reaper.reap(run=args.run)
     print(done.summary())
-    for name in done.namespaces:
-        print(f"  netns {name}")
-    for pid in done.processes:
-        print(f"  process {pid}")
-    for path in done.paths:
-        print(f"  path {path}")
-    # What is still there is named, and the exit status says so: a script must not take it as clean.
-    for pid in done.survivors:
-        print(f"  survivor {pid}")
-    for pid in done.refused:
-        print(f"  refused {pid}")
-    for name in done.kept_namespaces:
-        print(f"  kept netns {name}")
+    # What is still there is named too, and the exit status says so: a script must not take it as clean.
+    listed: tuple[tuple[str, list[int] | list[str]], ...] = (
+        ("netns", done.namespaces), ("process", done.processes), ("path", done.paths),
+        ("survivor", done.survivors), ("refused", done.refused), ("kept netns", done.kept_namespaces),
+    )  # fmt: skip
+    for what, items in listed:
+        for item in items:
+            print(f"  {what} {item}")
     return 1 if done.left else 0
 
 

@@ -47,6 +47,7 @@ class Tool:
 
 TOOLS: tuple[Tool, ...] = (
     Tool("libpcap", "libpcap0.8", "capture filters (BPF compiled by libpcap)", library="pcap"),
+    Tool("util-linux", "util-linux", "starting the lab's processes (setpriv, unshare, nsenter)", "setpriv", ("--version",)),
     Tool("iproute2", "iproute2", "debugging lab namespaces; the ip-command benchmark", "ip", ("-V",)),
     Tool("ethtool", "ethtool", "inspecting offloads by hand", "ethtool", ("--version",)),
     Tool("tcpdump", "tcpdump", "reading the lab's pcaps", "tcpdump", ("--version",)),

@@ -34,23 +34,20 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV6_IFADDR,
     RTMGRP_LINK,
+    rt_proto,
+    rt_type,
 )
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_TENTATIVE, ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import RT_SCOPE_LINK, RT_SCOPE_UNIVERSE, rtmsg
 
 from labkit.errors import LabError
 from labkit.net.netns import NetNS
 from labkit.net.nlmsg import split
 
-IFA_F_TENTATIVE = 0x40
-
-IFF_UP = 0x1
-RT_TABLE_MAIN = 254
-RTPROT_BOOT = 3
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
-RTN_UNICAST = 1
+RT_TABLE_MAIN = 254  # pyroute2 names the scopes, protocols and types, but not the tables
+RTPROT_BOOT = rt_proto["boot"]
+RTN_UNICAST = rt_type["unicast"]
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 CHANGE = NLM_F_REQUEST | NLM_F_ACK
 

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from labkit.errors import LabError, LabInputError
 from labkit.lifecycle import janitor, owner
@@ -28,7 +29,6 @@ from labkit.net.netns import NetNS
 IFNAMSIZ = 16
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-IFA_F_NODAD = 0x02
 FIRST_IFINDEX = 100
 
 

@@ -13,6 +13,7 @@ import struct
 import time
 from collections.abc import Iterator
 
+from labkit.errors import LabInputError
 from labkit.lifecycle import janitor
 from labkit.net.netns import NetNS
 from labkit.packet.layers.virtio_net import HEADER_FORMS, VirtioNetHdr
@@ -24,7 +25,7 @@ class VnetSocket:
 
     def __init__(self, ns: NetNS, ifname: str, hdr_size: int = 10, rcvbuf: int = 16 << 20) -> None:
         if hdr_size not in HEADER_FORMS:
-            raise ValueError(f"bad virtio_net_hdr size {hdr_size}; allowed: 10, 12")
+            raise LabInputError(f"bad virtio_net_hdr size {hdr_size}; allowed: 10, 12")
         self.hdr_size = hdr_size
         self.layer = HEADER_FORMS[hdr_size]
         self.sock = ns.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))

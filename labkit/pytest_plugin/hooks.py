@@ -24,6 +24,7 @@ from labkit.testbed import Layout, Testbed, standard_layout
 SETTINGS = pytest.StashKey[LabSettings]()
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 TESTBED = pytest.StashKey[Testbed]()
+REAPED = pytest.StashKey[reaper.Reaped]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,7 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
     janitor.install_sigterm_handler()
     owner.run_id()  # fixed before xdist starts workers, which inherit it through the environment
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) cleans up dead runs
-        reaper.reap()
+        config.stash[REAPED] = reaper.reap()
         report_dir = config.getoption("lab_report")
         if report_dir:  # the controller sees every check's reports, also under xdist
             from labkit.pytest_plugin.results import ResultsCollector
@@ -220,7 +221,17 @@ def _keep_evidence(item: pytest.Item, testbed: Testbed, report: pytest.TestRepor
         return
     report.sections.append(("labkit evidence", "\n".join(str(p) for p in paths)))
     for p in paths:
-        item.user_properties.append(("pcap" if p.suffix == ".pcap" else "log", str(p)))
+        item.user_properties.append((evidence_kind(p), str(p)))
+
+
+EVIDENCE_KINDS = ("pcap", "expects", "log")
+
+
+def evidence_kind(path: Path) -> str:
+    """The pcap, what the check expected of the wire (`*.expects.json`), or a stack's log."""
+    if path.suffix == ".pcap":
+        return "pcap"
+    return "expects" if path.name.endswith(".expects.json") else "log"
 
 
 def layout_of(item: pytest.Item) -> Layout:
@@ -234,7 +245,11 @@ def layout_of(item: pytest.Item) -> Layout:
     return marker.args[0]
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[SETTINGS]
     ids = ", ".join(s.id for s in settings.specs)
-    return f"labkit: run {owner.run_id()} (pid {os.getpid()}), stacks: {ids}, deviations: {len(settings.manifest.deviations)}"
+    lines = [f"labkit: run {owner.run_id()} (pid {os.getpid()}), stacks: {ids}, deviations: {len(settings.manifest.deviations)}"]
+    reaped = config.stash.get(REAPED, None)
+    if reaped is not None and reaped.left:  # a dead run's processes that would not die: say so, do not hide it
+        lines.append(f"labkit: cleaning up after dead runs: {reaped.summary()}")
+    return lines

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from labkit.pytest_plugin.hooks import stands_for, suite_of
+from labkit.pytest_plugin.hooks import EVIDENCE_KINDS, stands_for, suite_of
 from reports.results import CheckResult, load, write_results
 
 
@@ -66,7 +66,7 @@ class ResultsCollector:
         rec.duration += report.duration
         # The evidence is added to user_properties after the call report was made, so it
         # arrives with the teardown report: keep the union over the phases.
-        rec.evidence = sorted({str(v) for k, v in report.user_properties if k in ("pcap", "log")} | set(rec.evidence))
+        rec.evidence = sorted({str(v) for k, v in report.user_properties if k in EVIDENCE_KINDS} | set(rec.evidence))
         xfail = getattr(report, "wasxfail", None)
         deviation = str(xfail or "").removeprefix("known deviation: ")
         if report.when == "setup" and report.skipped:

@@ -10,6 +10,7 @@ import errno
 
 import pytest
 
+from labkit.net.plan import FAMILIES
 from labkit.packet import echo
 from labkit.rtnetlink import differ
 from labkit.rtnetlink.differential import LINKS, dump
@@ -37,10 +38,9 @@ def echo_outcome(wire, plan, address: str) -> str:
     return echo.echo_outcome(wire, plan.endpoints("ipv6" if ":" in address else "ipv4"), address)
 
 
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, family):
-    net = plan.net4 if family == "ipv4" else plan.net6
-    address, prefixlen, fam = str(net.network_address + 50), net.prefixlen, (2 if family == "ipv4" else 10)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, ends):
+    net, address, prefixlen, fam = ends.network, ends.host(50), ends.network.prefixlen, int(ends.af)
     ifname = plan.stack_ifname
     steps = {
         "add": address_request("RTM_NEWADDR", ifname, address, prefixlen, ADD),
