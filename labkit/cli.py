@@ -53,8 +53,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     try:
         from reports import html
-    except ImportError:
-        raise LabError("the report builder (reports/) is not importable here; run labkit report from the checkout") from None
+    except ImportError as exc:  # name what is missing: the builder itself, or one of its libraries (jinja2)
+        raise LabError(f"the report builder cannot be loaded: {exc}; install labkit with its dependencies (pip install -e .)") from None
     paths = [Path(args.results)] + ([Path(args.previous)] if args.previous else [])
     for path in paths:
         if not path.is_file():

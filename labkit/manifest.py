@@ -29,6 +29,12 @@ KEYS = {"stack", "check", "reason"}
 OPTIONAL = {"unless", "strict"}  # a stack glob the entry does not apply to; strict = false
 
 
+def stack_matches(stack_id: str, pattern: str) -> bool:
+    """A stack id against a glob, the way --stack, the `stacks` marker and the manifest read it:
+    `gvisor-*` is every variant of gvisor, its default one (`gvisor`) included."""
+    return fnmatch.fnmatchcase(stack_id, pattern) or (pattern.endswith("-*") and stack_id == pattern[:-2])
+
+
 @dataclass(frozen=True)
 class Deviation:
     stack: str
@@ -40,7 +46,7 @@ class Deviation:
     def applies(self, stack_id: str, check_id: str) -> bool:
         """`check_id` may carry the check's own parameters (`FILE::TEST[ipv6]`): a manifest entry
         with brackets must match them exactly; one without matches every case (globs allowed)."""
-        if not fnmatch.fnmatchcase(stack_id, self.stack) or (self.unless and fnmatch.fnmatchcase(stack_id, self.unless)):
+        if not stack_matches(stack_id, self.stack) or (self.unless and stack_matches(stack_id, self.unless)):
             return False
         if "[" in self.check:
             return check_id == self.check

@@ -11,6 +11,7 @@ import pytest
 
 from labkit.errors import LabError, LabInputError
 from labkit.lifecycle import owner, pids
+from labkit.lifecycle.process import LabProcess
 from labkit.net.netns import NetNS
 from labkit.net.topology import Topology
 from labkit.stacks.gvisor import bundle
@@ -398,3 +399,19 @@ def test_a_failed_start_step_is_named(fake_runsc, tmp_path):
             Runsc(tmp_path / "root", [], binary=fake_runsc).start("cid", not_a_netns, tmp_path / "runsc.log")
     finally:
         not_a_netns.delete()
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the syscall numbers are x86_64's")
+def test_a_namespace_still_finds_a_process_whose_leader_exited():
+    """Its leader's ns link cannot be read any more; its threads' can. Teardown must still find
+    it, kill it, and only then drop the namespace."""
+    topo = Topology()
+    ns = topo.namespace("zl")
+    with topo:
+        child = LabProcess([sys.executable, "-c", ZOMBIE_LEADER], netns=ns.netns, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert select.select([child.popen.stdout], [], [], 20)[0], "the child's main thread did not exit within 20s"
+            assert child.popen.stdout.readline() == b"leader gone\n"
+            assert child.pid in ns.netns.pids(), "a process whose leader exited is not seen in its namespace"
+        finally:
+            child.close()

@@ -50,6 +50,11 @@ def test_stack_globs_still_apply(stack_id, expected):
     assert Deviation("gvisor*", CHECK, "r").applies(stack_id, f"{CHECK}[ipv4]") is expected
 
 
+def test_name_dash_star_covers_the_default_variant_too():
+    assert Deviation("gvisor-*", CHECK, "r").applies("gvisor", CHECK)
+    assert not Deviation("gvisor-*ch*", CHECK, "r").applies("gvisor", CHECK)
+
+
 def test_lookup_returns_the_first_matching_entry():
     exact = Deviation("gvisor-*", f"{CHECK}[ipv6]", "only ipv6")
     every = Deviation("gvisor-*", CHECK, "every case")

@@ -107,8 +107,34 @@ def test_full_matrix_measures_every_cell(suite):
     assert "5 passed, 1 xfailed in" in done.stdout and "deselected" not in done.stdout, done.stdout[-2000:]
 
 
-def test_an_unknown_axis_stops_the_run_with_one_line(tmp_path):
+def test_selecting_one_variant_runs_it_though_another_would_stand_for_it(suite):
+    """-k picks the checks first; only then are the runs left grouped."""
+    done = run_pytest(str(suite), "--stack", "linux,linux-txcsum", "-k", "everywhere_alike and txcsum", "-v")
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "test_everywhere_alike[linux-txcsum] PASSED" in done.stdout and "1 passed" in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["grouped", "full-matrix"])
+def test_an_unknown_axis_stops_the_run_with_one_line(tmp_path, full):
     (tmp_path / "test_typo.py").write_text(CHECKS)
-    done = run_pytest(str(tmp_path), "--stack", "linux")
-    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    done = run_pytest(str(tmp_path), "--stack", "linux", *(["--full-matrix"] if full else []))
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "unknown variant axis 'chanels' in varies_with; allowed: " in done.stdout + done.stderr
+
+
+def test_a_failure_is_not_carried_over(tmp_path):
+    """A failed measured cell may be its variant's own trouble: the cells it stands for say they
+    were not measured; a pass or a known deviation is carried as it is."""
+    from labkit.pytest_plugin.results import ResultsCollector
+    from reports.results import CheckResult
+
+    collector = ResultsCollector(tmp_path)
+    for status in ("failed", "passed", "known deviation"):
+        nodeid = f"suites/s/test_x.py::test_{status.replace(' ', '_')}[gvisor]"
+        collector.records[nodeid] = CheckResult(nodeid, "s/test_x.py::t", "s", "gvisor", status, "why")
+        collector.stands_for[nodeid] = [(nodeid.replace("[gvisor]", "[gvisor-ch2]"), "gvisor-ch2")]
+    cells = {c.nodeid.split("::")[1]: c for c in collector.carried()}
+    assert (cells["test_failed[gvisor-ch2]"].status, cells["test_failed[gvisor-ch2]"].carried_from) == ("not run", "gvisor")
+    assert "not measured: gvisor, which stands for it, failed" in cells["test_failed[gvisor-ch2]"].reason
+    assert (cells["test_passed[gvisor-ch2]"].status, cells["test_passed[gvisor-ch2]"].stack) == ("passed", "gvisor-ch2")
+    assert cells["test_known_deviation[gvisor-ch2]"].status == "known deviation"

@@ -54,9 +54,9 @@ class _Broken:
 
 
 def test_a_probe_or_client_run_that_fails_is_a_lab_error_with_its_stderr():
-    with pytest.raises(LabError, match=r"(?s)nlprobe in broken exited 1: .*ModuleNotFoundError: pyroute2"):
+    with pytest.raises(LabError, match=r"(?s)labkit.rtnetlink.probe in broken exited 1: .*ModuleNotFoundError: pyroute2"):
         probe.ask(_Broken(), {"links": LINKS})
-    with pytest.raises(LabError, match=r"(?s)nlclients in broken exited 1: .*ModuleNotFoundError"):
+    with pytest.raises(LabError, match=r"(?s)labkit.rtnetlink.clients in broken exited 1: .*ModuleNotFoundError"):
         clients.ask(_Broken(), [])
 
 

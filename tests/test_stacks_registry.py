@@ -9,7 +9,8 @@ from .conftest import run_pytest
 def test_names_variants_globs_and_all():
     assert [s.id for s in resolve("linux")] == ["linux"]
     assert [s.id for s in resolve("linux-txcsum")] == ["linux-txcsum"]
-    assert [s.id for s in resolve("linux-*")] == ["linux-txcsum"]
+    assert [s.id for s in resolve("linux-*")] == ["linux", "linux-txcsum"]  # NAME-*: every variant, the default too
+    assert [s.id for s in resolve("linux-t*")] == ["linux-txcsum"]
     assert {"linux", "linux-txcsum"} <= {s.id for s in resolve("all")}
     assert [s.id for s in resolve("linux,linux")] == ["linux"]
 

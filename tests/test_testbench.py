@@ -125,3 +125,28 @@ def test_numbered_flows_say_what_was_lost_and_what_came_out_of_order():
         flows.arrived(port.to_bytes(2, "big") + n.to_bytes(4, "big"))
     assert flows.lost() == {2000: [1, 2]}
     assert flows.disordered() == {1000: [0, 2, 1]}
+
+
+def test_tcp_sequence_numbers_wrap_and_the_stacks_window_is_scaled(fresh):
+    sink = fresh.stack.service("tcp-sink")
+    conn = TcpConnection(fresh.wire, fresh.plan.endpoints("ipv4"), port=sink.port, isn=2**32 - 3)
+    syn_ack = conn.connect()
+    shift = dict(syn_ack[TCP].options)["WScale"]
+    conn.send(b"x" * 10)  # from 2**32 - 2 across the wrap
+    ack = conn.expect(flags="A", timeout=2)
+    assert (conn.snd_nxt, conn.snd_una, ack[TCP].ack) == (8, 8, 8)
+    assert conn.their_window == ack[TCP].window << shift and shift > 0
+    conn.close()
+    assert sink.wait_for(lambda e: e["event"] == "closed", timeout=3)["len"] == 10
+
+
+def test_a_syn_ack_offers_only_what_the_stacks_syn_offered():
+    from scapy.layers.inet import IP
+
+    ends = AddressPlan().endpoints("ipv4")
+    conn = TcpConnection(None, ends, port=None, local_port=4711)  # type: ignore[arg-type]  # nothing is sent
+    syn = IP(bytes(ends.from_stack() / TCP(sport=33000, dport=4711, flags="S", seq=100, options=[("MSS", 1400)])))
+    conn.receive_segment(syn)
+    options = [name for name, _ in conn.segment(flags="SA")[TCP].options]
+    assert options == ["MSS"], f"the SYN-ACK offers {options}, the SYN only MSS"
+    assert conn.segment(flags="SA")[TCP].ack == 101 and conn.port == 33000

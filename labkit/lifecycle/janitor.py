@@ -2,7 +2,7 @@
 
 Context managers and fixture finalizers are the normal path. The janitor covers the paths where
 they do not run (an exception between creation and `with`, Ctrl-C at an awkward moment, SIGTERM);
-a SIGKILLed process is the reaper's job (`labkit.reaper`).
+a SIGKILLed process is the reaper's job (`labkit.lifecycle.reaper`).
 """
 
 from __future__ import annotations

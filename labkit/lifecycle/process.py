@@ -207,7 +207,8 @@ def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw
     """Run a command to completion inside `netns`, output captured, bounded by `timeout`.
 
     A setup step that fails (entering the namespace, or a tool of the exec chain) raises
-    LabError naming it, rather than passing for the command's own failure.
+    LabError naming it, rather than passing for the command's own failure; a command that does
+    not finish in time is killed and raises ExpectTimeout.
     """
     env = kw.pop("env", None) or lab_env()
     check_startable(argv, netns, env, kw.get("cwd"))
@@ -222,7 +223,7 @@ def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw
             child.wait(5)
         except subprocess.TimeoutExpired:
             pass  # the janitor has no handle on it, but its death signal and owner tag remain
-        raise subprocess.TimeoutExpired(list(argv), timeout) from None
+        raise ExpectTimeout(f"{argv[0]} did not finish within {timeout:g}s (killed)") from None
     finally:
         for stream in (child.stdout, child.stderr):
             if stream is not None:
@@ -259,7 +260,7 @@ def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> Killed:
     """
     result = Killed()
     waiting: dict[int, int] = {}  # pidfd -> pid
-    unwatched: list[int] = []  # no pidfd (not a thread-group leader): judged at the deadline
+    unwatched: list[int] = []  # pidfd_open failed (e.g. out of fds): no event to wait on, judged after the others
     try:
         for pid in dict.fromkeys(pids):
             try:

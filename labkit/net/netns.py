@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import glob
 import os
 import socket
 import threading
@@ -125,23 +126,27 @@ class NetNS:
             st = os.stat(self.path)
         except OSError:
             return []
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                s = os.stat(f"/proc/{entry.name}/ns/net")
-            except OSError:
-                continue
-            if (s.st_ino, s.st_dev) == (st.st_ino, st.st_dev):
-                found.append(int(entry.name))
-        return found
+        mine = (st.st_ino, st.st_dev)
+        return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and _netns_of(int(e.name)) == mine]
 
     def delete(self) -> None:
         """Unmount and remove the name; the namespace dies with its last process or socket."""
         if libc.umount2(bytes(self.path), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
             check(-1, f"umount {self.path}")
         self.path.unlink(missing_ok=True)
+
+
+def _netns_of(pid: int) -> tuple[int, int] | None:
+    """(inode, device) of the network namespace of process `pid`. A thread-group leader that has
+    exited while its other threads run (runsc's sandbox can) has no readable ns link of its own:
+    its threads' links say where the process is."""
+    for path in (f"/proc/{pid}/ns/net", *sorted(glob.glob(f"/proc/{pid}/task/*/ns/net"))):
+        try:
+            s = os.stat(path)
+        except OSError:
+            continue
+        return s.st_ino, s.st_dev
+    return None
 
 
 def list_names() -> list[str]:

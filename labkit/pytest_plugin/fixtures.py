@@ -33,7 +33,7 @@ def plan(request: pytest.FixtureRequest, lab_settings: LabSettings) -> AddressPl
 
 @pytest.fixture(scope="session")
 def testbed_pool() -> Iterator[TestbedPool]:
-    """Started testbeds of slow-to-start stacks, kept across checks of this worker (labkit.pool)."""
+    """Started testbeds of slow-to-start stacks, kept across checks of this worker (labkit.testbed.pool)."""
     pool = TestbedPool()
     try:
         yield pool

@@ -16,6 +16,7 @@ import pytest
 
 from labkit.errors import LabInputError
 from labkit.lifecycle import janitor, owner, reaper
+from labkit.manifest import stack_matches
 from labkit.pytest_plugin.matrix import MARKER, check_axes, known_axes, plan_cells
 from labkit.pytest_plugin.options import LabSettings, add_options, read_settings
 from labkit.stacks import StackSpec, known_drivers
@@ -79,11 +80,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     specs = list(metafunc.config.stash[SETTINGS].specs)
     marker = metafunc.definition.get_closest_marker("stacks")
     if marker is not None:
-        from fnmatch import fnmatchcase
-
-        specs = [s for s in specs if any(fnmatchcase(s.id, p) for p in marker.args)]
+        specs = [s for s in specs if any(stack_matches(s.id, p) for p in marker.args)]
     # Session scope makes pytest run a stack's checks one after another, so a started sandbox
-    # serves them all (see labkit.pool).
+    # serves them all (see labkit.testbed.pool).
     metafunc.parametrize("stack_spec", specs, ids=[s.id for s in specs], scope="session")
 
 
@@ -107,31 +106,52 @@ def check_id(item: pytest.Item) -> str:
     return f"{base}[{rest}]" if rest else base
 
 
+@pytest.hookimpl(trylast=True)  # after -k, -m, --deselect and --lf chose the checks: then group what is left
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    manifest = config.stash[SETTINGS].manifest
+    settings = config.stash[SETTINGS]
     for item in items:
         spec = _spec(item)
-        item.user_properties.append(("check", check_id(item)))  # for the report (reports/results.py)
+        item.user_properties.append(("check", check_id(item)))  # for the report (labkit/pytest_plugin/results.py)
         if spec is None:
             continue
         item.user_properties.append(("stack", spec.id))
-        deviation = manifest.lookup(spec.id, check_id(item))
+        deviation = settings.manifest.lookup(spec.id, check_id(item))
         if deviation is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {deviation.reason}", strict=deviation.strict))
             item.user_properties.append(("deviation", deviation.reason))
-    if not config.stash[SETTINGS].full_matrix:
-        _measure_one_variant_per_group(config, items)
+    runs = _runs_by_check(items)
+    try:
+        axes = {check: _axes(group[0]) for check, group in runs.items()}  # a typo stops the run, --full-matrix or not
+    except LabInputError as exc:
+        pytest.exit(f"labkit: {exc}", returncode=exc.exit_code)
+    if not settings.full_matrix:
+        _measure_one_variant_per_group(config, items, runs, axes)
 
 
-def _measure_one_variant_per_group(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the runs whose verdict another variant's run carries over (see `matrix`); the
-    run that stands for them lists them (`stands_for`), so the report fills in their cells."""
-    settings = config.stash[SETTINGS]
-    allowed = known_axes(known_drivers().values())
+def _runs_by_check(items: list[pytest.Item]) -> dict[tuple[str, str], list[pytest.Item]]:
+    """The runs of each check on a stack, one per selected variant."""
     runs: dict[tuple[str, str], list[pytest.Item]] = defaultdict(list)
     for item in items:
         if _spec(item) is not None:
             runs[(str(item.path), check_id(item))].append(item)
+    return runs
+
+
+def _axes(item: pytest.Item) -> tuple[str, ...] | None:
+    marker = item.get_closest_marker(MARKER)
+    return None if marker is None else check_axes(marker.args, known_axes(known_drivers().values()), item.nodeid)
+
+
+def _measure_one_variant_per_group(
+    config: pytest.Config,
+    items: list[pytest.Item],
+    runs: dict[tuple[str, str], list[pytest.Item]],
+    axes: dict[tuple[str, str], tuple[str, ...] | None],
+) -> None:
+    """Deselect the runs whose verdict another variant's run carries over (see `matrix`); the
+    run that stands for them lists them (`stands_for`: their node ids and stacks), so the
+    report fills in their cells."""
+    settings = config.stash[SETTINGS]
 
     def verdict_inputs(item: pytest.Item) -> tuple[object, ...]:
         spec = _spec_of(item)
@@ -139,15 +159,10 @@ def _measure_one_variant_per_group(config: pytest.Config, items: list[pytest.Ite
         return spec.capabilities, spec.driver.plan_for(spec.variant, settings.plan), deviation
 
     carried: set[pytest.Item] = set()
-    for group in runs.values():
-        marker = group[0].get_closest_marker(MARKER)
-        try:
-            axes = None if marker is None else check_axes(marker.args, allowed, group[0].nodeid)
-        except LabInputError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        for cell in plan_cells(group, _spec_of, axes, verdict_inputs):
+    for check, group in runs.items():
+        for cell in plan_cells(group, _spec_of, axes[check], verdict_inputs):
             if cell.carried:
-                cell.measured.user_properties.append(("stands_for", [_spec_of(c).id for c in cell.carried]))
+                cell.measured.user_properties.append(("stands_for", [[c.nodeid, _spec_of(c).id] for c in cell.carried]))
                 carried.update(cell.carried)
     if carried:
         config.hook.pytest_deselected(items=[i for i in items if i in carried])
@@ -188,9 +203,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_line(f"labkit: check time by suite (all workers): {shares}")
 
 
-def stands_for(report: pytest.TestReport) -> list[str]:
-    """The variants whose cells this run fills (see labkit.pytest_plugin.matrix)."""
-    return list(dict(report.user_properties).get("stands_for", []))  # type: ignore[call-overload]
+def stands_for(report: pytest.TestReport) -> list[tuple[str, str]]:
+    """(node id, stack) of the cells this run fills (see labkit.pytest_plugin.matrix)."""
+    return [(str(nodeid), str(stack)) for nodeid, stack in dict(report.user_properties).get("stands_for", [])]  # type: ignore[attr-defined]
 
 
 def suite_of(nodeid: str) -> str:

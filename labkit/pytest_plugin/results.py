@@ -45,7 +45,7 @@ class ResultsCollector:
     def __init__(self, out_dir: Path, previous: Path | None = None) -> None:
         self.out_dir, self.previous = out_dir, previous
         self.records: dict[str, CheckResult] = {}
-        self.stands_for: dict[str, list[str]] = {}  # nodeid -> the variants whose cell it fills
+        self.stands_for: dict[str, list[tuple[str, str]]] = {}  # nodeid -> (node id, stack) of the cells it fills
         self.collection_errors: list[str] = []
 
     def _record(self, report: pytest.TestReport) -> CheckResult:
@@ -57,7 +57,8 @@ class ResultsCollector:
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
-            self.collection_errors.append(f"{report.nodeid}: {(report.longreprtext or '').strip().splitlines()[-1:]}")
+            last = (report.longreprtext or "").strip().splitlines()[-1:]
+            self.collection_errors.append(f"{report.nodeid}: {last[0] if last else 'collection failed'}")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         rec = self._record(report)
@@ -109,15 +110,21 @@ class ResultsCollector:
 
     def carried(self) -> list[CheckResult]:
         """The cells of variants that did not run a check because another stood for them: the
-        measured cell's verdict, marked as carried over from it (see labkit.pytest_plugin.matrix)."""
+        measured cell's verdict, marked as carried over from it (see labkit.pytest_plugin.matrix).
+        A failure or error is not carried: it may be the measured variant's own trouble (a
+        sandbox that would not start), so those cells say they were not measured."""
         out = []
-        for nodeid, stacks in self.stands_for.items():
+        for nodeid, cells in self.stands_for.items():
             rec = self.records[nodeid]
-            base, _, params = rec.nodeid.partition("[")
-            for stack in stacks:
-                cell = params.replace(rec.stack, stack, 1) if params else ""
+            for cell_nodeid, stack in cells:
+                if rec.status in ("failed", "not run"):
+                    status, reason = "not run", f"not measured: {rec.stack}, which stands for it, {rec.status}; --full-matrix runs it"
+                else:
+                    status, reason = rec.status, rec.reason
                 out.append(
-                    replace(rec, nodeid=f"{base}[{cell}" if cell else base, stack=stack, duration=0.0, evidence=[], carried_from=rec.stack)
+                    replace(
+                        rec, nodeid=cell_nodeid, stack=stack, status=status, reason=reason, duration=0.0, evidence=[], carried_from=rec.stack
+                    )
                 )
         return out
 

@@ -87,11 +87,11 @@ def ask(stack: Any, lookups: list[str]) -> dict[str, dict[str, Any]]:
     """Run the clients inside `stack` (through its `run`)."""
     done = stack.run([sys.executable, "-m", "labkit.rtnetlink.clients", *lookups], timeout=60)
     if done.returncode != 0:
-        raise LabError(f"nlclients in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        raise LabError(f"labkit.rtnetlink.clients in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     try:
         return json.loads(done.stdout)
     except ValueError as exc:
-        raise LabError(f"nlclients in {stack.id} printed no JSON ({exc}): {done.stdout[:300]!r}") from exc
+        raise LabError(f"labkit.rtnetlink.clients in {stack.id} printed no JSON ({exc}): {done.stdout[:300]!r}") from exc
 
 
 if __name__ == "__main__":

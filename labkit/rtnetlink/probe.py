@@ -320,11 +320,11 @@ def ask(stack: Any, requests: dict[str, dict[str, Any]], *, unprivileged: bool =
     argv = [sys.executable, "-m", "labkit.rtnetlink.probe", spec]
     done = stack.run(argv, timeout=30 + len(requests) * 4)
     if done.returncode != 0:
-        raise LabError(f"nlprobe in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        raise LabError(f"labkit.rtnetlink.probe in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
     try:
         return {a.request: a for a in answers_from_json(done.stdout)}
     except (ValueError, TypeError, KeyError) as exc:
-        raise LabError(f"nlprobe in {stack.id} printed no answers ({exc}): {done.stdout[:300]!r}") from exc
+        raise LabError(f"labkit.rtnetlink.probe in {stack.id} printed no answers ({exc}): {done.stdout[:300]!r}") from exc
 
 
 def answers_from_json(text: str) -> list[Answer]:

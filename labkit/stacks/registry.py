@@ -8,12 +8,12 @@ group or from `module.path:ClassName`. A name selects a driver and a variant:
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from labkit.errors import LabInputError
+from labkit.manifest import stack_matches
 from labkit.stacks.base import Availability, Stack
 from labkit.stacks.gvisor import GVisorStack
 from labkit.stacks.linux import LinuxStack
@@ -84,7 +84,7 @@ def resolve(names: str | list[str]) -> list[StackSpec]:
         elif item == "all":
             found = list(all_ids.values())
         elif any(ch in item for ch in "*?["):
-            found = [s for i, s in all_ids.items() if fnmatch.fnmatchcase(i, item)]
+            found = [s for i, s in all_ids.items() if stack_matches(i, item)]
         else:
             found = [all_ids[item]] if item in all_ids else _combined(item, drivers)
         if not found:

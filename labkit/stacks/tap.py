@@ -40,7 +40,7 @@ class TapStack(base.Stack):
     @property
     def tap(self) -> TapEnd:
         if not isinstance(self.link, TapEnd):
-            raise LabError(f"{self.id} runs on a tap layout (labkit.layouts.tap), not on {self.link!r}")
+            raise LabError(f"{self.id} runs on a tap layout (labkit.net.layouts.tap), not on {self.link!r}")
         return self.link
 
     @property

@@ -30,7 +30,8 @@ def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     return topo, stack_end, peer_end
 
 
-# Every check of the suite: the stack's own NETLINK_ROUTE, on this topology. The emulation does
-# not depend on how a stack reads its link (channels, offloads, qdisc), so each driver runs a
-# check on one variant and the others carry the verdict (labkit.pytest_plugin.matrix).
+# Every check of the suite: the stack's own NETLINK_ROUTE, on this topology. The answers to a
+# request do not depend on how a stack reads its link (channels, offloads, qdisc), so each driver
+# runs a check on one variant and the others carry the verdict (labkit.pytest_plugin.matrix).
+# Checks that also judge frames on the link (after a change, after malformed input) add channels.
 SUITE = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout), pytest.mark.varies_with()]

@@ -21,7 +21,8 @@ from labkit.rtnetlink.probe import NLM_F, raw_message
 
 from .conftest import SUITE
 
-pytestmark = [*SUITE, pytest.mark.fresh]
+# Besides the requests, these checks judge echo replies on the link (the first varies_with wins).
+pytestmark = [pytest.mark.varies_with("channels"), *SUITE, pytest.mark.fresh]
 
 IFINFO = struct.pack("=BxHiII", 0, 0, 0, 0, 0)  # ifinfomsg: family, type, index, flags, change
 REQ, DUMP = NLM_F["REQUEST"], NLM_F["REQUEST"] | NLM_F["DUMP"]

@@ -32,10 +32,18 @@ def seq_add(seq: int, n: int) -> int:
     return (seq + n) % MOD
 
 
+def seq_after(a: int, b: int) -> bool:
+    """`a` comes after `b` in sequence space (RFC 1982 arithmetic: the numbers wrap at 2**32)."""
+    return 0 < (a - b) % MOD < MOD // 2
+
+
 def payload_length(pkt: Packet) -> int:
-    """The TCP payload's length from the IP header (Ethernet padding is not payload)."""
+    """The TCP payload's length from the IP header (Ethernet padding is not payload); for a
+    segment the lab built and has not turned into bytes yet, its payload as it is."""
     tcp = pkt[TCP]
     ip = tcp.underlayer
+    if getattr(ip, "len" if isinstance(ip, IP) else "plen", None) is None or tcp.dataofs is None:
+        return len(bytes(tcp.payload))
     if isinstance(ip, IP):
         return int(ip.len) - int(ip.ihl) * 4 - int(tcp.dataofs) * 4
     return int(ip.plen) - int(tcp.dataofs) * 4  # the lab sends and expects no extension headers
@@ -153,7 +161,15 @@ class TcpConnection:
         """Count `seg` as sent, if it is the next one (what `send` does after sending)."""
         tcp = seg[TCP]
         if int(tcp.seq) == self.snd_nxt:
-            self.snd_nxt = seq_add(self.snd_nxt, len(bytes(tcp.payload)) + _syn_fin(tcp))
+            self.snd_nxt = seq_add(self.snd_nxt, payload_length(seg) + _syn_fin(tcp))
+
+    def _may_offer(self, option: str) -> bool:
+        """In a SYN anything the connection offers; in a SYN-ACK (passive open) window scale,
+        SACK-permitted and timestamps only if the stack's SYN offered them (RFC 7323, RFC 2018)."""
+        if self.rcv_nxt is None or option == "MSS":
+            return True
+        n = self.negotiated
+        return {"WScale": n.window_scaling, "SAckOK": n.sack_permitted, "Timestamp": n.timestamps}[option]
 
     def _window_field(self, syn: bool) -> int:
         if syn or not self.negotiated.window_scaling:
@@ -164,7 +180,7 @@ class TcpConnection:
         self._clock += 1
         if syn:
             values = {"MSS": self.mss, "SAckOK": b"", "Timestamp": (self._clock, self.ts_recent), "WScale": self.wscale}
-            return [(name, values[name]) for name in self.syn_options]
+            return [(name, values[name]) for name in self.syn_options if self._may_offer(name)]
         if self.negotiated.timestamps:
             return [("NOP", None), ("NOP", None), ("Timestamp", (self._clock, self.ts_recent))]
         return []
@@ -212,19 +228,19 @@ class TcpConnection:
             self._agree(opts)
         if self.rcv_nxt is not None and int(tcp.seq) == self.rcv_nxt:
             self.rcv_nxt = seq_add(self.rcv_nxt, payload_length(pkt) + _syn_fin(tcp))
-        if flags & 0x10:
+        if flags & 0x10 and seq_after(int(tcp.ack), self.snd_una):  # an old or repeated ACK moves nothing back
             self.snd_una = int(tcp.ack)
         shift = 0 if flags & 0x02 else self.negotiated.send_shift
         self.their_window = int(tcp.window) << shift
-        if "Timestamp" in opts:
-            self.ts_recent = int(opts["Timestamp"][0])
+        if "Timestamp" in opts and (flags & 0x02 or seq_after(int(opts["Timestamp"][0]) + 1, self.ts_recent)):
+            self.ts_recent = int(opts["Timestamp"][0])  # RFC 7323: only a newer (or equal) TSval is echoed
 
     def _agree(self, theirs: dict[str, Any]) -> None:
         ours = set(self.syn_options)
         n = self.negotiated
         n.mss = theirs.get("MSS")
         n.window_scaling = "WScale" in theirs and "WScale" in ours
-        n.send_shift = int(theirs["WScale"]) if n.window_scaling else 0
+        n.send_shift = min(int(theirs["WScale"]), 14) if n.window_scaling else 0  # RFC 7323: 14 at most
         n.recv_shift = self.wscale if n.window_scaling else 0
         n.sack_permitted = "SAckOK" in theirs and "SAckOK" in ours
         n.timestamps = "Timestamp" in theirs and "Timestamp" in ours
@@ -247,9 +263,20 @@ class TcpConnection:
     # -- closing ---------------------------------------------------------------------------------
 
     def close(self, timeout: float = 3.0) -> Packet:
-        """Send FIN and expect the stack to acknowledge it; returns that acknowledgement."""
+        """Send FIN and expect the stack to acknowledge it; returns that acknowledgement. If the
+        stack closes its side too (within `timeout`), its FIN is acknowledged, so nothing it
+        retransmits reaches a later check's capture."""
         self.send(flags="FA")
-        return self.expect(ack=self.snd_nxt, timeout=timeout)
+        acked = self.expect(ack=self.snd_nxt, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        last = acked
+        while not int(last[TCP].flags) & 0x01 and (left := deadline - time.monotonic()) > 0:
+            try:
+                last = self.expect(timeout=left)  # the stack's next segment: data still on its way, or its FIN
+            except ExpectTimeout:
+                return acked  # the stack keeps its side open: that is its right
+        self.send(flags="A")
+        return acked
 
     def reset(self) -> Packet:
         """Abort: a RST at the next sequence number (nothing is expected back)."""

@@ -15,6 +15,7 @@ import json
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from labkit.errors import LabError
 from labkit.lifecycle import process
@@ -82,8 +83,11 @@ class Runsc:
         shell = [process.tool("sh"), "-c", START_SCRIPT, "labkit-runsc-start", str(netns.path), *self.argv("start", cid)]
         self._run_to_file(["start", cid], log, timeout, process.exec_argv(shell, private_mounts=True))
 
-    def state(self, cid: str, timeout: float = 10.0) -> dict:
-        done = subprocess.run(self.argv("state", cid), capture_output=True, text=True, timeout=timeout, env=lab_env())
+    def state(self, cid: str, timeout: float = 10.0) -> dict[str, Any]:
+        try:
+            done = subprocess.run(self.argv("state", cid), capture_output=True, text=True, timeout=timeout, env=lab_env())
+        except subprocess.TimeoutExpired:
+            raise LabError(f"runsc state {cid} did not answer within {timeout:g}s") from None
         if done.returncode != 0:
             raise LabError(f"runsc state {cid} failed: {done.stderr.strip()[-300:]}")
         return json.loads(done.stdout)
