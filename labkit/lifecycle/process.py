@@ -8,7 +8,7 @@ testbeds down while checks start processes, and a child forked from a threaded p
 deadlock on a lock that another thread held at the fork. So:
 - the network namespace is the calling thread's own for the moment of the fork (a network
   namespace belongs to a thread, which is how NetNS.entered works): the child is born in it, so
-  it is there when LabProcess returns, and a failed setns raises here, naming the step;
+  it is there when LabProcess returns, and a failed setns is a LabError naming the namespace;
 - the rest is done by util-linux's small tools, each of which sets one thing and execs the next,
   so the pid stays the program's: `setpriv --pdeathsig KILL`, then, for a mount namespace of its
   own, `unshare --mount --propagation private` (a threaded process may not change its mount
@@ -25,8 +25,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,8 @@ from typing import Any
 from labkit.errors import ExpectTimeout, LabError, LabInputError
 from labkit.lifecycle import janitor, owner
 from labkit.lifecycle.pids import alive
-from labkit.net.netns import NetNS, setns
+from labkit.net.netns import NetNS
 
-SETNS_STEP = "setns(lab netns)"
 # What each tool of the exec chain sets up, to name the step when it fails.
 SETUP_STEPS = {
     "setpriv": "PR_SET_PDEATHSIG=SIGKILL (setpriv --pdeathsig KILL)",
@@ -71,29 +70,10 @@ def exec_argv(argv: Sequence[str], private_mounts: bool = False) -> list[str]:
     return chain + list(argv)
 
 
-@contextmanager
-def born_in(netns: NetNS | None, program: str) -> Iterator[None]:
-    """The calling thread inside `netns` for the body (a fork there gives a child born in it),
-    then back; failing to get in raises LabError naming the step, the body's errors pass."""
-    if netns is None:
-        yield
-        return
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            fd = netns.open()
-            try:
-                setns(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise LabError(f"cannot run {program!r} in netns {netns.name}: setup step {SETNS_STEP} failed: {exc}") from None
-        try:
-            yield
-        finally:
-            setns(home)
-    finally:
-        os.close(home)
+def born_in(netns: NetNS | None) -> AbstractContextManager[None]:
+    """The calling thread inside `netns` for the body, so a fork there gives a child born in it
+    (a network namespace belongs to a thread); no namespace: the thread's own."""
+    return netns.entered() if netns is not None else nullcontext()
 
 
 def check_startable(argv: Sequence[str], netns: NetNS | None, env: Mapping[str, str] | None, cwd: Any = None) -> None:
@@ -135,7 +115,7 @@ class LabProcess:
         popen.setdefault("stdin", subprocess.DEVNULL)
         check_startable(argv, netns, popen["env"], popen.get("cwd"))
         try:
-            with born_in(netns, argv[0]):
+            with born_in(netns):
                 self.popen = subprocess.Popen(exec_argv(argv, private_mounts), **popen)
         except FileNotFoundError as exc:
             raise LabError(f"cannot run {argv[0]!r}: {exc}") from None
@@ -213,7 +193,7 @@ def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw
     env = kw.pop("env", None) or lab_env()
     check_startable(argv, netns, env, kw.get("cwd"))
     popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    with born_in(netns, argv[0]):
+    with born_in(netns):
         child = subprocess.Popen(exec_argv(argv), **{**popen, **kw})
     try:
         out, err = child.communicate(timeout=timeout)

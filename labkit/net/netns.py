@@ -97,11 +97,19 @@ class NetNS:
 
     @contextmanager
     def entered(self) -> Iterator[None]:
-        """Run the body with the calling thread inside this namespace, then go back."""
+        """Run the body with the calling thread inside this namespace, then go back. Failing to
+        get in is a LabError naming the namespace; the body's own errors pass as they are."""
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        target = self.open()
         try:
-            setns(target)
+            target = self.open()
+        except OSError as exc:
+            os.close(home)
+            raise LabError(f"cannot enter netns {self.name}: {exc}") from None
+        try:
+            try:
+                setns(target)
+            except OSError as exc:
+                raise LabError(f"cannot enter netns {self.name}: setns failed: {exc}") from None
             try:
                 yield
             finally:
