@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import labkit.testbed.pool
-from labkit.errors import LabError
+from labkit.errors import LabError, LabInputError
 from labkit.testbed.pool import TestbedPool
 
 
@@ -24,6 +24,7 @@ class FakeTestbed:
         self.down_delay = 0.0
         self.down_gate: threading.Event | None = None
         self.down_thread: str | None = None
+        self.changed: dict[str, str] = {}
         FakeTestbed.built.append(self)
 
     def up(self):
@@ -33,6 +34,13 @@ class FakeTestbed:
     def reset(self):
         self.calls.append("reset")
         return self
+
+    def remember_inside(self):
+        self.calls.append("remember")
+
+    def changes(self, full):
+        self.calls.append("look full" if full else "look")
+        return dict(self.changed)
 
     def healthy(self):
         return self.is_healthy
@@ -74,7 +82,7 @@ def test_reusable_bed_is_reset_and_handed_out_again(pool):
     pool.release(first, reusable=True)
     again = pool.acquire(s, PLAN)
     assert again is first
-    assert first.calls == ["up", "reset"]
+    assert first.calls == ["up", "reset", "look", "reset"]  # reset and looked at when given back, reset when handed out
     assert (pool.started, pool.reused) == (1, 1)
 
 
@@ -87,7 +95,7 @@ def test_fresh_request_builds_a_new_bed_and_ends_the_old(pool):
     assert new.calls == ["up"]
     assert (pool.started, pool.reused) == (2, 0)
     pool.close(timeout=10)
-    assert old.calls == ["up", "down"]
+    assert old.calls == ["up", "reset", "look", "down"]
     assert old.down_thread.startswith("labkit-teardown")
 
 
@@ -100,8 +108,7 @@ def test_unhealthy_bed_is_replaced_and_ended(pool):
     assert new is not old
     assert (pool.started, pool.reused) == (2, 0)
     pool.close(timeout=10)
-    assert old.calls == ["up", "down"]
-    assert "reset" not in old.calls
+    assert old.calls == ["up", "reset", "look", "down"]  # not reset again: an unhealthy bed is not handed out
 
 
 def test_bed_released_as_not_reusable_is_ended_not_kept(pool):
@@ -152,7 +159,7 @@ def test_releasing_a_second_bed_for_the_same_key_ends_the_first(pool):
     pool.release(two, reusable=True)
     assert pool.acquire(s, PLAN) is two
     pool.close(timeout=10)
-    assert one.calls == ["up", "down"]
+    assert one.calls == ["up", "reset", "look", "down"]
 
 
 def test_keep_zero_keeps_nothing():
@@ -171,9 +178,9 @@ def test_close_ends_idle_beds_and_waits_for_slow_teardowns():
     for bed in beds:
         bed.down_delay = 0.2
         p.release(bed, reusable=True)
-    assert [b.calls for b in beds] == [["up"], ["up"]]
+    assert [b.calls for b in beds] == [["up", "reset", "look"]] * 2
     p.close(timeout=10)
-    assert [b.calls for b in beds] == [["up", "down"], ["up", "down"]]
+    assert [b.calls for b in beds] == [["up", "reset", "look", "down"]] * 2
     assert p.errors == []
 
 
@@ -203,3 +210,51 @@ def test_close_gives_up_after_timeout_and_says_so():
         assert "1 testbed teardown(s) still running after 0.2s" in str(p.errors[0])
     finally:
         gate.set()
+
+
+# -- isolation: what a check changed never reaches the next one -------------------------------
+
+
+def test_a_declared_change_ends_the_bed_without_looking(pool):
+    s = spec()
+    bed = pool.acquire(s, PLAN)
+    assert pool.release(bed, reusable=True, changes=frozenset({"neighbours"})) == {}
+    assert pool.acquire(s, PLAN) is not bed
+    pool.close(timeout=10)
+    assert bed.calls == ["up", "down"]
+
+
+def test_an_undeclared_change_ends_the_bed_and_is_returned(pool):
+    s = spec()
+    bed = pool.acquire(s, PLAN)
+    bed.changed = {"neighbours": "the stack now sends to 2001:db8::1: 02:00:00:00:00:01 -> 02:00:00:00:00:55"}
+    assert pool.release(bed, reusable=True) == bed.changed
+    assert pool.acquire(s, PLAN) is not bed
+    pool.close(timeout=10)
+    assert bed.calls == ["up", "reset", "look", "down"]
+
+
+def test_canary_reads_the_inside_once_and_looks_fully():
+    p = TestbedPool(isolation="canary")
+    s = spec()
+    bed = p.acquire(s, PLAN)
+    p.release(bed, reusable=True)
+    assert p.acquire(s, PLAN) is bed
+    p.close(timeout=10)
+    assert bed.calls == ["up", "remember", "reset", "look full", "reset"]
+
+
+def test_isolation_off_hands_on_what_a_check_changed():
+    p = TestbedPool(isolation="off")
+    s = spec()
+    bed = p.acquire(s, PLAN)
+    bed.changed = {"addresses": "+eth0 198.18.0.9/24"}
+    assert p.release(bed, reusable=True, changes=frozenset({"addresses"})) == {}
+    assert p.acquire(s, PLAN) is bed
+    p.close(timeout=10)
+    assert "look" not in bed.calls
+
+
+def test_unknown_isolation_mode_is_refused():
+    with pytest.raises(LabInputError, match="unknown isolation mode 'strict'; allowed: cheap, canary, off"):
+        TestbedPool(isolation="strict")

@@ -139,6 +139,10 @@ class Wire:
     def disown_all(self) -> None:
         self._neighbours.clear()
 
+    def owned(self) -> dict[str, str]:
+        """The addresses the Wire answers for, each with the MAC it answers with."""
+        return dict(self._neighbours)
+
     def _answer_neighbours(self, frame: Frame) -> None:
         if not self._neighbours or frame.outgoing or len(frame.data) < 14:
             return

@@ -9,10 +9,11 @@ import pytest
 
 from labkit.net.plan import AddressPlan, Endpoints
 from labkit.packet.wire import Wire
-from labkit.pytest_plugin.hooks import CALL_REPORT, SETTINGS, TESTBED, layout_of
+from labkit.pytest_plugin.hooks import CALL_REPORT, SETTINGS, TESTBED, changes_of, layout_of
 from labkit.pytest_plugin.options import LabSettings
+from labkit.pytest_plugin.order import SEQUENCE_START
 from labkit.stacks import Stack, StackSpec
-from labkit.testbed import Layout, Testbed, standard_layout
+from labkit.testbed import Layout, Testbed, isolation, standard_layout
 from labkit.testbed.pool import TestbedPool
 
 
@@ -32,9 +33,9 @@ def plan(request: pytest.FixtureRequest, lab_settings: LabSettings) -> AddressPl
 
 
 @pytest.fixture(scope="session")
-def testbed_pool() -> Iterator[TestbedPool]:
+def testbed_pool(lab_settings: LabSettings) -> Iterator[TestbedPool]:
     """Started testbeds of slow-to-start stacks, kept across checks of this worker (labkit.testbed.pool)."""
-    pool = TestbedPool()
+    pool = TestbedPool(isolation=lab_settings.isolation)
     try:
         yield pool
     finally:
@@ -65,10 +66,13 @@ def testbed(
 ) -> Iterator[Testbed]:
     """The standard topology with `stack_spec` started behind it and a Wire in front.
 
-    A stack whose driver allows it is reused from an earlier check (reset in between) unless the
-    check is marked `fresh`; after a failing or `fresh` check the testbed is discarded.
+    A stack whose driver allows it is reused from an earlier check unless the check is marked
+    `fresh`. The testbed goes on to the next check only if this one passed, declares no
+    `changes` and, looked at, left it as it got it; a change it does not declare fails it.
     """
     require(request, stack_spec)
+    if SEQUENCE_START in request.node.stash:  # --lab-replay: each recorded worker began with no testbed
+        testbed_pool.clear()
     fresh = request.node.get_closest_marker("fresh") is not None
     bed = testbed_pool.acquire(stack_spec, plan, fresh=fresh, layout=layout_of(request.node))
     request.node.stash[TESTBED] = bed
@@ -78,7 +82,9 @@ def testbed(
         if request.node.stash.get(TESTBED, None) is bed:
             del request.node.stash[TESTBED]
         outcome = request.node.stash.get(CALL_REPORT, None)
-        testbed_pool.release(bed, reusable=not fresh and outcome is not None and outcome.passed)
+        changed = testbed_pool.release(bed, reusable=outcome is not None and outcome.passed, changes=changes_of(request.node))
+    if changed:
+        pytest.fail(isolation.verdict(changed), pytrace=False)
 
 
 @pytest.fixture

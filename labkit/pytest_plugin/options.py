@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +10,9 @@ import pytest
 
 from labkit.manifest import Manifest
 from labkit.net.plan import AddressPlan
+from labkit.pytest_plugin import order
 from labkit.stacks import StackSpec, default_specs, resolve
+from labkit.testbed.isolation import MODES, Mode
 
 MANIFEST_NAME = "suites/deviations.toml"  # under the rootdir: the checkout's, or your own project's
 
@@ -48,6 +51,16 @@ def add_options(parser: pytest.Parser) -> None:
         help="run every check on every variant; by default a check runs on one variant per distinct value "
         "of the options it declares it varies with, and the others carry its verdict over",
     )
+    order.add_options(group)
+    group.addoption(
+        "--lab-isolation",
+        choices=MODES,
+        default=None,
+        help="how hard the testbed pool looks for what a check left on a reused stack: cheap (the MAC the "
+        "stack sends to each lab peer), canary (also addresses, routes, sockets and processes inside: "
+        "~130 ms per check on gvisor), off (only to show what the looking prevents); default: canary "
+        "when CI is set, else cheap",
+    )
     group.addoption(
         "--lab-evidence",
         metavar="DIR",
@@ -63,6 +76,7 @@ class LabSettings:
     plan: AddressPlan
     evidence: Path | None
     full_matrix: bool = False
+    isolation: Mode = "cheap"
 
 
 def read_settings(config: pytest.Config) -> LabSettings:
@@ -74,6 +88,12 @@ def read_settings(config: pytest.Config) -> LabSettings:
     manifest = Manifest.load(path) if path else (Manifest.load(default) if default.exists() else Manifest.empty())
     plan = AddressPlan.parse(config.getoption("lab_net4"), config.getoption("lab_net6"))
     evidence = config.getoption("lab_evidence")
+    isolation: Mode = config.getoption("lab_isolation") or ("canary" if os.environ.get("CI", "").lower() in ("1", "true") else "cheap")
     return LabSettings(
-        tuple(specs), manifest, plan, Path(evidence).resolve() if evidence else None, bool(config.getoption("full_matrix"))
+        tuple(specs),
+        manifest,
+        plan,
+        Path(evidence).resolve() if evidence else None,
+        bool(config.getoption("full_matrix")),
+        isolation,
     )

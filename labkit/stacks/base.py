@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from labkit.errors import LabInputError
+from labkit.errors import LabError, LabInputError
 from labkit.lifecycle import janitor, owner
 from labkit.lifecycle.process import LabProcess
 from labkit.net.layouts import End
@@ -26,6 +26,7 @@ from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
 from labkit.packet.sockets import PacketSocket
 from labkit.services import KINDS as SERVICE_KINDS
+from labkit.stacks import state as stack_state
 from labkit.stacks.service import Service
 
 # Capability flags: what checks a driver can take part in.
@@ -255,6 +256,24 @@ class Stack(abc.ABC):
 
     def log_offset(self, path: Path) -> int:
         return self._log_marks.get(path, 0)
+
+    # -- state a later check could notice (labkit.testbed.isolation) ---------------------------
+
+    def state(self) -> dict[str, frozenset[str]]:
+        """Addresses, routes, bound sockets and processes inside, as `labkit.stacks.state` reads
+        them; empty kinds where the stack cannot exec. Costs an exec or two: the pool's full look."""
+        found: dict[str, frozenset[str]] = {}
+        if self.can(EXEC):
+            done = self.run(stack_state.ARGV, timeout=10.0)
+            if done.returncode != 0 and "@@" not in done.stdout:
+                raise LabError(f"{self.id}: reading its state inside failed ({done.returncode}): {done.stderr.strip()[-200:]}")
+            found.update(stack_state.parse(done.stdout))
+        found["processes"] = self.processes()
+        return found
+
+    def processes(self) -> frozenset[str]:
+        """Commands running inside the stack other than its own (none for a driver that cannot tell)."""
+        return frozenset()
 
     def link_sockets(self) -> list[PacketSocket]:
         """The AF_PACKET sockets through which the stack reaches its link (none for a kernel stack)."""

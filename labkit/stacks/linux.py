@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from labkit.lifecycle.process import LabProcess, run_in
@@ -48,6 +49,17 @@ class LinuxStack(base.Stack):
 
     def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
         return run_in(self._ns.netns, argv, timeout=timeout, env=self.child_env())
+
+    def processes(self) -> frozenset[str]:
+        """Every process in the sandbox namespace: the lab's services, or what a check left."""
+        assert self._ns.netns is not None
+        found = set()
+        for pid in self._ns.netns.pids():
+            try:
+                found.add(f"{Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid})")
+            except OSError:  # ended meanwhile
+                continue
+        return frozenset(found)
 
     def spawn(self, argv: Sequence[str]) -> LabProcess:
         assert self.workdir is not None

@@ -19,6 +19,7 @@ from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
 from labkit.packet.wire import Wire
 from labkit.stacks import Stack, StackSpec
+from labkit.testbed import isolation
 
 # A layout declares a topology from an address plan: (topology, the stack's end, the Wire's end).
 Layout = Callable[[AddressPlan], tuple[Topology, Link, Link]]
@@ -43,6 +44,8 @@ class Testbed:
         self.wire: Wire | None = None
         self.stack_end: End | None = None  # a Link, or a TapEnd for a stack that makes its own link
         self.peer_end: End | None = None
+        # What the driver read inside when the pool first handed the testbed out (the full look).
+        self.inside_at_handout: dict[str, frozenset[str]] = {}
 
     def up(self) -> Testbed:
         if self.topology is not None:
@@ -105,6 +108,17 @@ class Testbed:
         self.wire.forget()
         self._own_peer_addresses()
         return self
+
+    def remember_inside(self) -> None:
+        """Read the stack's inside (addresses, routes, sockets, processes) as later looks compare it."""
+        assert self.stack is not None
+        self.inside_at_handout = self.stack.state()
+
+    def changes(self, full: bool) -> dict[str, str]:
+        """What differs from when the testbed was handed out, kind -> how (labkit.testbed.isolation);
+        `full` also compares the inside read by `remember_inside`."""
+        before = isolation.handed_out(self, self.inside_at_handout if full else {})
+        return isolation.differences(before, isolation.look(self, full))
 
     def healthy(self) -> bool:
         return self.stack is not None and self.wire is not None and self.stack.healthy()

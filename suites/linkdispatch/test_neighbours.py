@@ -45,6 +45,7 @@ def test_answers_neighbour_solicitation_for_own_address_only(stack, wire, plan):
 
 
 @pytest.mark.fresh  # the destination must not be resolved yet
+@pytest.mark.changes("neighbours")  # the neighbour is left at OTHER_MAC
 @pytest.mark.needs("udp", "services")
 @pytest.mark.parametrize("where", ["on-link", "gateway"])
 @pytest.mark.parametrize("family", FAMILIES)
@@ -100,7 +101,7 @@ def _announcement_moves_the_neighbour(stack, wire, ends, announcement, what: str
     assert second[Ether].dst == OTHER_MAC, f"after {what} for {ends.peer} at {OTHER_MAC}, the reply went to {second[Ether].dst}"
 
 
-@pytest.mark.fresh  # the check moves the peer's neighbour entry: no later check may inherit it
+@pytest.mark.changes("neighbours")  # the peer's entry is left at OTHER_MAC
 @pytest.mark.needs("icmp", "ipv4", "arp")
 @pytest.mark.parametrize("form", ["request", "reply"])  # RFC 5227 announces with requests; both are seen
 def test_gratuitous_arp_updates_the_neighbour(stack, wire, plan, form):
@@ -108,7 +109,7 @@ def test_gratuitous_arp_updates_the_neighbour(stack, wire, plan, form):
     _announcement_moves_the_neighbour(stack, wire, ends, announce(OTHER_MAC, ends.peer, form), f"a gratuitous ARP {form}")
 
 
-@pytest.mark.fresh  # as above
+@pytest.mark.changes("neighbours")  # as above
 @pytest.mark.needs("icmp", "ipv6", "ndp")
 def test_unsolicited_advertisement_updates_the_neighbour(stack, wire, plan):
     ends = plan.endpoints("ipv6")
@@ -124,7 +125,7 @@ def _add_address_inside(stack, testbed, address: str, prefixlen: int) -> None:
     assert done.returncode == 0, f"{stack.id}: ip addr add {address}/{prefixlen} failed: {done.stderr.strip()}"
 
 
-@pytest.mark.fresh  # the check adds an address inside the stack
+@pytest.mark.changes("addresses")  # it adds one inside the stack
 @pytest.mark.needs("ndp", "ipv6", "addr-config")
 def test_a_new_ipv6_address_is_probed_before_use(testbed, stack, wire, plan):
     """RFC 4862 5.4: before an address is used, a neighbour solicitation for it from the
@@ -137,7 +138,7 @@ def test_a_new_ipv6_address_is_probed_before_use(testbed, stack, wire, plan):
         raise AssertionError(f"no duplicate address detection probe for {address} within 3 s after it was added\n{exc}") from None
 
 
-@pytest.mark.fresh
+@pytest.mark.changes("addresses", "neighbours")  # an address, and another node's MAC for it
 @pytest.mark.needs("ndp", "ipv6", "addr-config")
 def test_a_duplicate_ipv6_address_is_given_up(testbed, stack, wire, plan):
     """Another node answers the probe for the new address: the stack must not take it. An echo

@@ -25,7 +25,8 @@ def test_datagram_reaches_service_and_reply_checksum_is_valid(stack, wire, ends)
     assert bytes.fromhex(got["data"]) == PAYLOAD, f"service received {got}"
     assert got["peer"] == [ends.peer, 40007], f"service saw the datagram from {got['peer']}"
     frame = flow.expect_frame(PAYLOAD, timeout=2)
-    assert (frame.packet[Ether].src, frame.packet[Ether].dst) == (stack.mac, wire.mac), f"reply framed {frame.packet.summary()}"
+    framed = (frame.packet[Ether].src, frame.packet[Ether].dst)
+    assert framed == (stack.mac, wire.mac), f"reply framed {framed[0]} -> {framed[1]}, want {stack.mac} -> {wire.mac} (the peer's MAC)"
     # With tx offload the stack leaves the checksum to the device: judge it as the device finishes it.
     reply = finish_partial(frame.packet) if frame.checksum_partial else frame.packet
     assert reply[UDP].chksum != 0, "UDP reply carries no checksum"

@@ -1,5 +1,5 @@
 """Requests that change the stack: addresses (and what follows from them on the wire), routes,
-links and the neighbour table. Each runs on a fresh stack and a fresh kernel namespace, and
+links and the neighbour table. Each runs on a fresh stack and a fresh kernel namespace (which it leaves changed), and
 every step's outcome is compared with the kernel's; the support table records which of these
 message types each stack carries out.
 """
@@ -18,7 +18,12 @@ from labkit.rtnetlink.differential import LINKS, dump
 from .conftest import IN_SPECIFIC4, SPECIFIC4, SUITE
 
 # Besides the requests, these checks judge echo replies on the link (the first varies_with wins).
-pytestmark = [pytest.mark.varies_with("channels"), *SUITE, pytest.mark.fresh]
+pytestmark = [
+    pytest.mark.varies_with("channels"),
+    *SUITE,
+    pytest.mark.fresh,  # each starts from the addresses and routes the layout gave
+    pytest.mark.changes("addresses", "routes", "links", "neighbours"),
+]
 
 ADD = ["REQUEST", "ACK", "CREATE", "EXCL"]
 

@@ -58,6 +58,7 @@ def request(type_: str, spec: dict) -> dict:
 
 
 @pytest.mark.fresh
+@pytest.mark.changes("addresses", "routes", "links", "neighbours")  # should the stack let the request through
 @pytest.mark.parametrize("type_", list(CHANGES))
 def test_change_without_cap_net_admin_is_eperm(rtnl, type_):
     pair = rtnl.ask({type_: request(type_, CHANGES[type_])}, unprivileged=True)

@@ -155,6 +155,12 @@ class GVisorStack(base.Stack):
         with open(self.workdir / "services.log", "ab") as log:
             return LabProcess(self._exec_argv(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
 
+    def processes(self) -> frozenset[str]:
+        """`runsc ps`: every process in the sandbox but its init (pid 1, `sleep infinity`)."""
+        if self.runsc is None or self.cid is None:
+            raise LabError(f"{self.id} is not running")
+        return frozenset(f"{p.command} (pid {p.pid})" for p in self.runsc.ps(self.cid) if p.pid != 1)
+
     # -- evidence -----------------------------------------------------------------------------
 
     def logs(self) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +84,32 @@ class Runsc:
         shell = [process.tool("sh"), "-c", START_SCRIPT, "labkit-runsc-start", str(netns.path), *self.argv("start", cid)]
         self._run_to_file(["start", cid], log, timeout, process.exec_argv(shell, private_mounts=True))
 
-    def state(self, cid: str, timeout: float = 10.0) -> dict[str, Any]:
+    def _query(self, command: str, cid: str, timeout: float) -> str:
         try:
-            done = subprocess.run(self.argv("state", cid), capture_output=True, text=True, timeout=timeout, env=lab_env())
+            done = subprocess.run(self.argv(command, cid), capture_output=True, text=True, timeout=timeout, env=lab_env())
         except subprocess.TimeoutExpired:
-            raise LabError(f"runsc state {cid} did not answer within {timeout:g}s") from None
+            raise LabError(f"runsc {command} {cid} did not answer within {timeout:g}s") from None
         if done.returncode != 0:
-            raise LabError(f"runsc state {cid} failed: {done.stderr.strip()[-300:]}")
-        return json.loads(done.stdout)
+            raise LabError(f"runsc {command} {cid} failed: {done.stderr.strip()[-300:]}")
+        return done.stdout
+
+    def state(self, cid: str, timeout: float = 10.0) -> dict[str, Any]:
+        return json.loads(self._query("state", cid, timeout))
+
+    def ps(self, cid: str, timeout: float = 10.0) -> list[SandboxProcess]:
+        """The processes inside the sandbox, from its table (`UID PID PPID C TTY STIME TIME CMD`)."""
+        rows = [line.split() for line in self._query("ps", cid, timeout).splitlines()[1:]]
+        return [SandboxProcess(int(row[1]), row[-1]) for row in rows if len(row) >= 8 and row[1].isdigit()]
 
     def exec_argv(self, cid: str, argv: Sequence[str], env: Mapping[str, str] = {}) -> list[str]:
         env_flags = [x for k, v in env.items() for x in ("-env", f"{k}={v}")]
         return self.argv("exec", *env_flags, cid, *argv)
+
+
+@dataclass(frozen=True)
+class SandboxProcess:
+    pid: int
+    command: str
 
 
 def last_line(log: Path) -> str:
