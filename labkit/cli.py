@@ -1,4 +1,4 @@
-"""`labkit`: the lab's command line (doctor, clean)."""
+"""`labkit`: the lab's command line (doctor, clean, report, flake)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from labkit.errors import LabError, LabInputError
+from labkit.flake import DEFAULT_ARGS as DEFAULT_FLAKE_ARGS
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -77,6 +78,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flake(args: argparse.Namespace) -> int:
+    """Run the suites --runs times in random orders and list the checks whose outcome changed."""
+    from pathlib import Path
+
+    from labkit import flake
+
+    root = Path(__file__).resolve().parents[1]
+    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    deviations = Path(args.deviations) if args.deviations else root / "suites" / "deviations.toml"
+    return flake.main(args.runs, Path(args.out).resolve(), pytest_args, deviations, root)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit", description="packet-level conformance lab for sandboxed network stacks")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +100,16 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("clean", help="remove namespaces, processes and files left by dead lab runs")
     c.add_argument("--run", help="also remove everything of this run id, even if its owner still runs")
     c.set_defaults(func=cmd_clean)
+    f = sub.add_parser(
+        "flake", help="run the suites several times in random orders; list every check whose outcome differed"
+    )
+    f.add_argument("--runs", type=int, default=3, help="how many runs (default 3)")
+    f.add_argument("--out", default="reports/flake", help="where each run's report and flake.json go (default reports/flake)")
+    f.add_argument("--deviations", help="the manifest that says which deviations are load-dependent (default suites/deviations.toml)")
+    f.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help=f"after --: pytest arguments (default: {' '.join(DEFAULT_FLAKE_ARGS)})"
+    )
+    f.set_defaults(func=cmd_flake)
     r = sub.add_parser("report", help="rebuild the HTML report from results.json; with --previous, what changed")
     r.add_argument("results", help="results.json of a conformance run")
     r.add_argument("--previous", help="results.json of an earlier run to compare with")

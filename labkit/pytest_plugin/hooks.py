@@ -156,7 +156,8 @@ def pytest_configure_node(node: Any) -> None:
 
 
 def pytest_runtest_protocol(item: pytest.Item) -> None:
-    item.config.stash[SEQUENCES].setdefault("main", []).append(item.nodeid)
+    if _spec(item) is not None:  # the checks that share pooled testbeds: the order that matters
+        item.config.stash[SEQUENCES].setdefault("main", []).append(item.nodeid)
 
 
 @pytest.hookimpl(optionalhook=True)

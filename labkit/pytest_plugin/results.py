@@ -106,6 +106,7 @@ class ResultsCollector:
         previous = load(self.previous) if self.previous is not None else None
         support = session.config.stash.get(SUPPORT, None)  # the rtnetlink plugin's, stored before this runs
         run["full matrix"] = bool(getattr(settings, "full_matrix", False))
+        run["order seed"] = _seed(session.config)
         write_results(self.out_dir, [*self.records.values(), *self.carried()], run, previous, support=support)
 
     def carried(self) -> list[CheckResult]:
@@ -127,6 +128,13 @@ class ResultsCollector:
                     )
                 )
         return out
+
+
+def _seed(config: pytest.Config) -> int | None:
+    from labkit.pytest_plugin.hooks import SEED
+
+    random_order = config.getoption("lab_order") == "random" and not config.getoption("lab_replay")
+    return config.stash.get(SEED, None) if random_order else None
 
 
 def describe_run(settings: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import socket
-import weakref
 from dataclasses import dataclass
 
 import pytest
@@ -28,7 +27,6 @@ from labkit.packet.vnet import VnetSocket
 BYTES = 200_000
 ETH = 14
 
-# The transfer leaves the stack's TCP state alone, so one testbed serves all (reused per variant).
 pytestmark = [pytest.mark.needs("tcp", "services"), pytest.mark.layout.with_args(layouts.routed)]
 
 
@@ -67,16 +65,9 @@ class BulkWrite:
         return [p for _out, p in self.far if p.haslayer(ip) and p[ip].src == self.me and p.haslayer(TCP)]
 
 
-# One transfer per testbed and family serves the three checks below (a pooled testbed is the same
-# object across them; a failed check discards it, and the next testbed transfers anew).
-_transfers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def bulk_write(testbed, stack, ends) -> BulkWrite:
-    done = _transfers.setdefault(testbed, {})
-    if ends.family not in done:
-        done[ends.family] = _transfer(testbed, stack, ends)
-    return done[ends.family]
+    """Each check makes its own transfer: a verdict must not rest on what an earlier check did."""
+    return _transfer(testbed, stack, ends)
 
 
 def _transfer(testbed, stack, ends) -> BulkWrite:
