@@ -164,3 +164,13 @@ def test_state_keeps_what_a_check_could_trip_over_and_drops_what_ages():
 def test_state_refuses_output_it_cannot_split():
     with pytest.raises(ValueError, match="expected 3 sections"):
         stack_state.parse("no markers here")
+
+
+@needs_runsc
+def test_linkdispatch_in_a_random_order_on_pooled_sandboxes_gives_the_manifests_verdicts():
+    """CI's order-independence run: a new seed each time, the full look at every pooled testbed;
+    a failure prints the seed and where each worker's sequence is, for --lab-replay."""
+    done = run_pytest("suites/linkdispatch", "--stack", "linux,gvisor", "-n", "2", "--lab-isolation", "canary", timeout=600)
+    seed = next((line for line in done.stdout.splitlines() if "--lab-seed" in line), "no seed printed")
+    assert done.returncode == 0, f"{seed}\n{done.stdout[-4000:]}"
+    assert "order: random, --lab-seed" in seed
