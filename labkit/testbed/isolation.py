@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from labkit.errors import ExpectTimeout, LabInputError
+from labkit.packet.testbench import IcmpEcho
 
 if TYPE_CHECKING:
     from labkit.testbed.bed import Testbed
@@ -68,10 +69,9 @@ def handed_out(bed: Testbed, inside: Mapping[str, frozenset[str]]) -> Snapshot:
     return Snapshot({peer: bed.wire.owned()[peer] for peer, _ in _peers(bed)}, inside)
 
 
-def look(bed: Testbed, full: bool, timeout: float = 1.0) -> Snapshot:
-    """The testbed now: an echo from each lab peer the Wire plays, and the MAC on the reply."""
-    from labkit.packet.testbench import IcmpEcho
-
+def look(bed: Testbed, full: bool, timeout: float = 3.0) -> Snapshot:
+    """The testbed now: an echo from each lab peer the Wire plays, and the MAC on the reply (the
+    timeout is generous: a busy machine must not make a quiet stack look changed)."""
     assert bed.wire is not None and bed.stack is not None
     macs = {}
     for peer, family in _peers(bed):
