@@ -8,14 +8,14 @@ import os
 import sys
 from dataclasses import asdict
 
-from . import bench_gvisor, bench_inject, bench_topology
+from . import bench_burst, bench_gvisor, bench_inject, bench_topology
 
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="benchmarks")
     p.add_argument("--json", help="also write the figures here (the report reads them)")
     args = p.parse_args()
-    figures = bench_topology.run() + bench_inject.run() + bench_gvisor.run()
+    figures = bench_topology.run() + bench_inject.run() + bench_gvisor.run() + bench_burst.run()
     for f in figures:
         print(f.line())
     if args.json:

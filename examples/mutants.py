@@ -135,3 +135,19 @@ class ReorderingLinux(LinuxStack):
                     target=0x1,
                     action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": delay},
                 )
+
+
+class BurstDroppingLinux(LinuxStack):
+    """Takes in no more than 64 UDP datagrams at once: the rest of a burst is dropped on the way
+    in (an nftables limit at ingress, refilled at one packet a second), as a receive queue far
+    smaller than the one it claims would."""
+
+    kind = "linux-burstdrop"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "burstdrop",
+            'chain in { type filter hook ingress device "DEV" priority 0; meta l4proto udp limit rate over 1/second burst 64 packets drop; }',
+        )

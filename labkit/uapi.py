@@ -53,6 +53,20 @@ PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_LB = 1
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 
+# <linux/sock_diag.h>, <linux/packet_diag.h>, <linux/sockios.h>: what the kernel says of a packet socket
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+PACKET_SHOW_INFO = 0x01
+PACKET_SHOW_RING_CFG = 0x04
+PACKET_SHOW_MEMINFO = 0x10
+PACKET_DIAG_INFO = 0  # the attribute types of a packet_diag_msg (this enum has no NONE)
+PACKET_DIAG_RX_RING = 2
+PACKET_DIAG_MEMINFO = 6
+SK_MEMINFO_RMEM_ALLOC = 0
+SK_MEMINFO_RCVBUF = 1
+SK_MEMINFO_DROPS = 8
+SIOCGSKNS = 0x894C  # an fd on the network namespace a socket belongs to
+
 # <asm/unistd_64.h> (the same number on every architecture since the unified syscall table)
 SYS_PIDFD_GETFD = 438
 

@@ -1,6 +1,7 @@
 """AF_PACKET sockets as the kernel sees them: /proc/net/packet rows, fanout values, a real socket."""
 
 import os
+import select
 import socket
 import struct
 
@@ -104,3 +105,76 @@ def test_closed_socket_is_not_reported(sockets):
     fd = s.fileno()
     s.close()
     assert [p for p in packet_sockets(os.getpid()) if p.fd == fd] == []
+
+
+PACKET_RX_RING = 5
+
+
+def test_reports_rx_ring_and_its_capacity(sockets):
+    from labkit.packet.sockets import Ring, queue_capacity
+
+    s = sockets()
+    s.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("IIII", 1 << 16, 2, 2048, 64))  # tpacket_req, TPACKET_V1
+    p = find(s.fileno())
+    assert p.rx_ring == Ring(block_size=1 << 16, block_nr=2, frame_size=2048, frame_nr=64)
+    assert p.queued == 0
+    assert queue_capacity(p, 60, 832) == (64, str(p.rx_ring))
+
+
+def test_capacity_without_ring_is_rcvbuf_over_truesize(sockets):
+    from labkit.packet.sockets import queue_capacity
+
+    p = find(sockets().fileno())
+    assert p.rx_ring is None
+    assert p.rcvbuf is not None
+    assert queue_capacity(p, 60, 832) == (p.rcvbuf // 832, f"rcvbuf {p.rcvbuf} / truesize 832")
+
+
+def test_netdev_max_backlog_is_read():
+    from labkit.packet.sockets import backlog_drops, netdev_max_backlog
+
+    assert netdev_max_backlog() > 0
+    assert backlog_drops() >= 0
+
+
+@pytest.mark.parametrize("version", [1, 2], ids=["tpacket-v2", "tpacket-v3"])
+def test_queue_capacity_is_what_the_kernel_queues_unread(version):
+    """A ring socket on a lab veth, never read, takes in exactly as many frames of a burst as
+    queue_capacity says; truesize_of measures what a frame costs a socket without a ring."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from labkit.net.plan import AddressPlan
+    from labkit.packet import bpf
+    from labkit.packet.sockets import queue_capacity, truesize_of
+    from labkit.packet.wire import Wire
+
+    plan = AddressPlan()
+    topo, near, far = plan.build()
+    other = "02:00:00:00:00:99"
+    with topo, Wire(far.ns.netns, far.name, mac=far.mac, far_mac=near.mac, record=False) as wire:
+        frame = bytes(Ether(src=far.mac, dst=other) / IP(src=plan.peer4, dst=plan.stack4) / UDP(sport=9, dport=9) / b"x")
+        sizes = truesize_of(near.ns.socket, near.name, bpf.program(f"ether dst {other}"), wire.send, [frame] * 3)
+        assert len(set(sizes)) == 1 and sizes[0] > len(frame), sizes
+        # Bound first, so the kernel hands each frame to the ring socket before this one: once
+        # this one has seen the last frame, so has the ring socket.
+        seen = near.ns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        s = near.ns.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        with seen, s:
+            bpf.attach_raw(seen, *bpf.program(f"ether dst {other}"))
+            seen.bind((near.name, ETH_P_ALL))
+            s.setsockopt(SOL_PACKET, 10, version)  # PACKET_VERSION
+            fields = (4096, 2, 2048, 4) + ((60000, 0, 0) if version == 2 else ())  # tpacket_req(3)
+            s.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack(f"{len(fields)}I", *fields))
+            s.bind((near.name, ETH_P_ALL))
+            capacity, _how = queue_capacity(find(s.fileno()), len(frame), sizes[0])
+            sent = capacity + 20
+            got = 0
+            for _ in range(sent):
+                wire.send(frame)
+                if select.select([seen], [], [], 2)[0]:  # one at a time: the default buffer holds one
+                    seen.recv(2048)
+                    got += 1
+            packets, drops = struct.unpack_from("II", s.getsockopt(SOL_PACKET, 6, 12))  # PACKET_STATISTICS
+    assert got == sent
+    assert (packets - drops, packets) == (capacity, sent)
