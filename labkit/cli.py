@@ -38,9 +38,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
     done = reaper.reap(run=args.run)
     print(done.summary())
     # What is still there is named too, and the exit status says so: a script must not take it as clean.
+    # It returns once what it killed has been reaped (or the bound ran out: listed as unreaped, dead all the same).
     listed: tuple[tuple[str, list[int] | list[str]], ...] = (
         ("netns", done.namespaces), ("process", done.processes), ("path", done.paths),
         ("survivor", done.survivors), ("refused", done.refused), ("kept netns", done.kept_namespaces),
+        ("unreaped", done.unreaped),
     )  # fmt: skip
     for what, items in listed:
         for item in items:

@@ -118,7 +118,9 @@ def tcp_source(args: argparse.Namespace) -> None:
 
 
 def _exit_at_eof() -> None:
-    while sys.stdin.buffer.read(4096):
+    # os.read, not sys.stdin: a daemon thread blocked in a buffered read holds the buffer's lock,
+    # and the interpreter's shutdown (after a signal) would wait on it, then abort.
+    while os.read(0, 4096):
         pass
     os._exit(0)
 
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind in ("tcp-source", "udp-send", "tcp-connect") and not args.to:
         p.error(f"{args.kind} needs --to ADDRESS")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))  # a terminal's Ctrl-C reaches the lab's children too
     if args.lifeline:
         threading.Thread(target=_exit_at_eof, daemon=True).start()
     try:

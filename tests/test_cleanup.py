@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit.lifecycle import owner, pids, reaper
+from labkit.lifecycle import owner, pids, process, reaper
 from labkit.net import netns
 from labkit.net.topology import Topology
 
@@ -24,7 +24,7 @@ HOLDER = textwrap.dedent(
     from labkit.testbed import Testbed
 
     if "--sigterm" in sys.argv:
-        janitor.install_sigterm_handler()
+        janitor.install_interrupt_handlers()
     stack = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--stack=")), "linux")
     bed = Testbed(resolve(stack)[0]).up()
     bed.stack.service("udp-echo")
@@ -177,3 +177,59 @@ def test_a_failing_service_close_still_stops_the_stack(monkeypatch, no_leftovers
     with pytest.raises(OSError, match="close failed"):
         bed.down()
     assert not workdir.exists(), "the stack's workdir outlived a failed service close"
+
+
+INTERRUPTED = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, threading
+    from labkit.lifecycle import janitor, owner
+    from labkit.lifecycle.process import lab_env
+
+    owner.run_id()
+    janitor.install_interrupt_handlers()
+    quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(["sleep", "60"], **quiet)  # inherits the run id, no owner tag: an xdist worker's kind
+    lab = subprocess.Popen(["sleep", "60"], env=lab_env(), **quiet)  # owner-tagged: the lab ends it itself
+    try:
+        print("READY", flush=True)
+        threading.Event().wait(60)
+    except KeyboardInterrupt as exc:
+        print("INTERRUPTED", repr(exc), flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # while unwinding: ignored, the teardown goes on
+        os.kill(os.getpid(), sig)
+    print("AFTER", worker.wait(10), lab.poll(), flush=True)
+    lab.kill()
+    lab.wait()
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_an_interrupt_unwinds_once_and_reaches_the_runs_workers(sig):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop(owner.ENV_RUN, None)
+    env.pop(owner.ENV_OWNER, None)
+    p = subprocess.Popen([sys.executable, "-c", INTERRUPTED], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    lines = out.splitlines()
+    assert lines[0].startswith("INTERRUPTED KeyboardInterrupt"), (out, err)
+    # The worker got SIGINT (-2); the owner-tagged process was left to the lab (still running: None).
+    assert lines[1] == f"AFTER {-signal.SIGINT} None", (out, err)
+    assert p.returncode == 0, err
+
+
+def test_kill_pids_returns_once_an_orphan_is_reaped():
+    """`labkit clean` kills orphans, whose parent is init: it must not return while they are zombies."""
+    if not process.reaps_reported():
+        pytest.skip("this kernel's pidfds do not report a reap (Linux < 6.9): kill_pids cannot wait for it")
+    out = subprocess.run(["sh", "-c", "sleep 120 >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, timeout=10).stdout
+    orphan = int(out)  # its parent, the shell, has exited: init reaps it, in its own time
+    result = process.kill_pids([orphan], timeout=10, reaped=True)
+    assert result.killed == [orphan] and result.unreaped == [], result
+    assert not Path(f"/proc/{orphan}").exists(), "kill_pids returned before the orphan was reaped"

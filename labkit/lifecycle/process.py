@@ -24,6 +24,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -35,6 +36,8 @@ from labkit.errors import ExpectTimeout, LabError, LabInputError
 from labkit.lifecycle import janitor, owner
 from labkit.lifecycle.pids import alive
 from labkit.net.netns import NetNS
+
+INTERRUPTED_GRACE = 0.2  # seconds each step of LabProcess.close may take while the run unwinds from an interrupt
 
 # What each tool of the exec chain sets up, to name the step when it fails.
 SETUP_STEPS = {
@@ -155,26 +158,44 @@ class LabProcess:
         return line.decode(errors="replace") + "\n"
 
     def close(self, grace: float = 1.0) -> int | None:
-        """End the process: EOF on its stdin pipe first (if it has one), then TERM, then KILL."""
+        """End the process: EOF on its stdin pipe first (if it has one), then TERM, then KILL.
+
+        While this process unwinds from Ctrl-C or SIGTERM (janitor.interrupted()), each step gets
+        INTERRUPTED_GRACE at most: the run must end within seconds, and a service that got the
+        terminal's SIGINT too may spend a second dying on its own (Python's shutdown waits for a
+        lock that its stdin thread holds).
+        """
         janitor.untrack(self)
         p = self.popen
+        if janitor.interrupted() is not None:
+            grace = min(grace, INTERRUPTED_GRACE)
         if p.stdin is not None:
             p.stdin.close()
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
+            self._wait(grace)
         if p.poll() is None:
             p.terminate()
-            try:
-                p.wait(grace)
-            except subprocess.TimeoutExpired:
+            if not self._wait(grace):
                 p.kill()
-                p.wait(5)
+                self._wait(5)
         for stream in (p.stdout, p.stderr):
             if stream is not None:
                 stream.close()
         return p.returncode
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the child to exit (on a pidfd: no polling loop), reaping it;
+        whether it has exited."""
+        p = self.popen
+        if p.poll() is not None:
+            return True
+        fd = os.pidfd_open(p.pid)  # our unreaped child: its pid is still ours, even as a zombie
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(max(0.0, timeout) * 1000)
+        finally:
+            os.close(fd)
+        return p.poll() is not None
 
     def __enter__(self) -> LabProcess:
         return self
@@ -222,6 +243,7 @@ class Killed:
     killed: list[int] = field(default_factory=list)  # signalled and seen to end within the bound
     survivors: list[int] = field(default_factory=list)  # signalled, still alive when the bound ran out
     refused: list[int] = field(default_factory=list)  # not ours to signal (PermissionError): left alone
+    unreaped: list[int] = field(default_factory=list)  # killed, but (asked to wait for it) not yet reaped by its parent
 
     @property
     def left(self) -> list[int]:
@@ -229,7 +251,30 @@ class Killed:
         return sorted(self.survivors + self.refused)
 
 
-def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> Killed:
+@functools.cache
+def reaps_reported() -> bool:
+    """Whether a pidfd reports POLLHUP once its process has been reaped (Linux >= 6.9), so that a
+    wait for another parent's reap can be event-driven. Found out once, on a child of our own."""
+    argv = [shutil.which("true") or sys.executable, "-c", ""]  # `true` ignores the arguments
+    try:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return False
+    try:
+        fd = os.pidfd_open(child.pid)
+    except OSError:
+        child.wait()
+        return False
+    try:
+        child.wait()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return any(ev & select.POLLHUP for _, ev in poller.poll(0))
+    finally:
+        os.close(fd)
+
+
+def kill_pids(pids: Sequence[int], timeout: float = 5.0, reaped: bool = False) -> Killed:
     """SIGKILL `pids` and wait (bounded, on pidfds) until they are gone; says which ones ended.
 
     A pid already gone is in no list. The signal goes through a pidfd, so a pid number reused
@@ -237,10 +282,18 @@ def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> Killed:
     pile up during a session. A process we may not signal (PermissionError) is reported back,
     not fatal: cleanup goes on. A process still alive at the deadline (stuck in the kernel, in
     state D) is a survivor: the caller must not count it as killed.
+
+    With `reaped`, a process that is not our child is waited for until its parent has reaped it
+    too (its pid is gone, not a zombie), within the same bound: `labkit clean` returns only once
+    what it killed is gone. An orphan's parent is init, which may take its time (~1.5 s seen).
+    One still a zombie at the deadline is killed and listed in `unreaped`. Kernels whose pidfds
+    do not report a reap (before 6.9) are not waited on for it.
     """
     result = Killed()
-    waiting: dict[int, int] = {}  # pidfd -> pid
+    waiting: dict[int, int] = {}  # pidfd -> pid, until it has exited
+    zombies: dict[int, int] = {}  # pidfd -> pid, exited, until its parent has reaped it (with `reaped`)
     unwatched: list[int] = []  # pidfd_open failed (e.g. out of fds): no event to wait on, judged after the others
+    wait_reap = reaped and reaps_reported()
     try:
         for pid in dict.fromkeys(pids):
             try:
@@ -269,25 +322,36 @@ def kill_pids(pids: Sequence[int], timeout: float = 5.0) -> Killed:
         for fd in waiting:
             poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + timeout
-        while waiting:
+        while waiting or zombies:
             left = max(0.0, deadline - time.monotonic())
             ready = poller.poll(left * 1000)
-            for fd, _ in ready:
-                poller.unregister(fd)
-                result.killed.append(waiting.pop(fd))
+            for fd, events in ready:
+                if fd in zombies:  # registered for POLLHUP alone: reaped by its parent
+                    poller.unregister(fd)
+                    zombies.pop(fd)
+                    os.close(fd)
+                    continue
+                pid = waiting.pop(fd)
+                result.killed.append(pid)
                 try:  # reap through the pidfd: a recycled pid number cannot be mistaken for it
                     os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
-                except ChildProcessError:
-                    pass  # not our child: its parent reaps it
+                except ChildProcessError:  # not our child: its parent reaps it
+                    if wait_reap and not events & select.POLLHUP:
+                        poller.modify(fd, 0)  # POLLHUP is reported whatever the mask: the reap
+                        zombies[fd] = pid
+                        continue
                 finally:
-                    os.close(fd)
+                    if fd not in zombies:
+                        poller.unregister(fd)
+                        os.close(fd)
             if not ready and left == 0:
                 break
         result.survivors = list(waiting.values())
+        result.unreaped = sorted(zombies.values())
         for pid in unwatched:
             (result.survivors if alive(pid) else result.killed).append(pid)
     finally:
-        for fd in waiting:
+        for fd in [*waiting, *zombies]:
             os.close(fd)
     return result
 

@@ -31,6 +31,7 @@ class Reaped:
     survivors: list[int] = field(default_factory=list)  # SIGKILLed, still alive when the wait ended
     refused: list[int] = field(default_factory=list)  # processes we may not signal (not root?)
     kept_namespaces: list[str] = field(default_factory=list)  # not deleted: a survivor is still in it
+    unreaped: list[int] = field(default_factory=list)  # killed, but their parent had not reaped them when the wait ended
 
     def __bool__(self) -> bool:
         return bool(self.namespaces or self.processes or self.paths or self.left)
@@ -54,6 +55,8 @@ class Reaped:
             )
         if self.refused:
             text += f"; not allowed to kill {len(self.refused)} process(es): {self.refused} (run as root)"
+        if self.unreaped:
+            text += f"; {len(self.unreaped)} killed process(es) not reaped by their parent within {KILL_TIMEOUT:g}s: {self.unreaped}"
         if self.kept_namespaces:
             text += f"; kept {len(self.kept_namespaces)} namespace(s) that still hold them: {self.kept_namespaces}"
         return text
@@ -120,8 +123,10 @@ def reap(run: str | None = None) -> Reaped:
             pids.append(int(entry.name))
     in_ns = {name: [p for p in NetNS(name).pids() if p != me] for name in doomed_ns}
     pids = sorted(set(pids).union(*in_ns.values()))
-    killed = kill_pids(pids, KILL_TIMEOUT)
+    # Waited for until reaped, not only until dead: when `labkit clean` returns, what it killed is gone.
+    killed = kill_pids(pids, KILL_TIMEOUT, reaped=True)
     done.processes, done.survivors, done.refused = killed.killed, killed.survivors, killed.refused
+    done.unreaped = killed.unreaped
 
     for name in doomed_ns:
         if set(in_ns[name]) & set(killed.left):

@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
         pytest.exit("labkit: --lab-replay runs the recorded sequences in one process; allowed: without -n (or -n 0)", returncode=2)
     config.stash[SEED] = order.choose_seed(config)
     config.stash[SEQUENCES] = {}
-    janitor.install_sigterm_handler()
+    janitor.install_interrupt_handlers()
     owner.run_id()  # fixed before xdist starts workers, which inherit it through the environment
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) cleans up dead runs
         config.stash[REAPED] = reaper.reap()
