@@ -52,7 +52,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from labkit.lifecycle import owner, pids  # noqa: E402  (the checkout's labkit, also without an install)
+from labkit.lifecycle import owner  # noqa: E402  (the checkout's labkit, also without an install)
+from labkit.lifecycle.reaper import run_processes  # noqa: E402
 
 DEFAULT_ARGS = ["suites/linkdispatch", "-n", "2", "--stack", "linux,gvisor,slirp4netns", "-p", "no:cacheprovider"]
 EXIT_BOUND = 10.0  # the rule: seconds from SIGINT/SIGTERM to the exit
@@ -112,28 +113,6 @@ class RunResult:
 def _is_stack(argv: str) -> bool:
     name = os.path.basename(argv.split(" ", 1)[0]) if argv else ""
     return name in STACK_BINARIES
-
-
-def run_processes(run: str) -> dict[int, str]:
-    """Live processes of lab run `run`: its id in their environment (the pytest process, its
-    workers, stacks, services) or a lab path of the run on their command line (runsc's sandbox and
-    gofer scrub their environment). A zombie is dead and not counted."""
-    found: dict[int, str] = {}
-    env_marks = (f"{owner.ENV_RUN}={run}".encode(), f"{owner.ENV_OWNER}={owner.PREFIX}-{run}-".encode())
-    path_mark = f"{owner.PREFIX}-{run}-".encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        pid = int(entry.name)
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ours = path_mark in argv or any(item.startswith(mark) for item in env.split(b"\0") for mark in env_marks)
-        if ours and pids.alive(pid):
-            found[pid] = argv.replace(b"\0", b" ").decode(errors="replace").strip()
-    return found
 
 
 def netns_names() -> list[str]:

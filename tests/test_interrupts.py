@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from labkit.lifecycle import owner, pids
+from labkit.lifecycle.reaper import run_processes
 from labkit.net import netns
 from labkit.stacks import resolve
 
@@ -93,31 +94,6 @@ class Leftovers:
 
     def __bool__(self) -> bool:
         return bool(self.namespaces or self.processes or self.paths)
-
-
-def run_processes(run: str) -> dict[int, str]:
-    """Live processes of run `run`: its id in their environment (workers, stacks, services) or a
-    lab path of the run on their command line (runsc's sandbox and gofer scrub their environment).
-    A zombie is dead (labkit.lifecycle.pids) and not counted here; what `labkit clean` killed is
-    checked for zombies separately."""
-    found: dict[int, str] = {}
-    env_marks = (f"{owner.ENV_RUN}={run}".encode(), f"{owner.ENV_OWNER}={owner.PREFIX}-{run}-".encode())
-    path_mark = f"{owner.PREFIX}-{run}-".encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == os.getpid():
-            continue
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes()
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ours = path_mark in argv or any(item.startswith(mark) for item in env.split(b"\0") for mark in env_marks)
-        if ours and pids.alive(pid):
-            found[pid] = argv.replace(b"\0", b" ").decode(errors="replace").strip()
-    return found
 
 
 def leftovers(run: str) -> Leftovers:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from labkit.lifecycle import owner as owners
+from labkit.lifecycle.pids import alive
 from labkit.lifecycle.process import kill_pids
 from labkit.net.netns import NetNS, list_names
 
@@ -98,6 +99,30 @@ def _owner_of_process(pid: int) -> str | None:
         if m := _ROOT_TAG.match(arg):
             return m.group(1).decode()
     return None
+
+
+def run_processes(run: str) -> dict[int, str]:
+    """Live processes of run `run` (pid -> command line), by any mark it leaves: its id in their
+    environment (the pytest process, its workers, stacks, services), or a lab path of the run on
+    their command line (runsc's sandbox and gofer scrub their environment). Broader than what the
+    reaper takes (owner tags of dead owners): the tests' and the soak's view of what a run left.
+    A zombie is dead (labkit.lifecycle.pids) and not listed."""
+    found: dict[int, str] = {}
+    env_marks = (f"{owners.ENV_RUN}={run}".encode(), f"{owners.ENV_OWNER}={owners.PREFIX}-{run}-".encode())
+    path_mark = f"{owners.PREFIX}-{run}-".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ours = path_mark in argv or any(item.startswith(mark) for item in env.split(b"\0") for mark in env_marks)
+        if ours and alive(pid):
+            found[pid] = argv.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
 
 
 def temp_roots() -> list[Path]:
