@@ -58,9 +58,9 @@ def compare(runs: Sequence[dict[str, Any]], manifest: Manifest) -> list[Finding]
 
 
 def versions(data: dict[str, Any]) -> dict[str, str]:
-    """What must not change between the runs compared: labkit, the kernel and each stack's version."""
+    """What must not change between the runs compared: labkit's code, the kernel and each stack's version."""
     run = data["run"]
-    found = {"labkit": str(run.get("labkit", "")), "kernel": str(run.get("kernel", ""))}
+    found = {key: str(run.get(key, "")) for key in ("labkit", "commit", "kernel")}
     for stack, about in run.get("stacks", {}).items():
         found[str(stack)] = str(about.get("version", ""))
     return found

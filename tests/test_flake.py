@@ -10,7 +10,7 @@ from labkit.manifest import Manifest
 
 
 def results(*cells: tuple[str, str, str]) -> dict:
-    return {"run": {"labkit": "0.1.0", "kernel": "6.1", "stacks": {"gvisor": {"version": "20221219"}}},
+    return {"run": {"labkit": "0.1.0", "commit": "abc", "kernel": "6.1", "stacks": {"gvisor": {"version": "20221219"}}},
             "results": [{"check": c, "stack": s, "status": st} for c, s, st in cells]}  # fmt: skip
 
 
@@ -47,7 +47,7 @@ def test_a_cell_missing_from_a_run_is_a_difference(manifest):
 
 
 def test_versions_name_what_must_stay_the_same():
-    assert flake.versions(results()) == {"labkit": "0.1.0", "kernel": "6.1", "gvisor": "20221219"}
+    assert flake.versions(results()) == {"labkit": "0.1.0", "commit": "abc", "kernel": "6.1", "gvisor": "20221219"}
 
 
 def test_fewer_than_two_runs_is_refused(capsys):

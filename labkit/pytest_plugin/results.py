@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import subprocess
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -137,6 +138,20 @@ def _seed(config: pytest.Config) -> int | None:
     return config.stash.get(SEED, None) if random_order else None
 
 
+def source_commit() -> str:
+    """The commit of the checkout labkit runs from, `-dirty` if tracked files differ from it; ""
+    outside a git checkout. Runs compared as "the same code" (labkit flake) must agree on it."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return ""
+        clean = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return head.stdout.strip() + ("" if clean.returncode == 0 else "-dirty")
+
+
 def describe_run(settings: Any) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -158,6 +173,7 @@ def describe_run(settings: Any) -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "labkit": labkit_version,
+        "commit": source_commit(),
         "host": os.uname().nodename,
         "stacks": stacks,
     }
