@@ -278,7 +278,7 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
     carried = sum(1 for r in results if r.get("carried_from"))
     exit_status = run.get("exit status")
     return {
-        "run": {k: str(run.get(k, "")) for k in ("date", "kernel", "labkit", "python")},
+        "run": {k.replace(" ", "_"): str(run.get(k) or "") for k in ("date", "kernel", "labkit", "commit", "python", "order seed", "isolation")},
         "notes": run.get("notes", []) + [f"collection error: {e}" for e in run.get("collection errors", [])],
         "exit_status": None if exit_status in (None, 0, 1) else exit_status,
         "counts": [{"status": s, "cls": _cls(s), "n": n} for s, n in data.get("counts", {}).items()],

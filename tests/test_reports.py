@@ -153,6 +153,10 @@ def test_results_json_has_each_check_and_stack_with_its_status(small_run):
     assert data["counts"] == {"passed": 1, "failed": 1, "known deviation": 1, "unexpected pass": 1, "skipped": 2, "not run": 0}
     assert data["run"]["exit status"] == 1 and data["run"]["collection errors"] == []
     assert data["run"]["kernel"] and data["run"]["date"] and set(data["run"]["stacks"]) == {"linux", "linux-arpignore", "missing"}
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", data["run"]["commit"]), data["run"]["commit"]
+    assert isinstance(data["run"]["order seed"], int) and data["run"]["isolation"] in ("cheap", "canary")
+    page = (small_run / "index.html").read_text()
+    assert f"--lab-seed {data['run']['order seed']}" in page and data["run"]["commit"][:12] in page
     assert data["run"]["stacks"]["missing"] == {
         "available": False, "why": "the missing stack is never installed", "install": "apt-get install -y nothing-at-all", "version": "",
     }  # fmt: skip

@@ -108,6 +108,7 @@ class ResultsCollector:
         support = session.config.stash.get(SUPPORT, None)  # the rtnetlink plugin's, stored before this runs
         run["full matrix"] = bool(getattr(settings, "full_matrix", False))
         run["order seed"] = _seed(session.config)
+        run["isolation"] = getattr(settings, "isolation", "")
         write_results(self.out_dir, [*self.records.values(), *self.carried()], run, previous, support=support)
 
     def carried(self) -> list[CheckResult]:
