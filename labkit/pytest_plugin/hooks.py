@@ -11,7 +11,6 @@ import re
 from collections import defaultdict
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,9 +27,6 @@ SETTINGS = pytest.StashKey[LabSettings]()
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 TESTBED = pytest.StashKey[Testbed]()
 REAPED = pytest.StashKey[reaper.Reaped]()
-SEED = pytest.StashKey[int]()
-SEQUENCES = pytest.StashKey[dict[str, list[str]]]()  # worker (or "main") -> node ids in the order run
-ORDER_FILE = pytest.StashKey[Path]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,10 +51,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS] = read_settings(config)
     except LabInputError as exc:
         pytest.exit(f"labkit: {exc}", returncode=exc.exit_code)
-    if config.getoption("lab_replay") and (config.getoption("numprocesses", None) or 0):
-        pytest.exit("labkit: --lab-replay runs the recorded sequences in one process; allowed: without -n (or -n 0)", returncode=2)
-    config.stash[SEED] = order.choose_seed(config)
-    config.stash[SEQUENCES] = {}
     janitor.install_interrupt_handlers()
     owner.run_id()  # fixed before xdist starts workers, which inherit it through the environment
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) cleans up dead runs
@@ -140,50 +132,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         pytest.exit(f"labkit: {exc}", returncode=exc.exit_code)
     if not settings.full_matrix:
         _measure_one_variant_per_group(config, items, runs, axes)
-    try:
-        if config.getoption("lab_replay"):
-            order.replay(config, items, config.getoption("lab_replay"))
-        elif config.getoption("lab_order") == "random":
-            order.shuffle(items, config.stash[SEED], lambda item: (s.id if (s := _spec(item)) else None))
-    except LabInputError as exc:
-        pytest.exit(f"labkit: {exc}", returncode=exc.exit_code)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:
-    """xdist: every worker shuffles from the controller's seed, so all collect the same order."""
-    node.workerinput["labkit_seed"] = node.config.stash[SEED]
-
-
-def pytest_runtest_protocol(item: pytest.Item) -> None:
-    if _spec(item) is not None:  # the checks that share pooled testbeds: the order that matters
-        item.config.stash[SEQUENCES].setdefault("main", []).append(item.nodeid)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: object) -> None:
-    sequence = getattr(node, "workeroutput", {}).get("labkit_sequence")
-    if sequence:
-        node.config.stash[SEQUENCES][str(node.workerinput["workerid"])] = sequence
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Record each worker's sequence (the controller writes order.json; a worker hands it over)."""
-    config = session.config
-    sequences = config.stash[SEQUENCES]
-    if hasattr(config, "workerinput"):
-        config.workeroutput["labkit_sequence"] = sequences.get("main", [])  # type: ignore[attr-defined]
-        return
-    if not sequences or config.getoption("lab_replay"):
-        return
-    report_dir = config.getoption("lab_report")
-    if report_dir:
-        where = Path(report_dir) / "order.json"
-    else:  # like pytest's own cache, which this project's settings turn off
-        where = config.rootpath / ".labkit" / "order.json"
-    seed = config.stash[SEED] if config.getoption("lab_order") == "random" else None
-    config.stash[ORDER_FILE] = order.write(where, seed, sequences, config.invocation_params.args)
+    order.arrange(config, items, lambda item: (s.id if (s := _spec(item)) else None))
 
 
 def _runs_by_check(items: list[pytest.Item]) -> dict[tuple[str, str], list[pytest.Item]]:
@@ -240,14 +189,10 @@ def _spec_of(item: pytest.Item) -> StackSpec:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    """How many cells ran and how many took another variant's verdict, each suite's share of the
-    time (check time summed over workers), so a budget is seen where it goes, and how to run the
-    same order again."""
+    """How many cells ran and how many took another variant's verdict, and each suite's share
+    of the time (check time summed over workers), so a budget is seen where it goes."""
     if hasattr(config, "workerinput"):
         return
-    written = config.stash.get(ORDER_FILE, None)
-    if written is not None:
-        terminalreporter.write_line(f"labkit: {_order_line(config)}; each worker's sequence is in {written}: --lab-replay {written} runs them again")
     reports = [r for kind in terminalreporter.stats.values() for r in kind if isinstance(r, pytest.TestReport)]
     measured = {r.nodeid for r in reports if dict(r.user_properties).get("stack")}
     carried = sum(len(stands_for(r)) for r in reports if r.when == "setup")
@@ -327,20 +272,12 @@ def layout_of(item: pytest.Item) -> Layout:
     return marker.args[0]
 
 
-def _order_line(config: pytest.Config) -> str:
-    if config.getoption("lab_replay"):
-        return f"order: replayed from {config.getoption('lab_replay')}"
-    if config.getoption("lab_order") == "random":
-        return f"order: random, --lab-seed {config.stash[SEED]}"
-    return "order: as collected"
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash[SETTINGS]
     ids = ", ".join(s.id for s in settings.specs)
     lines = [
         f"labkit: run {owner.run_id()} (pid {os.getpid()}), stacks: {ids}, deviations: {len(settings.manifest.deviations)}, "
-        f"{_order_line(config)}, isolation: {settings.isolation}"
+        f"{order.describe(config)}, isolation: {settings.isolation}"
     ]
     reaped = config.stash.get(REAPED, None)
     if reaped is not None and reaped.left:  # a dead run's processes that would not die: say so, do not hide it

@@ -23,6 +23,9 @@ from labkit.errors import LabInputError
 
 ORDERS = ("random", "given")
 SEQUENCE_START = pytest.StashKey[str]()  # on the first check of each replayed sequence: whose it was
+SEED = pytest.StashKey[int]()
+SEQUENCES = pytest.StashKey[dict[str, list[str]]]()  # worker (or "main") -> node ids, in the order run
+ORDER_FILE = pytest.StashKey[Path]()
 
 
 def add_options(group: Any) -> None:
@@ -40,6 +43,83 @@ def add_options(group: Any) -> None:
         default=None,
         help="run the check sequences an order.json recorded, one after another, each on an empty testbed pool (no -n)",
     )
+
+
+# -- hooks (this module is a plugin of its own: labkit.pytest_plugin) ---------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("lab_replay") and (config.getoption("numprocesses", None) or 0):
+        pytest.exit("labkit: --lab-replay runs the recorded sequences in one process; allowed: without -n (or -n 0)", returncode=2)
+    config.stash[SEED] = choose_seed(config)
+    config.stash[SEQUENCES] = {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker shuffles from the controller's seed, so all collect the same order."""
+    node.workerinput["labkit_seed"] = node.config.stash[SEED]
+
+
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    if "stack_spec" in getattr(item, "fixturenames", ()):  # the checks that share pooled testbeds: the order that matters
+        item.config.stash[SEQUENCES].setdefault("main", []).append(item.nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    sequence = getattr(node, "workeroutput", {}).get("labkit_sequence")
+    if sequence:
+        node.config.stash[SEQUENCES][str(node.workerinput["workerid"])] = sequence
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker hands its sequence to the controller, which writes them all to order.json."""
+    config = session.config
+    sequences = config.stash[SEQUENCES]
+    if hasattr(config, "workerinput"):
+        config.workeroutput["labkit_sequence"] = sequences.get("main", [])  # type: ignore[attr-defined]
+        return
+    if not sequences or config.getoption("lab_replay"):
+        return
+    report_dir = config.getoption("lab_report")
+    # Next to the report, else where pytest would keep its cache (which this project turns off).
+    where = Path(report_dir) / "order.json" if report_dir else config.rootpath / ".labkit" / "order.json"
+    config.stash[ORDER_FILE] = write(where, seed_of(config), sequences, config.invocation_params.args)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    written = config.stash.get(ORDER_FILE, None)
+    if written is not None:
+        terminalreporter.write_line(f"labkit: {describe(config)}; each worker's sequence is in {written}: --lab-replay {written} runs them again")
+
+
+# -- the parts ----------------------------------------------------------------------------------
+
+
+def arrange(config: pytest.Config, items: list[pytest.Item], stack_of: Callable[[pytest.Item], str | None]) -> None:
+    """Put the collected checks in the run's order: replayed, shuffled, or as collected."""
+    try:
+        if config.getoption("lab_replay"):
+            replay(config, items, config.getoption("lab_replay"))
+        elif config.getoption("lab_order") == "random":
+            shuffle(items, config.stash[SEED], stack_of)
+    except LabInputError as exc:
+        pytest.exit(f"labkit: {exc}", returncode=exc.exit_code)
+
+
+def seed_of(config: pytest.Config) -> int | None:
+    """The seed this run's order came from; None when it did not come from one."""
+    random_order = config.getoption("lab_order") == "random" and not config.getoption("lab_replay")
+    return config.stash.get(SEED, None) if random_order else None
+
+
+def describe(config: pytest.Config) -> str:
+    if config.getoption("lab_replay"):
+        return f"order: replayed from {config.getoption('lab_replay')}"
+    seed = seed_of(config)
+    return f"order: random, --lab-seed {seed}" if seed is not None else "order: as collected"
 
 
 def choose_seed(config: pytest.Config) -> int:

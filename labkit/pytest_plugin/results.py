@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from labkit.pytest_plugin import order
 from labkit.pytest_plugin.hooks import EVIDENCE_KINDS, stands_for, suite_of
 from reports.results import CheckResult, load, write_results
 
@@ -107,7 +108,7 @@ class ResultsCollector:
         previous = load(self.previous) if self.previous is not None else None
         support = session.config.stash.get(SUPPORT, None)  # the rtnetlink plugin's, stored before this runs
         run["full matrix"] = bool(getattr(settings, "full_matrix", False))
-        run["order seed"] = _seed(session.config)
+        run["order seed"] = order.seed_of(session.config)
         run["isolation"] = getattr(settings, "isolation", "")
         write_results(self.out_dir, [*self.records.values(), *self.carried()], run, previous, support=support)
 
@@ -130,13 +131,6 @@ class ResultsCollector:
                     )
                 )
         return out
-
-
-def _seed(config: pytest.Config) -> int | None:
-    from labkit.pytest_plugin.hooks import SEED
-
-    random_order = config.getoption("lab_order") == "random" and not config.getoption("lab_replay")
-    return config.stash.get(SEED, None) if random_order else None
 
 
 def source_commit() -> str:
