@@ -112,5 +112,15 @@ def main(runs: int, out: Path, pytest_args: Sequence[str], manifest_path: Path |
         "load_dependent": [f.__dict__ for f in load_dependent],
     }
     (out / "flake.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"flake: summary in {out / 'flake.json'}")
+    page = _page(out, data[-1], summary)
+    print(f"flake: summary in {out / 'flake.json'}; the last run's page with the verdict: {page}")
     return 1 if flaky else 0
+
+
+def _page(out: Path, last: dict[str, Any], summary: dict[str, Any]) -> Path:
+    """The last run's results and page, with the flake verdict (its "Flaky checks" section), in `out`."""
+    from reports.html import write_page
+
+    data = {**last, "flake": summary}
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    return write_page(out, data)

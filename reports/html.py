@@ -291,6 +291,31 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
         "details": _details(results, targets, out_dir),
         "support": _support(data.get("rtnetlink_support")),
         "benchmarks": _benchmarks(data.get("benchmarks"), str(run.get("benchmarks date", "?"))),
+        "flake": _flake(data.get("flake")),
+    }
+
+
+def _flake(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`labkit flake`'s verdict: the cells whose outcome differed between its runs (labkit.flake)."""
+    if not summary:
+        return None
+
+    def entries(findings: list[dict[str, Any]]) -> list[dict[str, str]]:
+        return [
+            {
+                "check": f["check"],
+                "stack": f["stack"] or "-",
+                "outcomes": "; ".join(f"{o} in run {', '.join(map(str, runs))}" for o, runs in sorted(f["outcomes"].items())),
+            }
+            for f in findings
+        ]
+
+    return {
+        "runs": len(summary.get("runs", [])),
+        "seeds": ", ".join(str(s) for s in summary.get("seeds", [])),
+        "cells": summary.get("cells", 0),
+        "flaky": entries(summary.get("flaky", [])),
+        "load_dependent": entries(summary.get("load_dependent", [])),
     }
 
 

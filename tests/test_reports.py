@@ -334,3 +334,16 @@ def test_script_in_a_reason_or_a_stack_name_is_shown_not_run(tmp_path):
 def test_the_template_refuses_a_missing_field():
     with pytest.raises(jinja2.UndefinedError):
         environment().get_template("index.html.j2").render({"run": {"date": "today"}})
+
+
+def test_labkit_flakes_verdict_has_its_section_and_none_without_it():
+    stacks = {"gvisor": {"available": True, "why": "", "install": "", "version": "release-1"}}
+    data = synthetic([record(CHECK_A, "gvisor", "passed")], stacks)
+    assert 'id="flaky"' not in render(data)
+    flaky = {"check": CHECK_A, "stack": "gvisor", "outcomes": {"passed": [1, 3], "failed": [2]}, "load_dependent": False}
+    load = {"check": CHECK_A, "stack": "gvisor-ch2", "outcomes": {"known deviation": [1], "unexpected pass": [2, 3]}, "load_dependent": True}
+    data["flake"] = {"runs": ["a", "b", "c"], "seeds": [1, 2, 3], "cells": 2, "flaky": [flaky], "load_dependent": [load]}
+    page = render(data)
+    assert "3 runs in random orders (seeds 1, 2, 3), 2 check x stack cells compared" in page
+    assert f"{CHECK_A} on gvisor: failed in run 2; passed in run 1, 3</li>" in page
+    assert f"{CHECK_A} on gvisor-ch2: known deviation in run 1; unexpected pass in run 2, 3</li>" in page
