@@ -30,10 +30,13 @@ def root_state() -> tuple[str, str, str]:
     return links, run("ip", "-br", "addr"), run("ip", "route") + run("ip", "-6", "route")
 
 
-def run_pytest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """pytest in a child process, from the project root, as a user runs it."""
+def run_pytest(*args: str, timeout: float = 300, run: str | None = None) -> subprocess.CompletedProcess:
+    """pytest in a child process, from the project root, as a user runs it: a run of its own,
+    with the id `run` if given (so a test can tell its leftovers from other tests')."""
     env = dict(os.environ)
-    env.pop(owner.ENV_RUN, None)  # the child is a run of its own
+    env.pop(owner.ENV_RUN, None)
+    if run is not None:
+        env[owner.ENV_RUN] = run
     env.pop(owner.ENV_OWNER, None)
     env.pop("PYTEST_XDIST_WORKER", None)
     return subprocess.run(

@@ -1,5 +1,6 @@
 """The pytest plugin as users run it: in a child pytest, with real stacks."""
 
+import secrets
 import textwrap
 
 from labkit.lifecycle import owner
@@ -8,16 +9,18 @@ from labkit.net import netns
 from .conftest import run_pytest
 
 
-def orphans() -> list[str]:
-    return [n for n in netns.list_names() if (o := owner.Owner.parse(n)) is not None and not o.alive()]
+def left_by(run: str) -> list[str]:
+    """Namespaces of lab run `run` still there (other tests may leave orphans of their own meanwhile)."""
+    return [n for n in netns.list_names() if (o := owner.Owner.parse(n)) is not None and o.run == run]
 
 
 def test_linkdispatch_passes_on_linux_under_xdist():
-    done = run_pytest("suites/linkdispatch", "-n", "2", "--stack", "linux", "-v")
+    run = secrets.token_hex(3)
+    done = run_pytest("suites/linkdispatch", "-n", "2", "--stack", "linux", "-v", run=run)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
     assert "PASSED suites/linkdispatch/test_arp.py::test_answers_who_has_for_own_address[linux]" in done.stdout
-    assert orphans() == []
+    assert left_by(run) == []
 
 
 def test_arp_check_fails_on_a_stack_that_answers_no_arp():
@@ -60,8 +63,8 @@ def test_manifest_turns_a_deviation_into_strict_xfail(tmp_path):
     assert done.returncode == 1
 
 
-def _bad(*args: str) -> tuple[int, str]:
-    done = run_pytest("suites/linkdispatch/test_arp.py", *args)
+def _bad(*args: str, run: str | None = None) -> tuple[int, str]:
+    done = run_pytest("suites/linkdispatch/test_arp.py", *args, run=run)
     return done.returncode, (done.stdout + done.stderr).strip()
 
 
@@ -80,7 +83,8 @@ def test_malformed_manifest_is_one_clear_line_and_exit_2(tmp_path):
 
 
 def test_address_outside_the_lab_ranges_is_exit_2():
-    rc, out = _bad("--lab-net4", "10.0.0.0/24")
+    run = secrets.token_hex(3)
+    rc, out = _bad("--lab-net4", "10.0.0.0/24", run=run)
     assert rc == 2, out
     assert "10.0.0.0/24 is outside the lab ranges" in out
-    assert orphans() == []
+    assert left_by(run) == []
