@@ -1,12 +1,19 @@
 """`labkit flake`'s verdict from the results of several runs: which cells differed, and which of
 those the manifest already calls load-dependent."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from labkit import cli, flake
+from labkit.lifecycle import owner
 from labkit.manifest import Manifest
+
+from .conftest import ROOT
 
 
 def results(*cells: tuple[str, str, str]) -> dict:
@@ -53,3 +60,37 @@ def test_versions_name_what_must_stay_the_same():
 def test_fewer_than_two_runs_is_refused(capsys):
     assert cli.main(["flake", "--runs", "1"]) == 2
     assert "--runs 1: a flaky check needs at least two runs to differ; allowed: 2 or more" in capsys.readouterr().err
+
+
+CHANGING = """
+from pathlib import Path
+
+def test_steady(stack_spec):
+    pass
+
+def test_passes_only_the_first_time(stack_spec):
+    mark = Path(__file__).with_suffix(".ran")
+    first = not mark.exists()
+    mark.touch()
+    assert first, "ran before"
+"""
+
+
+def test_labkit_flake_runs_the_suite_and_names_the_cell_that_changed(tmp_path):
+    """The whole command, on the kernel reference: each run its own pytest, the comparison, the page."""
+    suite = tmp_path / "test_changing.py"
+    suite.write_text(CHANGING)
+    out = tmp_path / "flake"
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit", "flake", "--runs", "2", "--out", str(out), "--deviations", str(tmp_path / "none.toml"),
+         "--", str(suite), "--stack", "linux", "-n", "0", "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k not in (owner.ENV_RUN, owner.ENV_OWNER)},  # runs of their own
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "flaky (a bug in the lab or a check until shown otherwise): 1" in done.stdout
+    assert "test_changing.py::test_passes_only_the_first_time on linux: failed in run 2; passed in run 1" in done.stdout
+    summary = json.loads((out / "flake.json").read_text())
+    assert [f["check"] for f in summary["flaky"]] == ["test_changing.py::test_passes_only_the_first_time"]
+    assert all(isinstance(seed, int) for seed in summary["seeds"]) and (out / "run-2" / "order.json").is_file()
+    assert 'id="flaky"' in (out / "index.html").read_text()

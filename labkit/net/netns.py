@@ -31,6 +31,24 @@ def setns(fd: int) -> None:
     check(libc.setns(fd, CLONE_NEWNET), "setns")
 
 
+@contextmanager
+def entered(fd: int, name: str = "") -> Iterator[None]:
+    """Run the body with the calling thread in the network namespace behind `fd` (one of a
+    NetNS, or a socket's from SIOCGSKNS), then go back; `name` says which in the error."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            setns(fd)
+        except OSError as exc:
+            raise LabError(f"cannot enter netns {name or f'fd {fd}'}: setns failed: {exc}") from None
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
 def _ensure_netns_dir() -> None:
     # Like iproute2: /run/netns must be a shared mount point so namespace mounts propagate.
     NETNS_DIR.mkdir(parents=True, exist_ok=True)
@@ -99,24 +117,15 @@ class NetNS:
     def entered(self) -> Iterator[None]:
         """Run the body with the calling thread inside this namespace, then go back. Failing to
         get in is a LabError naming the namespace; the body's own errors pass as they are."""
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             target = self.open()
         except OSError as exc:
-            os.close(home)
             raise LabError(f"cannot enter netns {self.name}: {exc}") from None
         try:
-            try:
-                setns(target)
-            except OSError as exc:
-                raise LabError(f"cannot enter netns {self.name}: setns failed: {exc}") from None
-            try:
+            with entered(target, self.name):
                 yield
-            finally:
-                setns(home)
         finally:
             os.close(target)
-            os.close(home)
 
     def socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
         """A socket that lives in this namespace, whatever thread uses it later."""

@@ -26,9 +26,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+
 from labkit.errors import LabError
 from labkit.net import nlmsg
-from labkit.net.netns import NetNS, setns
+from labkit.net.netns import NetNS, entered
 from labkit.packet import bpf
 from labkit.uapi import (
     ETH_P_ALL,
@@ -237,15 +239,8 @@ _RTA = struct.Struct("=HH")
 def _diag_socket(netns_fd: int) -> socket.socket:
     """A NETLINK_SOCK_DIAG socket in the namespace behind `netns_fd` (a packet_diag dump lists
     the sockets of the namespace its netlink socket lives in)."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        setns(netns_fd)
-        try:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-        finally:
-            setns(home)
-    finally:
-        os.close(home)
+    with entered(netns_fd, "of a packet socket"):
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
 
 
 def packet_diag(netns_fd: int, timeout: float = 2.0) -> dict[int, Diag]:
@@ -253,8 +248,7 @@ def packet_diag(netns_fd: int, timeout: float = 2.0) -> dict[int, Diag]:
     reports it: version, RX ring, queued bytes, receive buffer, drops."""
     with _diag_socket(netns_fd) as nl:
         show = PACKET_SHOW_INFO | PACKET_SHOW_RING_CFG | PACKET_SHOW_MEMINFO
-        flags = 0x1 | 0x300  # NLM_F_REQUEST | NLM_F_DUMP
-        nl.send(_DIAG_REQ.pack(_DIAG_REQ.size, SOCK_DIAG_BY_FAMILY, flags, 1, 0, socket.AF_PACKET, 0, 0, 0, show))
+        nl.send(_DIAG_REQ.pack(_DIAG_REQ.size, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0, socket.AF_PACKET, 0, 0, 0, show))
         out: dict[int, Diag] = {}
         deadline = time.monotonic() + timeout
         while True:
@@ -262,9 +256,9 @@ def packet_diag(netns_fd: int, timeout: float = 2.0) -> dict[int, Diag]:
             if left <= 0 or not select.select([nl], [], [], left)[0]:
                 raise LabError(f"sock_diag: no end of the packet socket dump within {timeout:g}s")
             for header, msg in nlmsg.split(nl.recv(1 << 16)):
-                if header.type == 3:  # NLMSG_DONE
+                if header.type == NLMSG_DONE:
                     return out
-                if header.type == 2:  # NLMSG_ERROR
+                if header.type == NLMSG_ERROR:
                     err = -struct.unpack_from("=i", msg, nlmsg.NLMSG_HDR.size)[0]
                     raise LabError(f"sock_diag refused the packet socket dump: {os.strerror(err)}")
                 if header.type == SOCK_DIAG_BY_FAMILY:
