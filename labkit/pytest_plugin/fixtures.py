@@ -13,6 +13,7 @@ from labkit.pytest_plugin.hooks import CALL_REPORT, SETTINGS, TESTBED, changes_o
 from labkit.pytest_plugin.options import LabSettings
 from labkit.pytest_plugin.order import SEQUENCE_START
 from labkit.stacks import Stack, StackSpec
+from labkit.stacks.agent import SocketAgent
 from labkit.testbed import Layout, Testbed, isolation, standard_layout
 from labkit.testbed.pool import TestbedPool
 
@@ -123,6 +124,15 @@ def stack(testbed: Testbed) -> Stack:
     """The started stack under test (parametrized over --stack)."""
     assert testbed.stack is not None
     return testbed.stack
+
+
+@pytest.fixture
+def agent(stack: Stack) -> SocketAgent:
+    """The socket agent inside the stack under test (labkit.agent): the application side of a
+    transport check. It lives with the testbed; the pool closes its sockets between checks."""
+    if not stack.can("agent"):
+        pytest.skip(f"{stack.id} lacks capabilities: agent")
+    return stack.agent()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from labkit.net.topology import Link, Topology
 from labkit.packet.sockets import PacketSocket
 from labkit.services import KINDS as SERVICE_KINDS
 from labkit.stacks import state as stack_state
+from labkit.stacks.agent import SocketAgent
 from labkit.stacks.service import Service
 
 # Capability flags: what checks a driver can take part in.
@@ -42,7 +43,8 @@ EXEC = "exec"  # can run arbitrary commands inside
 SYSCTL = "sysctl"
 RTNETLINK = "rtnetlink"  # answers NETLINK_ROUTE for its own links, addresses and routes, inside
 ADDR_CONFIG = "addr-config"  # `ip addr add` run inside gives the stack itself a new address
-CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, SYSCTL, RTNETLINK, ADDR_CONFIG})
+AGENT = "agent"  # runs the socket agent (labkit.agent) on the stack under test: its sockets are the stack's
+CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, SYSCTL, RTNETLINK, ADDR_CONFIG, AGENT})
 # Sandbox-only traits, which the network-setup checks are about:
 NETNS_COPY = "netns-copy"  # builds its own stack from the namespace's links, addresses and routes
 AF_PACKET = "af-packet"  # reaches its link through AF_PACKET sockets the lab can inspect
@@ -91,6 +93,7 @@ class Stack(abc.ABC):
         self.link: End | None = None  # a veth end, or (a stack that makes its link) a tap's end
         self.workdir: Path | None = None
         self._services: list[Service] = []
+        self._agent: SocketAgent | None = None
         self._log_marks: dict[Path, int] = {}
         self._channel_totals: dict[int, tuple[int, int]] = {}
 
@@ -166,8 +169,14 @@ class Stack(abc.ABC):
     def _start(self) -> None: ...
 
     def reset(self) -> None:
-        """Make a reused stack ready for the next check: its services end, its logs start afresh."""
+        """Make a reused stack ready for the next check: its services end, the socket agent's
+        sockets close (the agent itself stays: it is slow to start), its logs start afresh."""
         self._close_services()
+        if self._agent is not None:
+            if self._agent.running:
+                self._agent.reset()
+            else:
+                self._close_agent()
         self.mark_logs()
 
     def healthy(self) -> bool:
@@ -185,10 +194,16 @@ class Stack(abc.ABC):
         if errors:
             raise errors[0]
 
+    def _close_agent(self) -> None:
+        agent, self._agent = self._agent, None
+        if agent is not None:
+            agent.close()
+
     def stop(self) -> None:
         """End services and the stack and remove its workdir, whatever fails on the way."""
         try:
             try:
+                self._close_agent()
                 self._close_services()
             finally:
                 self._stop()
@@ -244,6 +259,21 @@ class Stack(abc.ABC):
         self._services.append(svc)
         return svc
 
+    def sysctl(self, key: str, value: object) -> None:
+        """Set a sysctl of the stack's own (a timer a check shortens: `net.ipv4.ipfrag_time`).
+        Only a stack with the `sysctl` capability has them; a check that uses this declares
+        `@pytest.mark.changes("sysctls")`, so the testbed is not handed on."""
+        raise LabError(f"{self.id} has no sysctls the lab can set (it lacks the {SYSCTL!r} capability)")
+
+    def agent(self) -> SocketAgent:
+        """The socket agent inside the stack, started on first use and kept while the stack runs."""
+        if not self.can(AGENT):
+            raise LabError(f"{self.id} cannot run the socket agent (it lacks the {AGENT!r} capability)")
+        if self._agent is None or not self._agent.running:
+            self._close_agent()
+            self._agent = SocketAgent.start(self)
+        return self._agent
+
     def logs(self) -> dict[str, Path]:
         """The stack's own log files (kept with the pcap when a test fails)."""
         if self.workdir is None:
@@ -268,7 +298,9 @@ class Stack(abc.ABC):
             if done.returncode != 0 and "@@" not in done.stdout:
                 raise LabError(f"{self.id}: reading its state inside failed ({done.returncode}): {done.stderr.strip()[-200:]}")
             found.update(stack_state.parse(done.stdout))
-        found["processes"] = self.processes()
+        # The agent belongs to the testbed (started once, its sockets closed between checks).
+        mine = f"(pid {self._agent.pid})" if self._agent is not None else None
+        found["processes"] = frozenset(p for p in self.processes() if mine is None or not p.endswith(mine))
         return found
 
     def processes(self) -> frozenset[str]:

@@ -47,6 +47,9 @@ class LinuxStack(base.Stack):
             self._ns.sysctl(key, value)
         set_tx_checksum(self._ns.netns, self.link.name, bool(self.options.get("tx_checksum")))
 
+    def sysctl(self, key: str, value: object) -> None:
+        self._ns.sysctl(key, value)
+
     def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
         return run_in(self._ns.netns, argv, timeout=timeout, env=self.child_env())
 
