@@ -159,7 +159,7 @@ class SocketAgent:
 
     @property
     def running(self) -> bool:
-        return self.process.running
+        return self.process.running()
 
 
 class AgentSocket:
@@ -178,7 +178,7 @@ class AgentSocket:
         return self.agent.begin(op, fd=self.fd, **args)
 
     def bind(self, addr: str = "", port: int = 0) -> tuple[str, int]:
-        return tuple(self._call("bind", addr=addr, port=port)["name"])  # type: ignore[return-value]
+        return tuple(self._call("bind", addr=addr, port=port)["name"])
 
     def listen(self, backlog: int = 16) -> None:
         self._call("listen", backlog=backlog)
@@ -188,10 +188,10 @@ class AgentSocket:
         return int(self.getsockname()[1])
 
     def getsockname(self) -> tuple[str, int]:
-        return tuple(self._call("getsockname")["name"])  # type: ignore[return-value]
+        return tuple(self._call("getsockname")["name"])
 
     def getpeername(self) -> tuple[str, int]:
-        return tuple(self._call("getpeername")["name"])  # type: ignore[return-value]
+        return tuple(self._call("getpeername")["name"])
 
     def accept(self, timeout: float = 3.0) -> AgentSocket:
         got = self._call("accept", timeout=timeout)
