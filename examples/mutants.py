@@ -151,3 +151,400 @@ class BurstDroppingLinux(LinuxStack):
             "burstdrop",
             'chain in { type filter hook ingress device "DEV" priority 0; meta l4proto udp limit rate over 1/second burst 64 packets drop; }',
         )
+
+
+# -- suites/transport/test_ip.py and test_fragments.py --
+
+
+class NoReassemblyLinux(LinuxStack):
+    """Keeps no memory for reassembly (the high thresholds at 0): every fragment it receives is
+    dropped, so no fragmented datagram ever arrives. The low thresholds go first: a high one may
+    not fall below its low one."""
+
+    kind = "linux-noreasm"
+    sysctls = {
+        "net.ipv4.ipfrag_low_thresh": 0,
+        "net.ipv4.ipfrag_high_thresh": 0,
+        "net.ipv6.ip6frag_low_thresh": 0,
+        "net.ipv6.ip6frag_high_thresh": 0,
+    }
+
+
+class TtlRewritingLinux(LinuxStack):
+    """Sends everything with TTL / hop limit 200, whatever the default or the socket says (an
+    nftables rule on the way out)."""
+
+    kind = "linux-ttl200"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "ttl200",
+            'chain out { type filter hook egress device "DEV" priority 0; '
+            "meta protocol ip ip ttl set 200; meta protocol ip6 ip6 hoplimit set 200; }",
+        )
+
+
+class RepeatingIdLinux(LinuxStack):
+    """Puts the same identification, 4242, on every IPv4 datagram it sends (fragments included)."""
+
+    kind = "linux-sameid"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(self, "sameid", 'chain out { type filter hook egress device "DEV" priority 0; meta protocol ip ip id set 4242; }')
+
+
+class SilentIpErrorsLinux(LinuxStack):
+    """Never lets out an ICMP time exceeded or parameter problem (v4 or v6): whatever it finds
+    wrong with a header or a reassembly, the sender is not told."""
+
+    kind = "linux-noiperrors"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "noiperrors",
+            'chain out { type filter hook egress device "DEV" priority 0; '
+            "meta protocol ip icmp type { time-exceeded, parameter-problem } drop; "
+            "meta protocol ip6 icmpv6 type { time-exceeded, parameter-problem } drop; }",
+        )
+
+
+class OptionDroppingLinux(LinuxStack):
+    """Drops on the way in every IPv4 datagram with options and every IPv6 packet whose first
+    extension header is hop-by-hop (0) or destination options (60), however valid."""
+
+    kind = "linux-dropoptions"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "dropoptions",
+            'chain in { type filter hook ingress device "DEV" priority 0; '
+            "meta protocol ip ip hdrlength > 5 drop; meta protocol ip6 ip6 nexthdr { 0, 60 } drop; }",
+        )
+
+
+# -- transport: the handshake and RST families (suites/transport/test_handshake.py, test_rst.py) --
+
+
+class NoSackLinux(LinuxStack):
+    """Never agrees to SACK (net.ipv4.tcp_sack = 0): its SYN-ACK leaves SACK-permitted out and
+    no ACK carries SACK blocks."""
+
+    kind = "linux-nosack"
+    sysctls = {"net.ipv4.tcp_sack": 0}
+
+
+class NoTimestampsLinux(LinuxStack):
+    """Never agrees to timestamps (net.ipv4.tcp_timestamps = 0): no segment carries TSopt."""
+
+    kind = "linux-notimestamps"
+    sysctls = {"net.ipv4.tcp_timestamps": 0}
+
+
+class NoWindowScalingLinux(LinuxStack):
+    """Never agrees to window scaling (net.ipv4.tcp_window_scaling = 0): its window stays 16-bit."""
+
+    kind = "linux-nowscale"
+    sysctls = {"net.ipv4.tcp_window_scaling": 0}
+
+
+class MssBlindLinux(LinuxStack):
+    """Ignores an MSS of 536 its peer announces: on the way in, a SYN whose first option is
+    MSS 536 (as the lab's SYN is) gets MSS 1460 instead, so the stack cuts its segments for a
+    1500-byte link. nftables only ever lowers an MSS with `tcp option maxseg`, and a raw write
+    leaves the checksum alone, so the rule also writes 65535 - 924 into the urgent pointer (0,
+    and ignored without URG): the one's-complement sum, hence the checksum, stays right."""
+
+    kind = "linux-mssblind"
+
+    def _start(self) -> None:
+        super()._start()
+        # TCP header bits 104-111: flags; 144-159: urgent pointer; 160-175: the first option's
+        # kind and length (0x0204: MSS); 176-191: its value.
+        _load_nft(
+            self,
+            "mssblind",
+            'chain in { type filter hook ingress device "DEV" priority 0; meta l4proto tcp tcp flags & syn == syn '
+            "@th,144,16 0 @th,160,16 0x0204 @th,176,16 536 @th,176,16 set 1460 @th,144,16 set 64611; }",
+        )
+
+
+class RstDeafLinux(LinuxStack):
+    """Never sees an RST: an ingress rule drops every TCP segment with RST set, so no reset ends
+    a connection (or refuses a connect)."""
+
+    kind = "linux-rstdeaf"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(self, "rstdeaf", 'chain in { type filter hook ingress device "DEV" priority 0; tcp flags & rst == rst drop; }')
+
+
+class RstMuteLinux(LinuxStack):
+    """Sends no RST: an egress rule drops every TCP segment of the stack's with RST set, so an
+    abort (close with unread data, SO_LINGER 0, a closed port) reaches nobody."""
+
+    kind = "linux-rstmute"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(self, "rstmute", 'chain out { type filter hook egress device "DEV" priority 0; tcp flags & rst == rst drop; }')
+
+
+class Rfc1337Linux(LinuxStack):
+    """Ignores an RST in TIME-WAIT (net.ipv4.tcp_rfc1337 = 1, RFC 1337's remedy against TIME-WAIT
+    assassination), where Linux by default lets it end TIME-WAIT."""
+
+    kind = "linux-rfc1337"
+    sysctls = {"net.ipv4.tcp_rfc1337": 1}
+
+
+class NoBareAckLinux(LinuxStack):
+    """Sends no bare ACK with timestamps (an egress rule drops every segment that is ACK only,
+    no data: 52 bytes over IPv4, a 32-byte payload over IPv6), so challenge ACKs (RFC 5961) and
+    the ACKs answering unacceptable segments never leave; data, SYN-ACKs, FINs and RSTs do."""
+
+    kind = "linux-nobareack"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "nobareack",
+            'chain out { type filter hook egress device "DEV" priority 0; '
+            "meta protocol ip tcp flags == ack ip length 52 drop; "
+            "meta protocol ip6 tcp flags == ack ip6 length 32 drop; }",
+        )
+
+
+# -- transport: the listen queue, UDP and ICMP (suites/transport/test_listen.py, test_udp.py, test_icmp.py) --
+
+
+class SmallAcceptQueueLinux(LinuxStack):
+    """Caps every listen backlog at 0 (net.core.somaxconn = 0): the accept queue holds one
+    connection whatever listen(2) asked for."""
+
+    kind = "linux-somaxconn0"
+    sysctls = {"net.core.somaxconn": 0}
+
+
+class AbortOnOverflowLinux(LinuxStack):
+    """Resets a handshake whose final ACK finds the accept queue full (net.ipv4.tcp_abort_on_overflow
+    = 1) instead of ignoring the ACK and letting the client's retransmission complete it later."""
+
+    kind = "linux-abortoverflow"
+    sysctls = {"net.ipv4.tcp_abort_on_overflow": 1}
+
+
+class AlwaysSynCookiesLinux(LinuxStack):
+    """Answers every SYN with a cookie (net.ipv4.tcp_syncookies = 2): no handshake is kept in
+    SYN-RECEIVED, however empty the listener's queue."""
+
+    kind = "linux-alwayscookies"
+    sysctls = {"net.ipv4.tcp_syncookies": 2}
+
+
+class NoSynCookiesLinux(LinuxStack):
+    """Has no SYN cookies (net.ipv4.tcp_syncookies = 0): a SYN that finds the SYN queue full is dropped."""
+
+    kind = "linux-nocookies"
+    sysctls = {"net.ipv4.tcp_syncookies": 0}
+
+
+class UnreachableBlindLinux(LinuxStack):
+    """Never takes in a destination unreachable (v4 or v6, any code): an ingress rule drops them,
+    so a connected UDP socket never learns its peer refuses, nor a connect that its peer is gone."""
+
+    kind = "linux-unreachblind"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "unreachblind",
+            'chain in { type filter hook ingress device "DEV" priority 0; '
+            "meta protocol ip icmp type destination-unreachable drop; "
+            "meta protocol ip6 icmpv6 type destination-unreachable drop; }",
+        )
+
+
+class MulticastSourceLinux(LinuxStack):
+    """Delivers datagrams from a multicast source: an ingress rule rewrites such a source into the
+    peer's address before the IP layer can refuse it (checksums fixed up by nftables)."""
+
+    kind = "linux-mcastsource"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "mcastsource",
+            'chain in { type filter hook ingress device "DEV" priority 0; '
+            "meta protocol ip ip saddr 224.0.0.0/4 ip saddr set 198.18.0.1; "
+            "meta protocol ip6 ip6 saddr ff00::/8 ip6 saddr set 2001:db8::1; }",
+        )
+
+
+class EmptyDatagramLosingLinux(LinuxStack):
+    """Loses every UDP datagram it sends that carries no data (UDP length 8)."""
+
+    kind = "linux-noemptyudp"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(self, "noemptyudp", 'chain out { type filter hook egress device "DEV" priority 0; udp length 8 drop; }')
+
+
+class EchoReplyDeafLinux(LinuxStack):
+    """Never takes in an echo reply (v4 or v6): a ping socket's request is answered in vain."""
+
+    kind = "linux-echodeaf"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "echodeaf",
+            'chain in { type filter hook ingress device "DEV" priority 0; '
+            "meta protocol ip icmp type echo-reply drop; meta protocol ip6 icmpv6 type echo-reply drop; }",
+        )
+
+
+class SilentPortLinux(LinuxStack):
+    """Never lets out a port unreachable (v4 or v6): a datagram to a closed port vanishes."""
+
+    kind = "linux-silentport"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "silentport",
+            'chain out { type filter hook egress device "DEV" priority 0; '
+            "meta protocol ip icmp type destination-unreachable icmp code port-unreachable drop; "
+            "meta protocol ip6 icmpv6 type destination-unreachable icmpv6 code port-unreachable drop; }",
+        )
+
+
+class PmtuBlindLinux(LinuxStack):
+    """Never takes in fragmentation needed (v4) or packet too big (v6): the path MTU stays the
+    link's, whatever the path says (an ICMP black hole in front of the stack)."""
+
+    kind = "linux-pmtublind"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "pmtublind",
+            'chain in { type filter hook ingress device "DEV" priority 0; '
+            "meta protocol ip icmp type destination-unreachable icmp code frag-needed drop; "
+            "meta protocol ip6 icmpv6 type packet-too-big drop; }",
+        )
+
+
+class NoPmtuDiscoveryLinux(LinuxStack):
+    """Gives every new socket IP_PMTUDISC_DONT: IPv4 packets leave with DF clear, as a stack
+    without path MTU discovery sends them."""
+
+    kind = "linux-nopmtud"
+    sysctls = {"net.ipv4.ip_no_pmtu_disc": 1}
+
+
+class AnyBroadcastLinux(LinuxStack):
+    """Takes an IPv4 broadcast for its own unicast address: an ingress rule rewrites the limited
+    and the subnet's broadcast destination into 198.18.0.2 (the stack's), so a socket bound to
+    that address gets broadcasts."""
+
+    kind = "linux-anybroadcast"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "anybroadcast",
+            'chain in { type filter hook ingress device "DEV" priority 0; '
+            "meta protocol ip ip daddr { 255.255.255.255, 198.18.0.255 } ip daddr set 198.18.0.2; }",
+        )
+
+
+# -- transport: the window and loss/timer families (suites/transport/test_window.py, test_timers.py) --
+
+
+class WindowBlindLinux(LinuxStack):
+    """Never sees the window its peer announces: on the way in, every TCP segment's window field
+    is rewritten to 65535 (nftables fixes the checksum), so the stack sends into a closed or
+    shrunk window as if it were open."""
+
+    kind = "linux-windowblind"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "windowblind",
+            'chain in { type filter hook ingress device "DEV" priority 0; meta l4proto tcp tcp window set 65535; }',
+        )
+
+
+class WindowInflatingLinux(LinuxStack):
+    """Announces more window than it has buffer: on the way out, every TCP segment's window field
+    is rewritten to 65535, so the window never closes, whatever the application leaves unread."""
+
+    kind = "linux-bigwindow"
+
+    def _start(self) -> None:
+        super()._start()
+        _load_nft(
+            self,
+            "bigwindow",
+            'chain out { type filter hook egress device "DEV" priority 0; meta l4proto tcp tcp window set 65535; }',
+        )
+
+
+class FlatBackoffLinux(LinuxStack):
+    """Barely backs off: the RTO starts at 400 ms (net.ipv4.tcp_rto_min_us) and may not grow past
+    1 s (net.ipv4.tcp_rto_max_ms, its floor), so the third timeout comes 1 s after the second
+    instead of 1.6 s."""
+
+    kind = "linux-flatbackoff"
+    sysctls = {"net.ipv4.tcp_rto_min_us": 400000, "net.ipv4.tcp_rto_max_ms": 1000}
+
+
+class NoRetransmitLinux(LinuxStack):
+    """Its retransmissions never reach the wire: an egress rule remembers (source, port, sequence
+    number) of every TCP segment with PSH or FIN in a dynamic set and drops a segment already
+    there, so data and FINs leave once and their copies are lost (bare ACKs and zero-window
+    probes, which carry neither flag, still go)."""
+
+    kind = "linux-noretransmit"
+
+    def _start(self) -> None:
+        super()._start()
+        seen = "tcp flags & (fin | psh) != 0"
+        _load_nft(
+            self,
+            "noretransmit",
+            "set sent4 { typeof ip saddr . tcp sport . tcp sequence; size 65535; timeout 1m; flags dynamic; }\n"
+            "set sent6 { typeof ip6 saddr . tcp sport . tcp sequence; size 65535; timeout 1m; flags dynamic; }\n"
+            'chain out { type filter hook egress device "DEV" priority 0;\n'
+            f"  meta protocol ip {seen} ip saddr . tcp sport . tcp sequence @sent4 drop\n"
+            f"  meta protocol ip {seen} add @sent4 {{ ip saddr . tcp sport . tcp sequence }}\n"
+            f"  meta protocol ip6 {seen} ip6 saddr . tcp sport . tcp sequence @sent6 drop\n"
+            f"  meta protocol ip6 {seen} add @sent6 {{ ip6 saddr . tcp sport . tcp sequence }}\n"
+            "}",
+        )
+
+
+class LateFastRetransmitLinux(LinuxStack):
+    """Waits for more than ten duplicate ACKs before it takes a segment for lost
+    (net.ipv4.tcp_reordering = 10): after three, the loss is left to the RTO."""
+
+    kind = "linux-dupthresh10"
+    sysctls = {"net.ipv4.tcp_reordering": 10}

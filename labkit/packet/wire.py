@@ -322,6 +322,7 @@ class Wire:
 
 
 def _policy_exempt(addr: str) -> bool:
-    """Addresses a frame may carry that are not a destination anywhere: unspecified, broadcast, link-local multicast."""
+    """Addresses a frame may carry that are not a destination anywhere: unspecified, broadcast,
+    link-local multicast (224.0.0.0/24, ff02::/16), link-local unicast."""
     a = str(addr).lower()
-    return a in ("0.0.0.0", "255.255.255.255", "::") or a.startswith("ff02:") or a.startswith("fe80:")
+    return a in ("0.0.0.0", "255.255.255.255", "::") or a.startswith(("ff02:", "fe80:", "224.0.0."))
