@@ -1,7 +1,12 @@
-"""Linux, broken on purpose: each mutant breaks one property a family of linkdispatch checks
-guards, so labkit's own tests can show those checks fail when it is broken.
+"""Linux, broken on purpose: each mutant breaks one property a family of linkdispatch or
+transport checks guards, so labkit's own tests (tests/test_mutants.py,
+tests/test_transport_mutants.py) can show those checks fail when it is broken.
 
     pytest suites/linkdispatch/test_routes.py --stack examples.mutants:WrongRouteLinux
+    pytest suites/transport/test_rst.py --stack linux,examples.mutants:RstMuteLinux
+
+Most mutants are a sysctl (`sysctls`) or one nftables chain on the link (`_NftLinux`: `hook` and
+`rules`); the rest change the namespace in `_start`.
 """
 
 from __future__ import annotations
@@ -82,26 +87,35 @@ def _load_nft(stack: LinuxStack, name: str, chains: str) -> None:
         raise LabError(f"{stack.kind}: nft refused {path}: {done.stderr.strip()}")
 
 
-class ChecksumBlindLinux(LinuxStack):
+class _NftLinux(LinuxStack):
+    """A Linux broken by one nftables chain on its link, as a mutant with `sysctls` is by a
+    sysctl: `rules` on the `hook`, "ingress" (frames on their way in) or "egress" (on their way
+    out), in a table named after the mutant's kind."""
+
+    hook: ClassVar[str]
+    rules: ClassVar[str]
+
+    def _start(self) -> None:
+        super()._start()
+        chain = "in" if self.hook == "ingress" else "out"
+        hooked = f'chain {chain} {{ type filter hook {self.hook} device "DEV" priority 0; {self.rules} }}'
+        _load_nft(self, self.kind.removeprefix("linux-"), hooked)
+
+
+class ChecksumBlindLinux(_NftLinux):
     """Accepts IPv4 UDP whatever its checksum: the checksum is zeroed ("none") on the way in."""
 
     kind = "linux-csumblind"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self, "csumblind", 'chain in { type filter hook ingress device "DEV" priority 0; meta protocol ip udp checksum set 0; }'
-        )
+    hook = "ingress"
+    rules = "meta protocol ip udp checksum set 0;"
 
 
-class BadTxChecksumLinux(LinuxStack):
+class BadTxChecksumLinux(_NftLinux):
     """Sends every UDP datagram with the same made-up checksum, 0x1234."""
 
     kind = "linux-badtxcsum"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(self, "badtxcsum", 'chain out { type filter hook egress device "DEV" priority 0; udp checksum set 0x1234; }')
+    hook = "egress"
+    rules = "udp checksum set 0x1234;"
 
 
 class ReorderingLinux(LinuxStack):
@@ -137,20 +151,14 @@ class ReorderingLinux(LinuxStack):
                 )
 
 
-class BurstDroppingLinux(LinuxStack):
+class BurstDroppingLinux(_NftLinux):
     """Takes in no more than 64 UDP datagrams at once: the rest of a burst is dropped on the way
     in (an nftables limit at ingress, refilled at one packet a second), as a receive queue far
     smaller than the one it claims would."""
 
     kind = "linux-burstdrop"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "burstdrop",
-            'chain in { type filter hook ingress device "DEV" priority 0; meta l4proto udp limit rate over 1/second burst 64 packets drop; }',
-        )
+    hook = "ingress"
+    rules = "meta l4proto udp limit rate over 1/second burst 64 packets drop;"
 
 
 # -- suites/transport/test_ip.py and test_fragments.py --
@@ -170,63 +178,42 @@ class NoReassemblyLinux(LinuxStack):
     }
 
 
-class TtlRewritingLinux(LinuxStack):
+class TtlRewritingLinux(_NftLinux):
     """Sends everything with TTL / hop limit 200, whatever the default or the socket says (an
     nftables rule on the way out)."""
 
     kind = "linux-ttl200"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "ttl200",
-            'chain out { type filter hook egress device "DEV" priority 0; '
-            "meta protocol ip ip ttl set 200; meta protocol ip6 ip6 hoplimit set 200; }",
-        )
+    hook = "egress"
+    rules = "meta protocol ip ip ttl set 200; meta protocol ip6 ip6 hoplimit set 200;"
 
 
-class RepeatingIdLinux(LinuxStack):
+class RepeatingIdLinux(_NftLinux):
     """Puts the same identification, 4242, on every IPv4 datagram it sends (fragments included)."""
 
     kind = "linux-sameid"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(self, "sameid", 'chain out { type filter hook egress device "DEV" priority 0; meta protocol ip ip id set 4242; }')
+    hook = "egress"
+    rules = "meta protocol ip ip id set 4242;"
 
 
-class SilentIpErrorsLinux(LinuxStack):
+class SilentIpErrorsLinux(_NftLinux):
     """Never lets out an ICMP time exceeded or parameter problem (v4 or v6): whatever it finds
     wrong with a header or a reassembly, the sender is not told."""
 
     kind = "linux-noiperrors"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "noiperrors",
-            'chain out { type filter hook egress device "DEV" priority 0; '
-            "meta protocol ip icmp type { time-exceeded, parameter-problem } drop; "
-            "meta protocol ip6 icmpv6 type { time-exceeded, parameter-problem } drop; }",
-        )
+    hook = "egress"
+    rules = (
+        "meta protocol ip icmp type { time-exceeded, parameter-problem } drop; "
+        "meta protocol ip6 icmpv6 type { time-exceeded, parameter-problem } drop;"
+    )
 
 
-class OptionDroppingLinux(LinuxStack):
+class OptionDroppingLinux(_NftLinux):
     """Drops on the way in every IPv4 datagram with options and every IPv6 packet whose first
     extension header is hop-by-hop (0) or destination options (60), however valid."""
 
     kind = "linux-dropoptions"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "dropoptions",
-            'chain in { type filter hook ingress device "DEV" priority 0; '
-            "meta protocol ip ip hdrlength > 5 drop; meta protocol ip6 ip6 nexthdr { 0, 60 } drop; }",
-        )
+    hook = "ingress"
+    rules = "meta protocol ip ip hdrlength > 5 drop; meta protocol ip6 ip6 nexthdr { 0, 60 } drop;"
 
 
 # -- transport: the handshake and RST families (suites/transport/test_handshake.py, test_rst.py) --
@@ -254,7 +241,7 @@ class NoWindowScalingLinux(LinuxStack):
     sysctls = {"net.ipv4.tcp_window_scaling": 0}
 
 
-class MssBlindLinux(LinuxStack):
+class MssBlindLinux(_NftLinux):
     """Ignores an MSS of 536 its peer announces: on the way in, a SYN whose first option is
     MSS 536 (as the lab's SYN is) gets MSS 1460 instead, so the stack cuts its segments for a
     1500-byte link. nftables only ever lowers an MSS with `tcp option maxseg`, and a raw write
@@ -262,39 +249,31 @@ class MssBlindLinux(LinuxStack):
     and ignored without URG): the one's-complement sum, hence the checksum, stays right."""
 
     kind = "linux-mssblind"
-
-    def _start(self) -> None:
-        super()._start()
-        # TCP header bits 104-111: flags; 144-159: urgent pointer; 160-175: the first option's
-        # kind and length (0x0204: MSS); 176-191: its value.
-        _load_nft(
-            self,
-            "mssblind",
-            'chain in { type filter hook ingress device "DEV" priority 0; meta l4proto tcp tcp flags & syn == syn '
-            "@th,144,16 0 @th,160,16 0x0204 @th,176,16 536 @th,176,16 set 1460 @th,144,16 set 64611; }",
-        )
+    hook = "ingress"
+    # TCP header bits 104-111: flags; 144-159: urgent pointer; 160-175: the first option's
+    # kind and length (0x0204: MSS); 176-191: its value.
+    rules = (
+        "meta l4proto tcp tcp flags & syn == syn @th,144,16 0 @th,160,16 0x0204 @th,176,16 536 "
+        "@th,176,16 set 1460 @th,144,16 set 64611;"
+    )
 
 
-class RstDeafLinux(LinuxStack):
+class RstDeafLinux(_NftLinux):
     """Never sees an RST: an ingress rule drops every TCP segment with RST set, so no reset ends
     a connection (or refuses a connect)."""
 
     kind = "linux-rstdeaf"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(self, "rstdeaf", 'chain in { type filter hook ingress device "DEV" priority 0; tcp flags & rst == rst drop; }')
+    hook = "ingress"
+    rules = "tcp flags & rst == rst drop;"
 
 
-class RstMuteLinux(LinuxStack):
+class RstMuteLinux(_NftLinux):
     """Sends no RST: an egress rule drops every TCP segment of the stack's with RST set, so an
     abort (close with unread data, SO_LINGER 0, a closed port) reaches nobody."""
 
     kind = "linux-rstmute"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(self, "rstmute", 'chain out { type filter hook egress device "DEV" priority 0; tcp flags & rst == rst drop; }')
+    hook = "egress"
+    rules = "tcp flags & rst == rst drop;"
 
 
 class Rfc1337Linux(LinuxStack):
@@ -305,22 +284,14 @@ class Rfc1337Linux(LinuxStack):
     sysctls = {"net.ipv4.tcp_rfc1337": 1}
 
 
-class NoBareAckLinux(LinuxStack):
+class NoBareAckLinux(_NftLinux):
     """Sends no bare ACK with timestamps (an egress rule drops every segment that is ACK only,
     no data: 52 bytes over IPv4, a 32-byte payload over IPv6), so challenge ACKs (RFC 5961) and
     the ACKs answering unacceptable segments never leave; data, SYN-ACKs, FINs and RSTs do."""
 
     kind = "linux-nobareack"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "nobareack",
-            'chain out { type filter hook egress device "DEV" priority 0; '
-            "meta protocol ip tcp flags == ack ip length 52 drop; "
-            "meta protocol ip6 tcp flags == ack ip6 length 32 drop; }",
-        )
+    hook = "egress"
+    rules = "meta protocol ip tcp flags == ack ip length 52 drop; meta protocol ip6 tcp flags == ack ip6 length 32 drop;"
 
 
 # -- transport: the listen queue, UDP and ICMP (suites/transport/test_listen.py, test_udp.py, test_icmp.py) --
@@ -357,96 +328,64 @@ class NoSynCookiesLinux(LinuxStack):
     sysctls = {"net.ipv4.tcp_syncookies": 0}
 
 
-class UnreachableBlindLinux(LinuxStack):
+class UnreachableBlindLinux(_NftLinux):
     """Never takes in a destination unreachable (v4 or v6, any code): an ingress rule drops them,
     so a connected UDP socket never learns its peer refuses, nor a connect that its peer is gone."""
 
     kind = "linux-unreachblind"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "unreachblind",
-            'chain in { type filter hook ingress device "DEV" priority 0; '
-            "meta protocol ip icmp type destination-unreachable drop; "
-            "meta protocol ip6 icmpv6 type destination-unreachable drop; }",
-        )
+    hook = "ingress"
+    rules = "meta protocol ip icmp type destination-unreachable drop; meta protocol ip6 icmpv6 type destination-unreachable drop;"
 
 
-class MulticastSourceLinux(LinuxStack):
+class MulticastSourceLinux(_NftLinux):
     """Delivers datagrams from a multicast source: an ingress rule rewrites such a source into the
     peer's address before the IP layer can refuse it (checksums fixed up by nftables)."""
 
     kind = "linux-mcastsource"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "mcastsource",
-            'chain in { type filter hook ingress device "DEV" priority 0; '
-            "meta protocol ip ip saddr 224.0.0.0/4 ip saddr set 198.18.0.1; "
-            "meta protocol ip6 ip6 saddr ff00::/8 ip6 saddr set 2001:db8::1; }",
-        )
+    hook = "ingress"
+    rules = (
+        "meta protocol ip ip saddr 224.0.0.0/4 ip saddr set 198.18.0.1; "
+        "meta protocol ip6 ip6 saddr ff00::/8 ip6 saddr set 2001:db8::1;"
+    )
 
 
-class EmptyDatagramLosingLinux(LinuxStack):
+class EmptyDatagramLosingLinux(_NftLinux):
     """Loses every UDP datagram it sends that carries no data (UDP length 8)."""
 
     kind = "linux-noemptyudp"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(self, "noemptyudp", 'chain out { type filter hook egress device "DEV" priority 0; udp length 8 drop; }')
+    hook = "egress"
+    rules = "udp length 8 drop;"
 
 
-class EchoReplyDeafLinux(LinuxStack):
+class EchoReplyDeafLinux(_NftLinux):
     """Never takes in an echo reply (v4 or v6): a ping socket's request is answered in vain."""
 
     kind = "linux-echodeaf"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "echodeaf",
-            'chain in { type filter hook ingress device "DEV" priority 0; '
-            "meta protocol ip icmp type echo-reply drop; meta protocol ip6 icmpv6 type echo-reply drop; }",
-        )
+    hook = "ingress"
+    rules = "meta protocol ip icmp type echo-reply drop; meta protocol ip6 icmpv6 type echo-reply drop;"
 
 
-class SilentPortLinux(LinuxStack):
+class SilentPortLinux(_NftLinux):
     """Never lets out a port unreachable (v4 or v6): a datagram to a closed port vanishes."""
 
     kind = "linux-silentport"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "silentport",
-            'chain out { type filter hook egress device "DEV" priority 0; '
-            "meta protocol ip icmp type destination-unreachable icmp code port-unreachable drop; "
-            "meta protocol ip6 icmpv6 type destination-unreachable icmpv6 code port-unreachable drop; }",
-        )
+    hook = "egress"
+    rules = (
+        "meta protocol ip icmp type destination-unreachable icmp code port-unreachable drop; "
+        "meta protocol ip6 icmpv6 type destination-unreachable icmpv6 code port-unreachable drop;"
+    )
 
 
-class PmtuBlindLinux(LinuxStack):
+class PmtuBlindLinux(_NftLinux):
     """Never takes in fragmentation needed (v4) or packet too big (v6): the path MTU stays the
     link's, whatever the path says (an ICMP black hole in front of the stack)."""
 
     kind = "linux-pmtublind"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "pmtublind",
-            'chain in { type filter hook ingress device "DEV" priority 0; '
-            "meta protocol ip icmp type destination-unreachable icmp code frag-needed drop; "
-            "meta protocol ip6 icmpv6 type packet-too-big drop; }",
-        )
+    hook = "ingress"
+    rules = (
+        "meta protocol ip icmp type destination-unreachable icmp code frag-needed drop; "
+        "meta protocol ip6 icmpv6 type packet-too-big drop;"
+    )
 
 
 class NoPmtuDiscoveryLinux(LinuxStack):
@@ -457,55 +396,36 @@ class NoPmtuDiscoveryLinux(LinuxStack):
     sysctls = {"net.ipv4.ip_no_pmtu_disc": 1}
 
 
-class AnyBroadcastLinux(LinuxStack):
+class AnyBroadcastLinux(_NftLinux):
     """Takes an IPv4 broadcast for its own unicast address: an ingress rule rewrites the limited
     and the subnet's broadcast destination into 198.18.0.2 (the stack's), so a socket bound to
     that address gets broadcasts."""
 
     kind = "linux-anybroadcast"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "anybroadcast",
-            'chain in { type filter hook ingress device "DEV" priority 0; '
-            "meta protocol ip ip daddr { 255.255.255.255, 198.18.0.255 } ip daddr set 198.18.0.2; }",
-        )
+    hook = "ingress"
+    rules = "meta protocol ip ip daddr { 255.255.255.255, 198.18.0.255 } ip daddr set 198.18.0.2;"
 
 
 # -- transport: the window and loss/timer families (suites/transport/test_window.py, test_timers.py) --
 
 
-class WindowBlindLinux(LinuxStack):
+class WindowBlindLinux(_NftLinux):
     """Never sees the window its peer announces: on the way in, every TCP segment's window field
     is rewritten to 65535 (nftables fixes the checksum), so the stack sends into a closed or
     shrunk window as if it were open."""
 
     kind = "linux-windowblind"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "windowblind",
-            'chain in { type filter hook ingress device "DEV" priority 0; meta l4proto tcp tcp window set 65535; }',
-        )
+    hook = "ingress"
+    rules = "meta l4proto tcp tcp window set 65535;"
 
 
-class WindowInflatingLinux(LinuxStack):
+class WindowInflatingLinux(_NftLinux):
     """Announces more window than it has buffer: on the way out, every TCP segment's window field
     is rewritten to 65535, so the window never closes, whatever the application leaves unread."""
 
     kind = "linux-bigwindow"
-
-    def _start(self) -> None:
-        super()._start()
-        _load_nft(
-            self,
-            "bigwindow",
-            'chain out { type filter hook egress device "DEV" priority 0; meta l4proto tcp tcp window set 65535; }',
-        )
+    hook = "egress"
+    rules = "meta l4proto tcp tcp window set 65535;"
 
 
 class FlatBackoffLinux(LinuxStack):

@@ -42,6 +42,8 @@ def test_a_connection_through_the_agent_carries_data(agent):
     assert server.recv(100, flags=("MSG_PEEK",)) == b"over the agent"  # still there after a peek
     assert server.recv(100) == b"over the agent"
     assert server.getpeername() == client.getsockname()
+    assert client.send_each([b"one", b"two", b"three"]) == [3, 3, 5]
+    assert server.recv_exactly(11) == b"onetwothree"
     info = client.tcp_info()
     assert info["state"] == 1 and info["snd_mss"] > 0, info  # TCP_ESTABLISHED
 

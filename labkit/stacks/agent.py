@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from labkit.errors import ExpectTimeout, LabError
@@ -226,6 +227,11 @@ class AgentSocket:
     def send(self, data: bytes, flags: tuple[str, ...] = (), timeout: float = 3.0) -> int:
         return int(self._call("send", data=data.hex(), flags=list(flags), timeout=timeout)["sent"])
 
+    def send_each(self, pieces: Sequence[bytes], timeout: float = 3.0) -> list[int]:
+        """Each piece written by its own send(2), back to back inside the agent: with TCP_NODELAY
+        each leaves as a segment of its own, within a millisecond of the last."""
+        return [int(n) for n in self._call("send", pieces=[p.hex() for p in pieces], timeout=timeout)["sent"]]
+
     def sendto(self, data: bytes, addr: str, port: int, flags: tuple[str, ...] = (), timeout: float = 3.0) -> int:
         return int(self._call("send", data=data.hex(), addr=addr, port=port, flags=list(flags), timeout=timeout)["sent"])
 
@@ -238,6 +244,30 @@ class AgentSocket:
 
     def begin_recv(self, size: int = 65536, flags: tuple[str, ...] = (), timeout: float = 3.0) -> Pending:
         return self._begin("recv", size=size, flags=list(flags), timeout=timeout)
+
+    # A stream hands its data over in pieces the check does not choose, so "read these N bytes"
+    # and "what more is there" are reads of their own, shared by every check that counts bytes.
+
+    def recv_exactly(self, size: int, timeout: float = 3.0) -> bytes:
+        """`size` bytes, in as many reads as the stack delivers them in, each bounded by
+        `timeout`; fewer if a read gives nothing (the peer closed)."""
+        data = b""
+        while len(data) < size:
+            chunk = self.recv(min(size - len(data), 16384), timeout=timeout)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def recv_now(self) -> bytes:
+        """What the socket holds for the application right now, without waiting (b"" when
+        nothing: EAGAIN)."""
+        try:
+            return self.recv(65536, flags=("MSG_DONTWAIT",))
+        except SocketCallError as exc:
+            if exc.errno != "EAGAIN":
+                raise
+            return b""
 
     def errors(self) -> list[dict[str, Any]]:
         """What the error queue holds (MSG_ERRQUEUE; IP_RECVERR/IPV6_RECVERR must be on)."""

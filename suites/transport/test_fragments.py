@@ -21,7 +21,9 @@ from labkit.errors import ExpectTimeout
 from labkit.net.plan import FAMILIES, Endpoints
 from labkit.packet.testbench import IcmpEcho
 from labkit.packet.wire import Wire
-from labkit.stacks.agent import AgentSocket, SocketAgent, SocketCallError
+from labkit.stacks.agent import AgentSocket
+
+from .support import arrived, error_fields, pointer_of, receiver
 
 pytestmark = [pytest.mark.needs("udp", "agent"), pytest.mark.varies_with()]
 BOTH = pytest.mark.parametrize("family", FAMILIES)
@@ -80,25 +82,6 @@ def new_ident() -> int:
 # -- the application side -------------------------------------------------------------------------
 
 
-def receiver(agent: SocketAgent, ends: Endpoints) -> AgentSocket:
-    sock = agent.socket(ends.family, "dgram")
-    sock.bind(port=0)
-    return sock
-
-
-def arrived(sock: AgentSocket, timeout: float) -> bytes | None:
-    """The next datagram the socket holds, or None if none came within `timeout` (0: none is
-    queued now)."""
-    try:
-        if timeout == 0:
-            return sock.recvfrom(flags=("MSG_DONTWAIT",))[0]
-        return sock.recvfrom(timeout=timeout)[0]
-    except SocketCallError as exc:
-        if exc.errno in ("TIMEOUT", "EAGAIN"):
-            return None
-        raise
-
-
 def still_receives(wire: Wire, ends: Endpoints, sock: AgentSocket) -> None:
     """An unfragmented datagram to the same socket arrives: what did not arrive before was the
     stack's decision about the fragments, not a socket that receives nothing."""
@@ -115,22 +98,21 @@ def show(data: bytes | None) -> str:
 # -- ICMP errors --------------------------------------------------------------------------------
 
 
-def icmp_error(ends: Endpoints, pkt: Packet) -> tuple[int, int, bytes, bytes]:
-    """(type, code, the 4 type-specific bytes, the quoted packet) of an ICMP(v6) error."""
-    ip = pkt[ends.ip]
-    raw = bytes(ip)
-    if ends.version == 4:
-        body = raw[ip.ihl * 4 : ip.len]
-    else:
-        body = raw[40 : 40 + ip.plen]
-    return body[0], body[1], body[4:8], body[8:]
-
-
 def time_exceeded(ends: Endpoints) -> Packet:
     """Template: fragment reassembly time exceeded (ICMP 11/1, ICMPv6 3/1)."""
     if ends.version == 4:
         return ends.from_stack() / ICMP(type=11, code=1)
     return ends.from_stack() / ICMPv6TimeExceeded(code=1)
+
+
+def parameter_problem(wire: Wire, ends: Endpoints, code: int, about: str) -> tuple[int, bytes]:
+    """The stack's ICMPv6 parameter problem with `code`: (its pointer, the packet it quotes);
+    `about` says what it was owed for, should none come."""
+    try:
+        pkt = wire.expect(ends.from_stack() / ICMPv6ParamProblem(code=code), timeout=WAIT)
+    except ExpectTimeout as exc:
+        raise AssertionError(f"no parameter problem {about}:\n{exc}") from None
+    return pointer_of(ends, pkt), error_fields(ends, pkt)[3]
 
 
 def shorten_reassembly_timeout(stack, ends: Endpoints) -> None:
@@ -285,7 +267,7 @@ def test_incomplete_datagram_times_out_with_time_exceeded(stack, agent, wire, en
         pkt = wire.expect(time_exceeded(ends), timeout=3.0)
     except ExpectTimeout as exc:
         raise AssertionError(f"no time exceeded (reassembly) within 3 s of the fragments {pieces}, reassembly timeout 1 s:\n{exc}") from None
-    _type, _code, _unused, quote = icmp_error(ends, pkt)
+    _type, _code, _unused, quote = error_fields(ends, pkt)
     first = bytes(frames[0])
     assert quote[: len(first)] == first, f"the time exceeded quotes {quote[:48].hex()}, want the first fragment {first[:48].hex()}"
     got = arrived(sock, 0)
@@ -321,12 +303,8 @@ def test_non_final_fragment_not_a_multiple_of_8_gets_parameter_problem(agent, wi
 
     wire.send(first)
 
-    try:
-        pkt = wire.expect(ends.from_stack() / ICMPv6ParamProblem(code=0), timeout=WAIT)
-    except ExpectTimeout as exc:
-        raise AssertionError(f"no parameter problem for a 17-byte fragment with M=1:\n{exc}") from None
-    _type, _code, pointer, quote = icmp_error(ends, pkt)
-    assert int.from_bytes(pointer, "big") == 4, f"the parameter problem points at {int.from_bytes(pointer, 'big')}, want 4 (Payload Length)"
+    pointer, quote = parameter_problem(wire, ends, 0, "for a 17-byte fragment with M=1")
+    assert pointer == 4, f"the parameter problem points at {pointer}, want 4 (Payload Length)"
     sent = bytes(first)
     assert quote[: len(sent)] == sent, f"the parameter problem quotes {quote[:48].hex()}, want the fragment {sent[:48].hex()}"
 
@@ -344,12 +322,8 @@ def test_fragment_reaching_past_65535_bytes_gets_parameter_problem(agent, wire, 
 
     wire.send(first, last)
 
-    try:
-        pkt = wire.expect(ends.from_stack() / ICMPv6ParamProblem(code=0), timeout=WAIT)
-    except ExpectTimeout as exc:
-        raise AssertionError(f"no parameter problem for a fragment ending at byte 65537:\n{exc}") from None
-    _type, _code, pointer, quote = icmp_error(ends, pkt)
-    assert int.from_bytes(pointer, "big") == 42, f"the parameter problem points at {int.from_bytes(pointer, 'big')}, want 42 (Fragment Offset)"
+    pointer, quote = parameter_problem(wire, ends, 0, "for a fragment ending at byte 65537")
+    assert pointer == 42, f"the parameter problem points at {pointer}, want 42 (Fragment Offset)"
     sent = bytes(last)
     assert quote[: len(sent)] == sent, f"the parameter problem quotes {quote[:48].hex()}, want the offending fragment {sent[:48].hex()}"
     got = arrived(sock, 0)
@@ -367,11 +341,7 @@ def test_first_fragment_without_the_upper_layer_header_gets_parameter_problem(wi
 
     wire.send(first, rest)
 
-    try:
-        pkt = wire.expect(ends.from_stack() / ICMPv6ParamProblem(code=3), timeout=WAIT)
-    except ExpectTimeout as exc:
-        raise AssertionError(f"no parameter problem (code 3) for a first fragment with 8 bytes of the TCP header:\n{exc}") from None
-    _type, _code, pointer, quote = icmp_error(ends, pkt)
-    assert int.from_bytes(pointer, "big") == 0, f"the parameter problem points at {int.from_bytes(pointer, 'big')}, want 0"
+    pointer, quote = parameter_problem(wire, ends, 3, "(code 3) for a first fragment with 8 bytes of the TCP header")
+    assert pointer == 0, f"the parameter problem points at {pointer}, want 0"
     sent = bytes(first)
     assert quote[: len(sent)] == sent, f"the parameter problem quotes {quote[:48].hex()}, want the first fragment {sent[:48].hex()}"

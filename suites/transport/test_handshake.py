@@ -11,7 +11,6 @@ from labkit.net.plan import FAMILIES
 from labkit.packet.testbench import TcpConnection
 from labkit.packet.testbench.tcp import options_of, payload_length, seq_add
 from labkit.packet.vnet import VnetSocket
-from labkit.stacks.agent import SocketCallError
 
 pytestmark = [pytest.mark.needs("tcp", "agent"), pytest.mark.varies_with(), pytest.mark.parametrize("family", FAMILIES)]
 
@@ -35,27 +34,6 @@ def stack_segments(wire, ends, conn: TcpConnection) -> list[Packet]:
         if int(tcp.sport) == conn.port and int(tcp.dport) == conn.local_port:
             got.append(pkt)
     return got
-
-
-def read_exactly(sock, size: int, timeout: float = 3.0) -> bytes:
-    """What the agent's socket delivers, until `size` bytes came (or it delivers nothing more)."""
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(min(size - len(data), 16384), timeout=timeout)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def nothing_more(sock) -> bytes:
-    """What the socket still holds for the application right now (b"" when nothing)."""
-    try:
-        return sock.recv(65536, flags=("MSG_DONTWAIT",))
-    except SocketCallError as exc:
-        if exc.errno != "EAGAIN":
-            raise
-        return b""
 
 
 def test_syn_ack_answers_every_option_the_syn_offered(agent, wire, ends):
@@ -186,7 +164,7 @@ def test_window_scale_is_applied_to_the_window_the_stack_announces(accepted, wir
     fill(conn, data)
 
     acknowledged(conn, wire, ends, conn.snd_nxt, f"the {window} bytes of the window it announced ({seg[TCP].window} << {shift})")
-    got = read_exactly(sock, window)
+    got = sock.recv_exactly(window)
     assert got == data, f"the agent read {len(got)} bytes; want the {window} bytes of the announced window, as sent"
 
 
@@ -207,7 +185,7 @@ def test_syn_ack_window_is_not_scaled(agent, wire, ends):
 
     acknowledged(conn, wire, ends, conn.snd_nxt, f"the {first} bytes the SYN-ACK's window offered")
     sock = listener.accept()
-    assert read_exactly(sock, first) == data
+    assert sock.recv_exactly(first) == data
 
 
 def test_sack_blocks_report_data_received_out_of_order(accepted):
@@ -228,7 +206,7 @@ def test_sack_blocks_report_data_received_out_of_order(accepted):
     conn.send(b"a" * 100)
     conn.advance(conn.segment(b"b" * 100))
     conn.expect(flags="A", ack=conn.snd_nxt)
-    assert read_exactly(sock, 200) == b"a" * 100 + b"b" * 100
+    assert sock.recv_exactly(200) == b"a" * 100 + b"b" * 100
 
 
 def test_no_sack_blocks_unless_the_syn_permitted_them(accepted):
@@ -303,7 +281,7 @@ def test_data_on_a_syn_is_not_acknowledged_before_the_handshake(agent, wire, end
     sock = listener.accept()
     conn.send(b"early")
     conn.expect(flags="A")
-    got = read_exactly(sock, 5) + nothing_more(sock)
+    got = sock.recv_exactly(5) + sock.recv_now()
     assert got == b"early", f"the agent read {got!r}; want the SYN's data once, as sent again after the handshake"
 
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6
+from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig
 from scapy.packet import Packet, Raw
 
 from labkit.errors import ExpectTimeout
@@ -15,6 +15,8 @@ from labkit.packet.checksum import checksum_errors
 from labkit.packet.testbench import TcpConnection, UdpFlow
 from labkit.stacks.agent import SocketCallError
 
+from .support import error_quoting, ip_datagram
+
 pytestmark = [pytest.mark.needs("icmp", "agent"), pytest.mark.varies_with(), pytest.mark.parametrize("family", FAMILIES)]
 
 ECHO = {"ipv4": (8, 0), "ipv6": (128, 129)}  # (request, reply) types
@@ -22,14 +24,6 @@ PROTOCOL = {"ipv4": "icmp", "ipv6": "icmpv6"}
 PATH_MTU = 1300  # what the Wire's error announces: below the link's 1500, above IPv6's 1280 minimum
 MTU_OPTIONS = {"ipv4": ("IP_MTU_DISCOVER", "IP_MTU"), "ipv6": ("IPV6_MTU_DISCOVER", "IPV6_MTU")}
 PMTUDISC_DO = 2  # IP_PMTUDISC_DO, IPV6_PMTUDISC_DO: never fragment locally, DF set (IPv4)
-
-
-def ip_bytes(pkt: Packet) -> bytes:
-    """The IP datagram in `pkt` as sent: its own bytes, without link padding."""
-    ip = pkt[IP] if IP in pkt else pkt[IPv6]
-    ip = type(ip)(bytes(ip))  # built: lengths filled in
-    size = int(ip.len) if isinstance(ip, IP) else 40 + int(ip.plen)
-    return bytes(ip)[:size]
 
 
 def echo_message(kind: int, ident: int, seq: int, payload: bytes) -> bytes:
@@ -82,7 +76,7 @@ def test_a_datagram_to_a_closed_port_gets_port_unreachable(agent, wire, ends):
     _, port = closed.bind("", 0)
     closed.close()  # a port the stack surely does not listen on
     sent = UdpFlow(wire, ends, port=port).send(b"nobody-listens-" + bytes(range(48)))
-    original = ip_bytes(sent)
+    original = ip_datagram(sent)
 
     if ends.version == 4:
         template = ends.from_stack() / ICMP(type=3, code=3)
@@ -95,7 +89,7 @@ def test_a_datagram_to_a_closed_port_gets_port_unreachable(agent, wire, ends):
     except AssertionError as exc:
         raise AssertionError(f"a datagram to closed port {port} got no port unreachable:\n{exc}") from None
     assert checksum_errors(error) == [], f"bad checksums in the port unreachable: {checksum_errors(error)}"
-    whole = ip_bytes(error)
+    whole = ip_datagram(error)
     quote = whole[header + 8 :]
     assert len(quote) >= header + 8, f"the error quotes {len(quote)} bytes; want at least the IP header and 8 bytes"
     assert quote == original[: len(quote)], (
@@ -108,9 +102,8 @@ def too_big(ends, offending: Packet) -> Packet:
     """The Wire's fragmentation needed (IPv4, RFC 1191) / packet too big (IPv6, RFC 8201) for the
     stack's datagram `offending`, announcing PATH_MTU; quoting as much as an error may carry
     (576 bytes in all for IPv4, RFC 1812 4.3.2.3; 1280 for IPv6, RFC 4443 2.4(c))."""
-    if ends.version == 4:
-        return ends.to_stack() / ICMP(type=3, code=4, nexthopmtu=PATH_MTU) / Raw(ip_bytes(offending)[: 576 - 28])
-    return ends.to_stack() / ICMPv6PacketTooBig(mtu=PATH_MTU) / Raw(ip_bytes(offending)[: 1280 - 48])
+    limit = 576 - 28 if ends.version == 4 else 1280 - 48
+    return error_quoting(ends, offending, ICMP(type=3, code=4, nexthopmtu=PATH_MTU), ICMPv6PacketTooBig(mtu=PATH_MTU), limit)
 
 
 def udp_towards_a_smaller_path(agent, wire, ends):
@@ -148,7 +141,7 @@ def test_a_too_big_error_refuses_larger_datagrams_on_a_connected_udp_socket(agen
     else:
         leaked = flow.expect(timeout=2)
         raise AssertionError(
-            f"a datagram one byte over the announced path MTU of {PATH_MTU} was sent ({len(ip_bytes(leaked))} bytes "
+            f"a datagram one byte over the announced path MTU of {PATH_MTU} was sent ({len(ip_datagram(leaked))} bytes "
             "on the wire); want EMSGSIZE under PMTUDISC_DO"
         )
     fits = b"y" * (PATH_MTU - header)
@@ -193,7 +186,7 @@ def test_a_too_big_error_shrinks_the_tcp_segments_that_follow(stack, accepted, w
         raise AssertionError(
             f"after the too-big error the stack did not send the first bytes (seq {start}) again:\n{exc}"
         ) from None
-    size = len(ip_bytes(again))
+    size = len(ip_datagram(again))
     assert size <= PATH_MTU, (
         f"the first bytes were sent again in a {size}-byte packet after the path announced an MTU of {PATH_MTU}"
     )
@@ -213,11 +206,7 @@ def test_destination_unreachable_fails_a_tcp_connect(agent, wire, ends, unreacha
     conn = TcpConnection(wire, ends, port=None)
     pending = sock.begin_connect(ends.peer, conn.local_port, timeout=3)
     syn = conn.expect(flags="S", timeout=2)
-    if ends.version == 4:
-        error = ends.to_stack() / ICMP(type=3, code=code4) / Raw(ip_bytes(syn))
-    else:
-        error = ends.to_stack() / ICMPv6DestUnreach(code=code6) / Raw(ip_bytes(syn))
-    wire.send(error)
+    wire.send(error_quoting(ends, syn, ICMP(type=3, code=code4), ICMPv6DestUnreach(code=code6)))
 
     got = pending.errno()
     assert got == want, f"connect ended with {got or 'success'} after {unreachable} unreachable; want {want}"

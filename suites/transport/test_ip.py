@@ -32,6 +32,8 @@ from labkit.packet.testbench import IcmpEcho, TcpConnection
 from labkit.packet.wire import Wire
 from labkit.stacks.agent import AgentSocket, SocketAgent, SocketCallError
 
+from .support import arrived, error_fields, pointer_of, receiver
+
 pytestmark = [pytest.mark.needs("udp", "agent"), pytest.mark.varies_with()]
 BOTH = pytest.mark.parametrize("family", FAMILIES)
 IPV4_ONLY = pytest.mark.parametrize("family", ["ipv4"])
@@ -47,25 +49,6 @@ PAYLOAD = b"labkit ip layer check"
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def receiver(agent: SocketAgent, ends: Endpoints) -> AgentSocket:
-    sock = agent.socket(ends.family, "dgram")
-    sock.bind(port=0)
-    return sock
-
-
-def arrived(sock: AgentSocket, timeout: float) -> bytes | None:
-    """The next datagram the socket holds, or None if none came within `timeout` (0: none is
-    queued now)."""
-    try:
-        if timeout == 0:
-            return sock.recvfrom(flags=("MSG_DONTWAIT",))[0]
-        return sock.recvfrom(timeout=timeout)[0]
-    except SocketCallError as exc:
-        if exc.errno in ("TIMEOUT", "EAGAIN"):
-            return None
-        raise
-
-
 def show(data: bytes | None) -> str:
     return "nothing" if data is None else repr(data[:40])
 
@@ -76,14 +59,6 @@ def hops(ends: Endpoints, pkt: Packet) -> int:
     return int(ip.ttl if ends.version == 4 else ip.hlim)
 
 
-def icmp_error(ends: Endpoints, pkt: Packet) -> tuple[int, int, bytes, bytes]:
-    """(type, code, the 4 type-specific bytes, the quoted packet) of an ICMP(v6) error."""
-    ip = pkt[ends.ip]
-    raw = bytes(ip)
-    body = raw[ip.ihl * 4 : ip.len] if ends.version == 4 else raw[40 : 40 + ip.plen]
-    return body[0], body[1], body[4:8], body[8:]
-
-
 def expect_error(wire: Wire, template: Packet, what: str) -> Packet:
     try:
         return wire.expect(template, timeout=WAIT)
@@ -91,14 +66,8 @@ def expect_error(wire: Wire, template: Packet, what: str) -> Packet:
         raise AssertionError(f"no {what} came:\n{exc}") from None
 
 
-def pointer_of(ends: Endpoints, pkt: Packet) -> int:
-    """A parameter problem's pointer: one byte in ICMP (RFC 792), 32 bits in ICMPv6 (RFC 4443)."""
-    rest = icmp_error(ends, pkt)[2]
-    return rest[0] if ends.version == 4 else int.from_bytes(rest, "big")
-
-
 def quotes(ends: Endpoints, pkt: Packet, sent: Packet) -> None:
-    quote, want = icmp_error(ends, pkt)[3], bytes(sent[ends.ip])
+    quote, want = error_fields(ends, pkt)[3], bytes(sent[ends.ip])
     assert quote and want.startswith(quote[: len(want)]), (
         f"the error quotes {quote[:48].hex()}, want the packet that caused it: {want[:48].hex()}"
     )

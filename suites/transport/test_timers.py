@@ -21,28 +21,13 @@ from labkit.packet.testbench import TcpConnection
 from labkit.packet.testbench.tcp import options_of, payload_length, seq_add
 from labkit.stacks.agent import AgentSocket
 
+from .support import SAMPLE, warm_up
+
 pytestmark = [pytest.mark.needs("tcp", "agent"), pytest.mark.varies_with(), pytest.mark.parametrize("family", FAMILIES)]
 
-SAMPLE = b"Sample Data"
 NO_SACK = ("MSS", "Timestamp")  # Reno: loss is told by duplicate ACKs alone
 PIECE = 500  # one write, one segment: well under any MSS, so no stack coalesces or hands GSO frames
 TCP_CA_LOSS = 4  # tcp_info's ca_state after a retransmission timeout (linux/tcp.h)
-
-
-def data_of(pkt) -> bytes:
-    return bytes(pkt[TCP].payload)[: payload_length(pkt)]
-
-
-def warm_up(tcp: TcpConnection, sock: AgentSocket) -> None:
-    """Nagle off and one exchange each way: the stack's RTT estimate rests on a data ACK too, not
-    only the handshake's (RFC 6298 2.2-2.3), so its RTO sits at the 200 ms floor."""
-    sock.setsockopt("TCP_NODELAY", 1)
-    sock.send(SAMPLE)
-    tcp.expect(payload=SAMPLE, timeout=2.0)
-    tcp.send(SAMPLE)
-    tcp.expect(flags="A", timeout=2.0)
-    assert sock.recv(len(SAMPLE)) == SAMPLE
-    tcp.send(flags="A")  # the Wire's latest segment is a bare ACK, as a later duplicate ACK will be
 
 
 def copies(wire, tcp: TcpConnection, seq: int, count: int, timeout: float, **fields) -> list[float]:
@@ -64,7 +49,7 @@ def test_retransmissions_back_off_exponentially(accepted, wire):
     bytes again, and the RTO doubles each time (exponential backoff). Without SACK, so no tail
     loss probe (RFC 8985 7, which needs SACK) comes between the timeouts."""
     tcp, sock = accepted(options=NO_SACK)
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     sock.setsockopt("TCP_USER_TIMEOUT", 3000)  # the connection ends on its own after the check
     seq = tcp.rcv_nxt
     sock.send(SAMPLE)
@@ -82,7 +67,7 @@ def test_tcp_info_shows_loss_recovery_after_a_timeout(accepted, wire):
     retransmission timeout it is in Loss recovery with a congestion window of 1 (RFC 5681 3.1).
     Without SACK, so the first retransmission is the timeout's, not a tail loss probe."""
     tcp, sock = accepted(options=NO_SACK)
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     before = sock.tcp_info()
     assert before["ca_state"] == 0, f"an idle, loss-free connection reports ca_state {before['ca_state']}; want 0 (Open)"
     assert before["rtt"] > 0 and before["rto"] > 0 and before["snd_cwnd"] > 0, (
@@ -104,7 +89,7 @@ def test_tcp_info_counts_retransmissions(accepted, wire):
     """tcp(7) TCP_INFO: tcpi_retransmits counts the timeouts of the data now outstanding and
     tcpi_total_retrans every segment retransmitted on the connection."""
     tcp, sock = accepted(options=NO_SACK)
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     assert sock.tcp_info()["total_retrans"] == 0
     sock.setsockopt("TCP_USER_TIMEOUT", 3000)
     seq = tcp.rcv_nxt
@@ -123,7 +108,7 @@ def test_fin_is_retransmitted_until_acknowledged(accepted, peer_fin):
     until acknowledged, in FIN-WAIT-1 and, after the peer's own FIN crossed it, in CLOSING (where
     the peer's FIN is acknowledged at once)."""
     tcp, sock = accepted()
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     sock.shutdown("wr")
     fin = tcp.expect(flags="FA", timeout=2.0)
     fin_seq = int(fin[TCP].seq)
@@ -148,7 +133,7 @@ def test_fin_wait_2_ends_after_tcp_linger2(accepted):
     gets a RST."""
     linger = 1.0
     tcp, sock = accepted()
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     sock.setsockopt("TCP_LINGER2", int(linger))
     sock.close()
     tcp.expect(flags="FA", timeout=2.0)
@@ -174,7 +159,7 @@ def test_user_timeout_aborts_unacknowledged_data(accepted, wire):
     ETIMEDOUT, and a later segment from the peer finds no connection (RST)."""
     user_timeout = 1.0
     tcp, sock = accepted()
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     sock.setsockopt("TCP_USER_TIMEOUT", int(user_timeout * 1000))
     seq = tcp.rcv_nxt
     sock.send(SAMPLE)
@@ -232,8 +217,7 @@ def send_pieces(tcp: TcpConnection, sock: AgentSocket, wire, count: int) -> list
     """`count` writes of PIECE bytes; the segments they left in as (seq, length, time), none
     acknowledged."""
     segs: list[tuple[int, int, float]] = []
-    for n in range(count):
-        sock.send(bytes([0x41 + n]) * PIECE)
+    sock.send_each([bytes([0x41 + n]) * PIECE for n in range(count)])  # one call: the RTO runs from the first
     total = count * PIECE
     deadline = time.monotonic() + 3.0
     got = 0
@@ -251,7 +235,7 @@ def test_three_duplicate_acks_trigger_fast_retransmit(accepted, wire):
     """RFC 5681 3.2: the third duplicate ACK tells the sender a segment is lost: it retransmits
     it at once (fast retransmit), without waiting for the RTO."""
     tcp, sock = accepted(options=NO_SACK)
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     rto = sock.tcp_info()["rto"] / 1e6
     segs = send_pieces(tcp, sock, wire, 6)
     assert len(segs) >= 5, f"the 6 writes left as {len(segs)} segments; the check needs at least 5"
@@ -287,7 +271,7 @@ def test_sack_lets_the_stack_retransmit_only_the_holes(accepted, wire):
     probe of the last segment sent before the SACK that covers it is allowed, RFC 8985 7)."""
     tcp, sock = accepted()
     assert tcp.negotiated.sack_permitted, "the stack did not agree to SACK (its SYN-ACK carries no SAckOK)"
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     segs = send_pieces(tcp, sock, wire, 8)
     assert len(segs) >= 7, f"the 8 writes left as {len(segs)} segments; the check needs at least 7"
     end = tcp.rcv_nxt
@@ -346,7 +330,7 @@ def test_tail_loss_probe_resends_the_last_segment(accepted, wire):
     the receiver's (S)ACK tells what of the tail was lost."""
     tcp, sock = accepted()
     assert tcp.negotiated.sack_permitted, "the stack did not agree to SACK (its SYN-ACK carries no SAckOK)"
-    warm_up(tcp, sock)
+    warm_up(tcp, sock, then_ack=True)
     rto = sock.tcp_info()["rto"] / 1e6
     segs = send_pieces(tcp, sock, wire, 4)
     last_seq, _, last_sent = segs[-1]

@@ -5,12 +5,14 @@ import random
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6TimeExceeded, IPv6
-from scapy.packet import Packet, Raw
+from scapy.packet import Packet
 
 from labkit.net.plan import FAMILIES
 from labkit.packet.checksum import checksum_errors
 from labkit.packet.testbench import UdpFlow
 from labkit.stacks.agent import SocketCallError
+
+from .support import error_quoting
 
 pytestmark = [pytest.mark.needs("udp", "agent"), pytest.mark.varies_with()]
 BOTH = pytest.mark.parametrize("family", FAMILIES)
@@ -21,21 +23,12 @@ PORT_UNREACHABLE = {"ipv4": (3, 3), "ipv6": (1, 4)}
 MULTICAST_SOURCE = {"ipv4": "224.0.0.1", "ipv6": "ff02::1"}
 
 
-def quoted(pkt: Packet) -> bytes:
-    """The IP datagram in `pkt` as an ICMP error quotes it: its own bytes, without link padding."""
-    ip = pkt[IP] if IP in pkt else pkt[IPv6]
-    ip = type(ip)(bytes(ip))  # built: lengths filled in
-    size = int(ip.len) if isinstance(ip, IP) else 40 + int(ip.plen)
-    return bytes(ip)[:size]
-
-
 def icmp_error(ends, offending: Packet, kind: str) -> Packet:
     """The Wire's ICMP error about the stack's datagram `offending`: "port" (port unreachable)
     or "ttl" (time / hop limit exceeded in transit)."""
-    body = Raw(quoted(offending))
-    if ends.version == 4:
-        return ends.to_stack() / (ICMP(type=3, code=3) if kind == "port" else ICMP(type=11, code=0)) / body
-    return ends.to_stack() / (ICMPv6DestUnreach(code=4) if kind == "port" else ICMPv6TimeExceeded(code=0)) / body
+    if kind == "port":
+        return error_quoting(ends, offending, ICMP(type=3, code=3), ICMPv6DestUnreach(code=4))
+    return error_quoting(ends, offending, ICMP(type=11, code=0), ICMPv6TimeExceeded(code=0))
 
 
 def connected_socket(agent, wire, ends, **sockopts):

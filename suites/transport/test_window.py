@@ -19,26 +19,12 @@ from labkit.packet.testbench import TcpConnection
 from labkit.packet.testbench.tcp import payload_length, seq_add, seq_after
 from labkit.stacks.agent import AgentSocket
 
+from .support import SAMPLE, data_of, warm_up
+
 pytestmark = [pytest.mark.needs("tcp", "agent"), pytest.mark.varies_with(), pytest.mark.parametrize("family", FAMILIES)]
 
-SAMPLE = b"Sample Data"
 NO_SCALE = ("MSS", "SAckOK", "Timestamp")
 SMALL_RCVBUF = 4096  # asked for; the stack reports what it made of it (Linux doubles it)
-
-
-def data_of(pkt) -> bytes:
-    return bytes(pkt[TCP].payload)[: payload_length(pkt)]
-
-
-def warm_up(tcp: TcpConnection, sock: AgentSocket) -> None:
-    """Nagle off and one exchange each way: the stack's RTT estimate rests on a data ACK too, not
-    only the handshake's (RFC 6298 2.2-2.3), so its RTO sits at the 200 ms floor."""
-    sock.setsockopt("TCP_NODELAY", 1)
-    sock.send(SAMPLE)
-    tcp.expect(payload=SAMPLE, timeout=2.0)
-    tcp.send(SAMPLE)
-    tcp.expect(flags="A", timeout=2.0)
-    assert sock.recv(len(SAMPLE)) == SAMPLE
 
 
 def announce_window(tcp: TcpConnection, window: int) -> None:
@@ -90,9 +76,7 @@ def test_unread_data_closes_the_receive_window(accepted):
         f"(SO_RCVBUF {rcvbuf}); windows it announced: {windows}"
     )
     assert sent <= rcvbuf, f"the stack took {sent} bytes before closing its window, more than its SO_RCVBUF of {rcvbuf}"
-    got = b""
-    while len(got) < sent:
-        got += sock.recv(sent - len(got), timeout=2.0)
+    got = sock.recv_exactly(sent, timeout=2.0)
     assert got == b"w" * sent, f"the agent read {len(got)} bytes after the window closed; the stack acknowledged {sent}"
 
 
@@ -118,9 +102,7 @@ def test_reading_reopens_a_closed_window(accepted):
     room only from its next probe, after a backed-off timeout."""
     tcp, sock, sent = closed_window(accepted)
 
-    got = b""
-    while len(got) < sent:
-        got += sock.recv(sent - len(got), timeout=2.0)
+    sock.recv_exactly(sent, timeout=2.0)
     try:
         update = tcp.expect(flags="A", timeout=1.0)
     except ExpectTimeout:
@@ -158,9 +140,7 @@ def test_data_sent_into_a_zero_window_is_acknowledged_not_taken(accepted):
         f"the stack answers the byte sent into its closed window with ack {int(answer[TCP].ack)}, window {answer[TCP].window}; "
         f"want ack {tcp.snd_nxt} (the byte not taken) and window 0"
     )
-    got = b""
-    while len(got) < sent:
-        got += sock.recv(sent - len(got), timeout=2.0)
+    got = sock.recv_exactly(sent, timeout=2.0)
     assert got == b"w" * sent, "the agent read other data than the stack acknowledged"
     assert "POLLIN" not in sock.poll(timeout=0.2), "the byte sent into the zero window was delivered to the agent"
 
