@@ -215,7 +215,7 @@ def test_reassembly_beyond_65535_bytes_is_dropped(agent, wire, ends):
 
 
 @BOTH
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 def test_fragmented_echo_request_is_answered_whole(wire, ends):
     """ICMP is reassembled like any protocol (packetimpact's ipv4/ipv6_fragment_icmp_error):
     an echo request in two fragments, last one first, is answered with the whole payload."""
@@ -250,7 +250,7 @@ def test_atomic_fragment_is_delivered_on_its_own(agent, wire, ends):
 
 
 @BOTH
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 @pytest.mark.changes("sysctls")
 @pytest.mark.parametrize("pieces", [[FIRST], [FIRST, LAST]], ids=["first-only", "with-a-gap"])
 def test_incomplete_datagram_times_out_with_time_exceeded(stack, agent, wire, ends, pieces):
@@ -275,7 +275,7 @@ def test_incomplete_datagram_times_out_with_time_exceeded(stack, agent, wire, en
 
 
 @BOTH
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 @pytest.mark.changes("sysctls")
 def test_incomplete_datagram_without_first_fragment_times_out_silently(stack, agent, wire, ends):
     """Without the first fragment there is nothing to quote (no transport header to tell the
@@ -292,7 +292,7 @@ def test_incomplete_datagram_without_first_fragment_times_out_silently(stack, ag
 # -- IPv6: fragments the stack answers with a parameter problem ----------------------------------
 
 
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 @IPV6_ONLY
 def test_non_final_fragment_not_a_multiple_of_8_gets_parameter_problem(agent, wire, ends):
     """RFC 8200 section 4.5: a fragment with M=1 whose length is not a multiple of 8 is discarded
@@ -309,7 +309,7 @@ def test_non_final_fragment_not_a_multiple_of_8_gets_parameter_problem(agent, wi
     assert quote[: len(sent)] == sent, f"the parameter problem quotes {quote[:48].hex()}, want the fragment {sent[:48].hex()}"
 
 
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 @IPV6_ONLY
 def test_fragment_reaching_past_65535_bytes_gets_parameter_problem(agent, wire, ends):
     """RFC 8200 section 4.5: a fragment whose offset plus length exceeds 65535 is discarded with
@@ -330,7 +330,7 @@ def test_fragment_reaching_past_65535_bytes_gets_parameter_problem(agent, wire, 
     assert got is None, f"something was delivered: {show(got)}"
 
 
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 @IPV6_ONLY
 def test_first_fragment_without_the_upper_layer_header_gets_parameter_problem(wire, ends):
     """RFC 7112 / RFC 8200 section 4.5: a first fragment must hold the whole header chain up to

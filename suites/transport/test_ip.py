@@ -172,7 +172,7 @@ def test_ipv4_ids_do_not_repeat_towards_one_destination(agent, wire, ends):
 
 
 @IPV4_ONLY
-@pytest.mark.needs("tcp")
+@pytest.mark.needs("tcp", "agent")
 def test_retransmitted_segment_gets_a_new_ipv4_id(accepted, wire):
     """RFC 6864 4.2: a non-atomic datagram's ID must not be reused, not even for a copy of an
     earlier datagram: a retransmitted segment (DF clear) carries a new ID."""
@@ -255,7 +255,7 @@ def test_datagram_with_ipv4_options_is_delivered(agent, wire, ends, options):
 
 
 @IPV4_ONLY
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 @pytest.mark.parametrize(
     "options, pointer",
     [
@@ -284,7 +284,7 @@ def test_malformed_ipv4_option_gets_parameter_problem(agent, wire, ends, options
 
 
 @IPV4_ONLY
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 def test_echo_reply_carries_the_recorded_route(wire, ends):
     """RFC 791 (record route) and RFC 1122 3.2.2.6: an echo reply returns the request's record
     route option, in which the stack entered its own address in the free slot."""
@@ -310,7 +310,7 @@ EXPERIMENTAL = 253  # RFC 3692: for experimentation, so no stack implements it
 
 
 @BOTH
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 def test_unknown_protocol_is_refused(wire, ends):
     """RFC 1122 3.2.2.1: an IPv4 datagram for a protocol the host lacks gets Destination
     Unreachable, protocol unreachable (3/2). RFC 8200 4 / RFC 4443 3.4: in IPv6 an unrecognized
@@ -364,7 +364,7 @@ ACTIONS = {
 
 
 @IPV6_ONLY
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 @pytest.mark.parametrize("header", list(OPTION_HEADERS))
 @pytest.mark.parametrize("action", list(ACTIONS), ids=lambda a: f"{a:02b}")
 @pytest.mark.parametrize("multicast", [False, True], ids=["unicast", "multicast"])
@@ -396,7 +396,7 @@ def test_unknown_option_honours_its_action_bits(agent, wire, ends, header, actio
 
 
 @IPV6_ONLY
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 def test_routing_header_type_0_is_refused(agent, wire, ends):
     """RFC 5095: type 0 routing headers are deprecated and processed as an unrecognized type:
     with segments left they get a Parameter Problem, code 0, pointing at the Routing Type field
@@ -426,7 +426,7 @@ def test_routing_header_without_segments_left_is_ignored(agent, wire, ends):
 
 
 @IPV6_ONLY
-@pytest.mark.needs("icmp")
+@pytest.mark.needs("icmp", "agent")
 def test_hop_by_hop_header_not_first_is_refused(agent, wire, ends):
     """RFC 8200 4.1: a hop-by-hop options header may only follow the IPv6 header itself. Found
     after another extension header, next header 0 is an unrecognized Next Header: Parameter
