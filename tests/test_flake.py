@@ -83,7 +83,7 @@ def test_labkit_flake_runs_the_suite_and_names_the_cell_that_changed(tmp_path):
     out = tmp_path / "flake"
     done = subprocess.run(
         [sys.executable, "-m", "labkit", "flake", "--runs", "2", "--out", str(out), "--deviations", str(tmp_path / "none.toml"),
-         "--", str(suite), "--stack", "linux", "-n", "0", "-p", "no:cacheprovider"],
+         "--", str(suite), "--rootdir", str(tmp_path), "--stack", "linux", "-n", "0", "-p", "no:cacheprovider"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if k not in (owner.ENV_RUN, owner.ENV_OWNER)},  # runs of their own
     )  # fmt: skip
