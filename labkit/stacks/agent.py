@@ -47,10 +47,14 @@ class Pending:
         self.agent, self.rid, self.op, self.bound = agent, rid, op, bound
         self._answer: dict[str, Any] | None = None
 
-    def result(self) -> dict[str, Any]:
+    def collect(self) -> dict[str, Any]:
+        """The agent's answer as it came, read now if it has not been (once: answers come in order)."""
         if self._answer is None:
             self._answer = self.agent._answer(self.rid, self.op, self.bound)
-        return self.agent._unwrap(self.op, self._answer)
+        return self._answer
+
+    def result(self) -> dict[str, Any]:
+        return self.agent._unwrap(self.op, self.collect())
 
     def errno(self) -> str | None:
         """The errno's name the call ended with (None: it succeeded)."""
@@ -86,8 +90,8 @@ class SocketAgent:
     # -- the protocol ------------------------------------------------------------------------
 
     def begin(self, op: str, **args: Any) -> Pending:
-        if self._in_flight is not None and self._in_flight._answer is None:
-            self._in_flight_answer()
+        if self._in_flight is not None:
+            self._in_flight.collect()  # its answer comes first; its outcome stays with its Pending
         self._next_id += 1
         request = {"id": self._next_id, "op": op, **{k: v for k, v in args.items() if v is not None}}
         stdin = self.process.popen.stdin
@@ -101,13 +105,6 @@ class SocketAgent:
         bound = float(args.get("timeout") or 3.0) + SLACK
         self._in_flight = Pending(self, self._next_id, op, bound)
         return self._in_flight
-
-    def _in_flight_answer(self) -> None:
-        """Collect the answer of a call still in flight before the next one goes out (its
-        outcome stays with its Pending)."""
-        assert self._in_flight is not None
-        pending = self._in_flight
-        pending._answer = self._answer(pending.rid, pending.op, pending.bound)
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
         return self.begin(op, **args).result()
@@ -151,8 +148,6 @@ class SocketAgent:
 
     def reset(self) -> list[int]:
         """Close every socket the agent holds, abortively; the fds it closed."""
-        if self._in_flight is not None and self._in_flight._answer is None:
-            self._in_flight_answer()
         return list(self.call("reset")["closed"])
 
     def close(self) -> None:
