@@ -1,23 +1,29 @@
-"""Linux, broken on purpose: each mutant breaks one property a family of linkdispatch or
-transport checks guards, so labkit's own tests (tests/test_mutants.py,
-tests/test_transport_mutants.py) can show those checks fail when it is broken.
+"""Stacks broken on purpose: each mutant breaks one property a family of checks guards, so
+labkit's own tests (tests/test_mutants.py, tests/test_transport_mutants.py,
+tests/test_usernet_*mutants.py) can show those checks fail when it is broken.
 
     pytest suites/linkdispatch/test_routes.py --stack examples.mutants:WrongRouteLinux
     pytest suites/transport/test_rst.py --stack linux,examples.mutants:RstMuteLinux
+    pytest suites/usernet/test_dns.py --stack slirp4netns,examples.mutants:LyingDnsSlirp
 
-Most mutants are a sysctl (`sysctls`) or one nftables chain on the link (`_NftLinux`: `hook` and
-`rules`); the rest change the namespace in `_start`.
+Most Linux mutants are a sysctl (`sysctls`) or one nftables chain on the link (`_NftLinux`:
+`hook` and `rules`); the rest change the namespace in `_start`. The tap-stack mutants break the
+world behind slirp4netns or pasta (`outside_rules`: an nftables ruleset in the outside namespace;
+`outside_faults`: a service told to misbehave) or what the driver asks of the stack.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import socket
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from labkit.errors import LabError
 from labkit.net.ethtool import set_tso
-from labkit.stacks import LinuxStack
+from labkit.stacks import LinuxStack, PastaStack, Slirp4netnsStack
+from labkit.stacks.forwarding import PortForward
 
 
 class NoGratuitousArpLinux(LinuxStack):
@@ -468,3 +474,146 @@ class LateFastRetransmitLinux(LinuxStack):
 
     kind = "linux-dupthresh10"
     sysctls = {"net.ipv4.tcp_reordering": 10}
+
+
+# -- tap stacks (slirp4netns, pasta): the world behind them broken on purpose (TapStack.outside_rules) --
+
+# Every TCP segment the outside namespace sends is dropped on its way out, RSTs excepted: its
+# services never answer (their SYN-ACKs are lost, so the stack's own connect to them never
+# completes), while a port nobody listens on still refuses.
+_SILENT_TCP_OUTSIDE = """
+table inet labkit_tcpsilent {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        meta l4proto tcp tcp flags & rst == 0 drop
+    }
+}
+"""
+
+
+class SilentTcpOutsideSlirp(Slirp4netnsStack):
+    """slirp4netns with an outside whose TCP services drop every reply (`_SILENT_TCP_OUTSIDE`):
+    the container's connections to them never open, so its handshakes, uploads and downloads fail."""
+
+    kind = "slirp4netns-tcpsilent"
+    outside_rules = _SILENT_TCP_OUTSIDE
+
+
+class SilentTcpOutsidePasta(PastaStack):
+    """pasta with an outside whose TCP services drop every reply (`_SILENT_TCP_OUTSIDE`)."""
+
+    kind = "pasta-tcpsilent"
+    outside_rules = _SILENT_TCP_OUTSIDE
+
+
+# -- tap stacks' DHCP servers told other things than the plan says (suites/usernet/test_dhcp.py) --
+
+
+class NarrowCidrSlirp(Slirp4netnsStack):
+    """slirp4netns started with `--cidr` one bit narrower (a /25) than the plan's container
+    network (a /24): the namespace's .100, the gateway .2, the DNS .3 and the DHCP pool .15-.30
+    are all the same, but libslirp's DHCP server hands out the mask of the network it was told."""
+
+    kind = "slirp4netns-dhcpmask"
+
+    def _start_stack(self) -> None:
+        tap = self.tap
+        tap.net4 = ipaddress.ip_network(f"{tap.net4.network_address}/{tap.net4.prefixlen + 1}")
+        super()._start_stack()
+
+
+class MtuMisstatingPasta(PastaStack):
+    """pasta started with `-m` 100 bytes below the plan's MTU: its DHCP server (option 26) and
+    the tap tell the container an MTU the plan does not have."""
+
+    kind = "pasta-dhcpmtu"
+
+    def _start_stack(self) -> None:
+        self.tap.mtu -= 100
+        super()._start_stack()
+
+
+# -- tap stacks' outbound UDP, ICMP and DNS against a broken outside (suites/transport/test_tap_udp.py,
+#    transport/test_tap_icmp.py, usernet/test_dns.py) --
+
+
+class LyingDnsSlirp(Slirp4netnsStack):
+    """slirp4netns whose upstream resolver (the outside's responder) answers every name with a
+    wrong address (`dns --lie 1`): what the container resolves is not what the zone says."""
+
+    kind = "slirp4netns-dnslie"
+    outside_faults: ClassVar[Mapping[str, Mapping[str, object]]] = {"dns": {"lie": 1}}
+
+
+class LyingDnsPasta(PastaStack):
+    """pasta whose upstream resolver answers every name with a wrong address (`dns --lie 1`)."""
+
+    kind = "pasta-dnslie"
+    outside_faults: ClassVar[Mapping[str, Mapping[str, object]]] = {"dns": {"lie": 1}}
+
+
+# Every UDP datagram the outside namespace's services send is dropped on its way out, DNS
+# (source port 53) excepted: datagrams reach them, their replies never come back.
+_SILENT_UDP_OUTSIDE = """
+table inet labkit_udpsilent {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        meta l4proto udp udp sport != 53 drop
+    }
+}
+"""
+
+
+class SilentUdpOutsideSlirp(Slirp4netnsStack):
+    """slirp4netns with an outside whose UDP services' replies are dropped (`_SILENT_UDP_OUTSIDE`)."""
+
+    kind = "slirp4netns-udpsilent"
+    outside_rules = _SILENT_UDP_OUTSIDE
+
+
+class SilentUdpOutsidePasta(PastaStack):
+    """pasta with an outside whose UDP services' replies are dropped (`_SILENT_UDP_OUTSIDE`)."""
+
+    kind = "pasta-udpsilent"
+    outside_rules = _SILENT_UDP_OUTSIDE
+
+
+# The outside namespace's kernel answers no echo: its echo replies (ICMP and ICMPv6) are dropped
+# on their way out, so an echo the stack carries out through its ping socket is never answered.
+_ECHO_MUTE_OUTSIDE = """
+table inet labkit_echomute {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        icmp type echo-reply drop
+        icmpv6 type echo-reply drop
+    }
+}
+"""
+
+
+class EchoMuteOutsideSlirp(Slirp4netnsStack):
+    """slirp4netns with an outside that sends no echo replies (`_ECHO_MUTE_OUTSIDE`)."""
+
+    kind = "slirp4netns-echomute"
+    outside_rules = _ECHO_MUTE_OUTSIDE
+
+
+class EchoMuteOutsidePasta(PastaStack):
+    """pasta with an outside that sends no echo replies (`_ECHO_MUTE_OUTSIDE`)."""
+
+    kind = "pasta-echomute"
+    outside_rules = _ECHO_MUTE_OUTSIDE
+
+
+# -- tap stacks' port forwarding (suites/usernet/test_forwarding.py) --
+
+
+class WrongPortSlirp(Slirp4netnsStack):
+    """slirp4netns told to forward each host port to the container port after the one asked for
+    (an off-by-one in an engine's port mapping): a single port's traffic reaches no service, a
+    range's reaches its neighbour's."""
+
+    kind = "slirp4netns-wrongport"
+
+    def _add_forward(self, forward: PortForward) -> list[int]:
+        return super()._add_forward(dataclasses.replace(forward, container_port=forward.container_port + 1))

@@ -12,6 +12,8 @@ it), but the end of a pipe always does.
     python -m labkit.services tcp-source --to 198.18.0.1 --port 9 --bytes 100000
     python -m labkit.services udp-send --to 198.18.0.5 --port 9 --payload 6c6162   # one datagram
     python -m labkit.services tcp-connect --to 198.18.0.9 --port 9   # "connected" or "error" + errno
+    python -m labkit.services tcp-feed --port 19 --bytes 1000000      # sends each client that much, then closes
+    python -m labkit.services dns --port 53 --zone outside.lab=198.19.1.2,outside.lab=2001:db8:1:1::2
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import sys
 import threading
 import time
 
-KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source", "udp-send", "tcp-connect")
+KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source", "tcp-feed", "udp-send", "tcp-connect", "dns")
+LIE4, LIE6 = "198.18.255.254", "2001:db8:ffff::fe"  # what `dns --lie` answers for every name (a broken responder)
 SHOW_BYTES = 256  # payloads up to this size are reported in full (hex), larger ones by digest
 
 
@@ -117,6 +120,90 @@ def tcp_source(args: argparse.Namespace) -> None:
         emit("sent", len=sent, sha256=digest.hexdigest())
 
 
+def tcp_feed(args: argparse.Namespace) -> None:
+    """A download server: each client gets `--bytes` of a known pattern, then the end of the stream."""
+    s = _bound(socket.SOCK_STREAM, args.family, args.port)
+    s.listen(64)
+    emit("ready", port=s.getsockname()[1])
+    pattern = bytes(range(256)) * 256
+
+    def feed(conn: socket.socket, addr: tuple) -> None:
+        sent, digest, error = 0, hashlib.sha256(), None
+        with conn:
+            try:
+                while sent < args.bytes:
+                    chunk = pattern[: min(len(pattern), args.bytes - sent)]
+                    conn.sendall(chunk)
+                    digest.update(chunk)
+                    sent += len(chunk)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                error = exc.errno
+        emit("fed", peer=_peer(addr), len=sent, sha256=digest.hexdigest(), errno=error)
+
+    while True:
+        conn, addr = s.accept()
+        threading.Thread(target=feed, args=(conn, addr), daemon=True).start()
+
+
+DNS_TYPES = {1: "A", 28: "AAAA"}
+
+
+def _dns_question(query: bytes) -> tuple[str, int, int]:
+    """(name, qtype, offset past the question) of a DNS query; ValueError if it is not one."""
+    if len(query) < 12 or query[2] & 0x80 or int.from_bytes(query[4:6], "big") != 1:
+        raise ValueError("not a query with one question")
+    labels, i = [], 12
+    while (length := query[i]) != 0:
+        if length & 0xC0:
+            raise ValueError("compressed name in a question")
+        labels.append(query[i + 1 : i + 1 + length].decode("ascii", "replace"))
+        i += 1 + length
+    qtype = int.from_bytes(query[i + 1 : i + 3], "big")
+    return ".".join(labels).lower(), qtype, i + 5
+
+
+def dns_answer(query: bytes, zone: dict[str, list[str]], lie: bool = False) -> bytes:
+    """The answer to one DNS query from `zone` (name -> addresses): NXDOMAIN for a name it lacks."""
+    name, qtype, end = _dns_question(query)
+    records = zone.get(name)
+    rcode = 3 if records is None else 0
+    answers = b""
+    count = 0
+    for address in records or []:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        if (qtype == 1 and family == socket.AF_INET) or (qtype == 28 and family == socket.AF_INET6):
+            if lie:
+                address = LIE6 if family == socket.AF_INET6 else LIE4
+            rdata = socket.inet_pton(family, address)
+            answers += b"\xc0\x0c" + qtype.to_bytes(2, "big") + b"\x00\x01" + (60).to_bytes(4, "big")
+            answers += len(rdata).to_bytes(2, "big") + rdata
+            count += 1
+    flags = 0x8000 | 0x0400 | (query[2] & 0x01) << 8 | 0x0080 | rcode  # QR, AA, RD as asked, RA
+    header = query[:2] + flags.to_bytes(2, "big") + b"\x00\x01" + count.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+    return header + query[12:end] + answers
+
+
+def dns(args: argparse.Namespace) -> None:
+    """A DNS responder for the lab's names only (UDP); every query it gets is evidence."""
+    zone: dict[str, list[str]] = {}
+    for item in filter(None, args.zone.split(",")):
+        name, _, address = item.partition("=")
+        zone.setdefault(name.lower().rstrip("."), []).append(address)
+    s = _bound(socket.SOCK_DGRAM, args.family, args.port)
+    emit("ready", port=s.getsockname()[1])
+    while True:
+        query, addr = s.recvfrom(4096)
+        try:
+            name, qtype, _ = _dns_question(query)
+            reply = dns_answer(query, zone, bool(args.lie))
+        except (ValueError, IndexError) as exc:
+            emit("bad-query", peer=_peer(addr), why=str(exc), **_payload(query))
+            continue
+        emit("query", peer=_peer(addr), name=name, type=DNS_TYPES.get(qtype, qtype), known=name in zone)
+        s.sendto(reply, addr)
+
+
 def _exit_at_eof() -> None:
     # os.read, not sys.stdin: a daemon thread blocked in a buffered read holds the buffer's lock,
     # and the interpreter's shutdown (after a signal) would wait on it, then abort.
@@ -159,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--payload", default="6c61626b6974", help="hex bytes udp-send sends")
     p.add_argument("--rcvbuf", type=int, default=4 << 20, help="receive buffer of the UDP services")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--zone", default="", help="NAME=ADDRESS,... the dns service answers for")
+    p.add_argument("--lie", type=int, choices=(0, 1), default=0, help="dns: 1 answers every name with a wrong address")
     p.add_argument("--lifeline", action="store_true", help="exit when stdin reaches its end")
     args = p.parse_args(argv)
     if args.kind in ("tcp-source", "udp-send", "tcp-connect") and not args.to:
@@ -174,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             "tcp-echo": tcp,
             "tcp-sink": tcp,
             "tcp-source": tcp_source,
+            "tcp-feed": tcp_feed,
+            "dns": dns,
             "udp-send": udp_send,
             "tcp-connect": tcp_connect,
         }[args.kind](args)

@@ -27,10 +27,12 @@ CIDR = "198.18.0.0/24"
 
 @pytest.fixture
 def slirp():
+    """slirp4netns serving an empty lab namespace, running in a lab host namespace of its own."""
     topo = Topology()
-    ns = topo.namespace("slirp")
+    ns, host = topo.namespace("slirp"), topo.namespace("host")
     with topo, tempfile.TemporaryDirectory(prefix=f"{owner.new_name('slirp')}-") as workdir:
-        with Slirp4netns(ns.netns, SlirpOptions.parse([f"cidr={CIDR}"]), workdir=Path(workdir)) as running:
+        options = SlirpOptions.parse([f"cidr={CIDR}"])
+        with Slirp4netns(ns.netns, options, host=host.netns, workdir=Path(workdir)) as running:
             yield ns.netns, running
 
 

@@ -43,7 +43,11 @@ INTERRUPTED_GRACE = 0.2  # seconds each step of LabProcess.close may take while 
 SETUP_STEPS = {
     "setpriv": "PR_SET_PDEATHSIG=SIGKILL (setpriv --pdeathsig KILL)",
     "unshare": "a private mount namespace (unshare --mount --propagation private)",
+    "mount": "a file of the lab's bound over a system file in the private mount namespace (mount --bind)",
 }
+# Binds files in place (SRC DST pairs up to "--"), then execs the program: the one step that
+# needs a shell, since util-linux has no tool that mounts and then execs.
+_BIND_AND_EXEC = 'while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 125; shift 2; done; shift; exec "$@"'
 
 
 def lab_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -63,13 +67,20 @@ def tool(name: str) -> str:
     return path
 
 
-def exec_argv(argv: Sequence[str], private_mounts: bool = False) -> list[str]:
+def exec_argv(argv: Sequence[str], private_mounts: bool = False, binds: Sequence[tuple[Path, str]] = ()) -> list[str]:
     """`argv` behind the tools that give it a death signal and, with `private_mounts`, a mount
     namespace of its own whose mounts do not propagate back (what a program that unmounts
-    things, slirp4netns --enable-sandbox, does stays with it)."""
+    things, slirp4netns --enable-sandbox, does stays with it). `binds` (source, target) are
+    bind-mounted there first: the lab's resolv.conf over /etc/resolv.conf, which only that
+    program then sees."""
     chain = [tool("setpriv"), "--pdeathsig", "KILL", "--"]
-    if private_mounts:
+    if private_mounts or binds:
         chain += [tool("unshare"), "--mount", "--propagation", "private", "--"]
+    if binds:
+        chain += ["/bin/sh", "-c", _BIND_AND_EXEC, "labkit-binds"]
+        for source, target in binds:
+            chain += [str(source), target]
+        chain.append("--")
     return chain + list(argv)
 
 
@@ -112,14 +123,21 @@ def setup_failure(stderr: str, argv: Sequence[str]) -> str | None:
 class LabProcess:
     """A child process owned by the lab; `close()` ends it (TERM, then KILL) and reaps it."""
 
-    def __init__(self, argv: Sequence[str], netns: NetNS | None = None, private_mounts: bool = False, **popen: Any) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        netns: NetNS | None = None,
+        private_mounts: bool = False,
+        binds: Sequence[tuple[Path, str]] = (),
+        **popen: Any,
+    ) -> None:
         owner.me().register()
         popen.setdefault("env", lab_env())
         popen.setdefault("stdin", subprocess.DEVNULL)
         check_startable(argv, netns, popen["env"], popen.get("cwd"))
         try:
             with born_in(netns):
-                self.popen = subprocess.Popen(exec_argv(argv, private_mounts), **popen)
+                self.popen = subprocess.Popen(exec_argv(argv, private_mounts, binds), **popen)
         except FileNotFoundError as exc:
             raise LabError(f"cannot run {argv[0]!r}: {exc}") from None
         self.argv = list(argv)
@@ -204,7 +222,9 @@ class LabProcess:
         self.close()
 
 
-def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw: Any) -> subprocess.CompletedProcess:
+def run_in(
+    netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, binds: Sequence[tuple[Path, str]] = (), **kw: Any
+) -> subprocess.CompletedProcess:
     """Run a command to completion inside `netns`, output captured, bounded by `timeout`.
 
     A setup step that fails (entering the namespace, or a tool of the exec chain) raises
@@ -215,7 +235,7 @@ def run_in(netns: NetNS | None, argv: Sequence[str], timeout: float = 30.0, **kw
     check_startable(argv, netns, env, kw.get("cwd"))
     popen = dict(stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with born_in(netns):
-        child = subprocess.Popen(exec_argv(argv), **{**popen, **kw})
+        child = subprocess.Popen(exec_argv(argv, binds=binds), **{**popen, **kw})
     try:
         out, err = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -7,8 +7,11 @@ Each is a function of the address plan returning (topology, the stack's end, the
   kernel host at FAR4/FAR6. What leaves the router towards it has been through the kernel's own
   device path: GSO super-frames cut into segments, partial checksums finished, as a NIC would
   put them on a wire.
-- `tap`: one namespace and no veth, for a stack that makes its own link (slirp4netns, pasta: a
-  tap whose other side is the user-space stack). The Wire sits on the tap, next to the kernel.
+- `tap`: for a stack that makes its own link (slirp4netns, pasta: a tap whose other side is the
+  user-space stack). The container namespace holds the tap, and the Wire sits on it next to the
+  kernel. The stack's process runs in a lab "host" namespace, whose default route leads over a
+  veth to a lab "outside" namespace: the stack's outbound sockets leave from the host and reach
+  the outside world the lab serves there, never the root namespace or a real network.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ FAR_NET4, FAR_NET6 = "198.19.9.0/24", "2001:db8:9::/64"
 ROUTER4, ROUTER6 = "198.19.9.1", "2001:db8:9::1"
 FAR4, FAR6 = "198.19.9.2", "2001:db8:9::2"
 FAR_IFNAME = "far0"
+
+# The tap stacks' world: the host namespace's uplink and the outside namespace behind it.
+UPLINK_NET4, UPLINK_NET6 = "198.19.1.0/24", "2001:db8:1:1::/64"
+HOST4, HOST6 = "198.19.1.1", "2001:db8:1:1::1"  # the host namespace: where forwarded ports listen
+OUTSIDE4, OUTSIDE6 = "198.19.1.2", "2001:db8:1:1::2"  # the outside namespace: the lab's services
+UPLINK_IFNAME, OUTSIDE_IFNAME = "up0", "wan0"
 
 
 def kernel_host(link: Link) -> None:
@@ -73,6 +82,18 @@ class TapEnd:
     userns_netns: NetNS | None = None  # rootless: the user+net namespace the stack made instead of `ns`
     stack_mac: str | None = None  # the stack's on the far side: what its driver knows, else learned by ARP
     addresses: list[str] = field(default_factory=list)  # what the stack configured on the tap
+    host: Namespace | None = None  # where the stack's process runs and its sockets leave from
+    outside: Namespace | None = None  # the world behind the host: the lab's outside services
+
+    @property
+    def host_netns(self) -> NetNS:
+        assert self.host is not None and self.host.netns is not None, "this tap layout has no host namespace"
+        return self.host.netns
+
+    @property
+    def outside_netns(self) -> NetNS:
+        assert self.outside is not None and self.outside.netns is not None, "this tap layout has no outside namespace"
+        return self.outside.netns
 
     @property
     def netns(self) -> NetNS:
@@ -87,6 +108,19 @@ End = Link | TapEnd  # where a stack runs, or the Wire sits: a veth end, or a ta
 
 
 def tap(plan: AddressPlan) -> tuple[Topology, TapEnd, TapEnd]:
+    """The container namespace (the tap's, empty until the stack makes it), the host namespace
+    and the outside namespace. ICMP echo sockets are open to every group in the host namespace,
+    as libslirp and pasta need for their own pings (a per-namespace sysctl: the root's is untouched)."""
     topo = Topology()
-    end = TapEnd(topo.namespace("sb"), "tap0", plan.net4, plan.net6, plan.mtu, plan.peer4, plan.peer6)
+    host, outside = topo.namespace("host"), topo.namespace("out")
+    end = TapEnd(topo.namespace("sb"), "tap0", plan.net4, plan.net6, plan.mtu, plan.peer4, plan.peer6, host=host, outside=outside)
+    # The tap does not exist yet: its addresses must not wait for duplicate address detection either.
+    end.ns.sysctl("net.ipv6.conf.default.accept_dad", 0).sysctl("net.ipv6.conf.all.accept_dad", 0)
+    up, wan = topo.veth(host, UPLINK_IFNAME, outside, OUTSIDE_IFNAME, tx_checksum=False)
+    up.addr(f"{HOST4}/24").addr(f"{HOST6}/64")
+    wan.addr(f"{OUTSIDE4}/24").addr(f"{OUTSIDE6}/64")
+    kernel_host(up)
+    kernel_host(wan)
+    host.route("default", via=OUTSIDE4).route("default", via=OUTSIDE6)
+    host.sysctl("net.ipv4.ping_group_range", "0 2147483647")
     return topo, end, end

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from labkit.net.plan import AddressPlan, Endpoints
+from labkit.packet.testbench.guest import Guest, announce
 from labkit.packet.wire import Wire
 from labkit.pytest_plugin.hooks import CALL_REPORT, SETTINGS, TESTBED, changes_of, layout_of
 from labkit.pytest_plugin.options import LabSettings
@@ -15,6 +16,7 @@ from labkit.pytest_plugin.order import SEQUENCE_START
 from labkit.stacks import Stack, StackSpec
 from labkit.stacks.agent import SocketAgent
 from labkit.testbed import Layout, Testbed, isolation, standard_layout
+from labkit.testbed.outside import Outside
 from labkit.testbed.pool import TestbedPool
 
 
@@ -136,12 +138,33 @@ def agent(stack: Stack) -> SocketAgent:
 
 
 @pytest.fixture
+def outside(testbed: Testbed) -> Outside:
+    """The world behind a tap stack: the lab's outside namespace, where the container's traffic
+    arrives through the stack's host sockets, and the host namespace the stack runs in."""
+    if testbed.outside is None:
+        assert testbed.stack is not None
+        pytest.skip(f"{testbed.stack.id} lacks capabilities: outside")
+    return testbed.outside
+
+
+@pytest.fixture
+def guest(request: pytest.FixtureRequest, stack: Stack, wire: Wire, plan: AddressPlan, outside: Outside) -> Guest:
+    """The container the Wire plays in front of a tap stack, for the check's `family` (IPv4
+    without one): an address of its own in the container's network, announced to the stack the
+    way a container's first packets do (labkit.packet.testbench.guest)."""
+    family = request.getfixturevalue("family") if "family" in request.fixturenames else "ipv4"
+    if family not in stack.capabilities_for(stack.variant):
+        pytest.skip(f"{stack.id} lacks capabilities: {family}")
+    me = Guest.of(plan, family, outside.address(family), outside.address(family, "host"))
+    announce(wire, me)
+    return me
+
+
+@pytest.fixture
 def wire(testbed: Testbed) -> Wire:
     """The Wire on the peer end of the stack's veth; it answers ARP/NDP for the peer addresses."""
     assert testbed.wire is not None
     return testbed.wire
-
-
 
 
 @pytest.fixture

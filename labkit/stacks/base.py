@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +29,7 @@ from labkit.packet.sockets import PacketSocket
 from labkit.services import KINDS as SERVICE_KINDS
 from labkit.stacks import state as stack_state
 from labkit.stacks.agent import SocketAgent
+from labkit.stacks.forwarding import PortForward
 from labkit.stacks.service import Service
 
 # Capability flags: what checks a driver can take part in.
@@ -48,7 +50,11 @@ CAPABILITIES = frozenset({ARP, NDP, IPV4, IPV6, ICMP, UDP, TCP, SERVICES, EXEC, 
 # Sandbox-only traits, which the network-setup checks are about:
 NETNS_COPY = "netns-copy"  # builds its own stack from the namespace's links, addresses and routes
 AF_PACKET = "af-packet"  # reaches its link through AF_PACKET sockets the lab can inspect
-
+# Tap-stack traits (user-mode networking: the container's traffic leaves through host sockets):
+OUTSIDE = "outside"  # carries the container's traffic to the lab's outside world (labkit.testbed.outside)
+FORWARD = "port-forward"  # forwards ports of its host namespace into the container (labkit.stacks.forwarding)
+DHCP = "dhcp"  # leases the container an address over DHCP
+DNS = "dns"  # forwards DNS queries sent to an address of its own to the host's resolver
 
 
 @dataclass(frozen=True)
@@ -264,6 +270,29 @@ class Stack(abc.ABC):
         Only a stack with the `sysctl` capability has them; a check that uses this declares
         `@pytest.mark.changes("sysctls")`, so the testbed is not handed on."""
         raise LabError(f"{self.id} has no sysctls the lab can set (it lacks the {SYSCTL!r} capability)")
+
+    # -- port forwarding (stacks with the `port-forward` capability) ----------------------------
+
+    def forward_refusal(self, forward: PortForward) -> str | None:
+        """Why this stack cannot express `forward`, or None when it can: a check skips with it."""
+        return f"{self.id} forwards no ports (it lacks the {FORWARD!r} capability)"
+
+    def forward(self, forward: PortForward) -> AbstractContextManager[None]:
+        """`forward` in place for the body of the `with`, gone after it."""
+        raise LabError(self.forward_refusal(forward) or f"{self.id} cannot forward {forward}")
+
+    def forwarded_source(self, forward: PortForward, client: str) -> str:
+        """The source address a service in the container sees for a forwarded connection from
+        `client`, as the stack documents it."""
+        raise LabError(f"{self.id} forwards no ports")
+
+    def dns_address(self, family: str = "ipv4") -> str:
+        """The address in the container's network whose DNS queries the stack forwards upstream."""
+        raise LabError(f"{self.id} forwards no DNS (it lacks the {DNS!r} capability)")
+
+    def dhcp_range(self) -> list[str]:
+        """The IPv4 addresses the stack's DHCP server may lease, as the stack documents it."""
+        raise LabError(f"{self.id} leases no addresses (it lacks the {DHCP!r} capability)")
 
     def agent(self) -> SocketAgent:
         """The socket agent inside the stack, started on first use and kept while the stack runs."""

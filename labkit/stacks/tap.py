@@ -4,6 +4,11 @@ Such a stack makes the namespace's tap itself and answers on its far side; the l
 keeps its kernel, which owns the namespace's address, and the lab's services run there, as a
 container would. The Wire sits on the tap (see Testbed), so checks talk to the stack across it.
 
+The stack's process runs in the layout's "host" namespace (labkit.net.layouts.tap): what the
+container sends out leaves through that namespace's sockets towards the lab's outside
+namespace, and ports forwarded into the container are that namespace's. Its DNS upstream is the
+lab's outside responder, named in a resolv.conf that only the stack's process sees.
+
 Rootful, the namespace is the topology's named one and the stack is pointed at its path.
 Rootless (variant option `rootless`), it is what rootless podman makes: a process in a new user
 namespace (root mapped) and a new network namespace, and the stack is pointed at its pid. The
@@ -16,21 +21,38 @@ from __future__ import annotations
 import abc
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import ClassVar
 
 from labkit.errors import ExpectTimeout, LabError
 from labkit.lifecycle import owner
 from labkit.lifecycle.process import LabProcess, run_in
-from labkit.net.layouts import TapEnd
+from labkit.net.layouts import OUTSIDE4, OUTSIDE6, TapEnd
 from labkit.net.netns import NetNS
 from labkit.stacks import base
+from labkit.stacks.forwarding import PortForward
 
-# Holds the user+net namespace: reports its pid once inside, lives until its stdin closes.
-_HOLDER = "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()"
+# Holds the user+net namespace: turns duplicate address detection off there (the tap does not
+# exist yet; its addresses must be usable at once, as in the rootful layout), reports its pid
+# once inside, and lives until its stdin closes.
+_HOLDER = (
+    "import os, sys\n"
+    "for conf in ('all', 'default'):\n"
+    "    open(f'/proc/sys/net/ipv6/conf/{conf}/accept_dad', 'w').write('0')\n"
+    "print(os.getpid(), flush=True); sys.stdin.read()"
+)
 
 
 class TapStack(base.Stack):
     makes_link = True
+    # A setup broken on purpose (examples/mutants.py), to show the checks fail: an nftables
+    # ruleset loaded in the outside namespace, and options the outside's services start with
+    # (`{"dns": {"lie": 1}}`). The real drivers leave both empty.
+    outside_rules: ClassVar[str] = ""
+    outside_faults: ClassVar[Mapping[str, Mapping[str, object]]] = {}
+    DNS_HOST = 3  # the container's DNS server is .3 (::3) of its network: libslirp's fixed choice, the lab's for pasta
 
     def __init__(self, variant: str = "") -> None:
         super().__init__(variant)
@@ -59,6 +81,16 @@ class TapStack(base.Stack):
             self._make_user_namespace()
         self._start_stack()
         self.read_tap()
+        if self.outside_rules:
+            self._load_outside_rules()
+
+    def _load_outside_rules(self) -> None:
+        assert self.workdir is not None
+        rules = self.workdir / "outside.nft"
+        rules.write_text(self.outside_rules)
+        done = run_in(self.tap.outside_netns, ["nft", "-f", str(rules)], timeout=10)
+        if done.returncode != 0:
+            raise LabError(f"{self.id}: nft refused its outside rules: {done.stderr.strip()[-300:]}")
 
     def _stop(self) -> None:
         try:
@@ -72,6 +104,42 @@ class TapStack(base.Stack):
 
     @abc.abstractmethod
     def _stop_stack(self) -> None: ...
+
+    def resolv_conf(self) -> Path:
+        """The lab's resolv.conf for the stack's process: the outside namespace's DNS responder."""
+        assert self.workdir is not None
+        path = self.workdir / "resolv.conf"
+        path.write_text(f"nameserver {OUTSIDE4}\nnameserver {OUTSIDE6}\n")
+        return path
+
+    def dns_address(self, family: str = "ipv4") -> str:
+        """The address in the container's network whose DNS queries the stack forwards upstream."""
+        if family == "ipv6" and not self.can(base.IPV6):
+            raise LabError(f"{self.id} has no IPv6 DNS address (it lacks the {base.IPV6!r} capability)")
+        net = self.tap.net4 if family == "ipv4" else self.tap.net6
+        return str(net.network_address + self.DNS_HOST)
+
+    # -- port forwarding: the driver adds and removes; the base makes it a context -----------
+
+    def forward(self, forward: PortForward) -> AbstractContextManager[None]:
+        if (why := self.forward_refusal(forward)) is not None:
+            raise LabError(why)
+        return self._forwarding(forward)
+
+    @contextmanager
+    def _forwarding(self, forward: PortForward) -> Iterator[None]:
+        handle = self._add_forward(forward)
+        try:
+            yield
+        finally:
+            self._remove_forward(handle)
+
+    def _add_forward(self, forward: PortForward) -> object:
+        """Put `forward` in place; what `_remove_forward` needs to take it away."""
+        return None
+
+    def _remove_forward(self, handle: object) -> None:
+        """Take away what `_add_forward` put in place."""
 
     def _make_user_namespace(self) -> None:
         argv = ["unshare", "--user", "--map-root-user", "--net", "--", sys.executable, "-c", _HOLDER]

@@ -20,6 +20,7 @@ from labkit.net.topology import Link, Topology
 from labkit.packet.wire import Wire
 from labkit.stacks import Stack, StackSpec
 from labkit.testbed import isolation
+from labkit.testbed.outside import Outside
 
 # A layout declares a topology from an address plan: (topology, the stack's end, the Wire's end).
 Layout = Callable[[AddressPlan], tuple[Topology, Link, Link]]
@@ -44,6 +45,7 @@ class Testbed:
         self.wire: Wire | None = None
         self.stack_end: End | None = None  # a Link, or a TapEnd for a stack that makes its own link
         self.peer_end: End | None = None
+        self.outside: Outside | None = None  # a tap stack's world behind it (labkit.testbed.outside)
         # What the driver read inside when the pool first handed the testbed out (the full look).
         self.inside_at_handout: dict[str, frozenset[str]] = {}
 
@@ -83,6 +85,8 @@ class Testbed:
         self.stack = self.spec.create()
         self.stack.start(self.topology, end)
         assert end.mac is not None, f"{self.stack.id} did not report its tap's MAC"
+        assert self.stack.workdir is not None
+        self.outside = Outside(end, log=self.stack.workdir / "outside.log", faults=getattr(self.stack, "outside_faults", {}))
         self.wire = Wire(end.netns, end.name, mac=end.mac, far_mac=end.stack_mac)
         self._own_peer_addresses()
         if end.stack_mac is None:
@@ -105,6 +109,8 @@ class Testbed:
         and the Wire answering as the peer again (a check may have made it answer otherwise)."""
         assert self.stack is not None and self.wire is not None
         self.stack.reset()
+        if self.outside is not None:
+            self.outside.reset()
         self.wire.forget()
         self._own_peer_addresses()
         return self
@@ -132,6 +138,9 @@ class Testbed:
             saved.append(self.wire.write_pcap(directory / f"{stem}.pcap"))
             if self.wire.expectations:
                 saved.append(self.wire.write_expectations(directory / f"{stem}.expects.json"))
+        if self.outside is not None:  # what the stack's host sockets put on the uplink
+            for n, watch in enumerate(self.outside.watches):
+                saved.append(watch.write_pcap(directory / f"{stem}.uplink{n or ''}.pcap"))
         if self.stack is not None:
             for name, path in self.stack.logs().items():
                 dest = directory / f"{stem}.{name}"
@@ -144,6 +153,7 @@ class Testbed:
     def down(self) -> None:
         errors: list[BaseException] = []
         for step in (
+            self.outside.close if self.outside else None,
             self.wire.close if self.wire else None,
             self.stack.stop if self.stack else None,
             self.topology.down if self.topology else None,
@@ -155,6 +165,7 @@ class Testbed:
             except Exception as exc:  # finish the teardown, then report the first failure
                 errors.append(exc)
         self.wire = self.stack = None
+        self.outside = None
         self.topology = None
         if errors:
             raise errors[0]

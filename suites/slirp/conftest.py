@@ -1,5 +1,10 @@
-"""Fixtures of the slirp suite: a lab namespace for slirp4netns to serve, the lab CIDR it gets,
-and fake slirp4netns binaries for the checks about what the launcher does with a bad one."""
+"""Fixtures of the slirp suite: a lab namespace for slirp4netns to serve, a lab "host" namespace
+for it to run in, the lab CIDR it gets, and fake slirp4netns binaries for the checks about what
+the launcher does with a bad one.
+
+The stack's process runs in the host namespace, never the root namespace: its forwarded ports
+listen there and its "host loopback" is that namespace's 127.0.0.1, so every client and service
+of these checks that stands for the host is made inside it."""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from labkit.lifecycle import owner
+from labkit.net.layouts import HOST4, HOST6, OUTSIDE4, OUTSIDE6, OUTSIDE_IFNAME, UPLINK_IFNAME, kernel_host
+from labkit.net.netns import NetNS
 from labkit.net.topology import Namespace, Topology
 from labkit.stacks.slirp4netns import Features
 
@@ -27,12 +34,33 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def namespace() -> Iterator[Namespace]:
-    """An empty lab namespace (lo only) for slirp4netns to put its tap in."""
+def topology() -> Iterator[Topology]:
+    """The container's namespace (lo only) and the host's the stack runs in. The host has an
+    uplink with lab addresses and default routes to a third, empty namespace (pasta refuses to
+    start without a routable interface to copy from); nothing is served behind it."""
     topo = Topology()
-    ns = topo.namespace("slirp")
+    topo.namespace("slirp")
+    host, out = topo.namespace("host"), topo.namespace("out")
+    up, wan = topo.veth(host, UPLINK_IFNAME, out, OUTSIDE_IFNAME)
+    up.addr(f"{HOST4}/24").addr(f"{HOST6}/64")
+    wan.addr(f"{OUTSIDE4}/24").addr(f"{OUTSIDE6}/64")
+    kernel_host(up)
+    kernel_host(wan)
+    host.route("default", via=OUTSIDE4).route("default", via=OUTSIDE6)
     with topo:
-        yield ns
+        yield topo
+
+
+@pytest.fixture
+def namespace(topology: Topology) -> Namespace:
+    """The container's namespace: slirp4netns or pasta puts its tap there."""
+    return topology["slirp"]
+
+
+@pytest.fixture
+def host(topology: Topology) -> Namespace:
+    """The lab host namespace the stack's process runs in: its 127.0.0.1 is the "host loopback"."""
+    return topology["host"]
 
 
 @pytest.fixture
@@ -60,19 +88,19 @@ def fake_binary(tmp_path: Path) -> Callable[..., str]:
     return make
 
 
-def free_port(kind: int) -> int:
-    """A port of the host's 127.0.0.1 that nobody listens on just now."""
-    with socket.socket(socket.AF_INET, kind) as s:
+def free_port(host: NetNS, kind: int) -> int:
+    """A port of the host namespace's 127.0.0.1 that nobody listens on just now."""
+    with host.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def carried(proto: str, host_port: int, inside: socket.socket, timeout: float = 3.0) -> bool:
-    """Whether 8 random bytes sent to the host's 127.0.0.1:host_port arrive at `inside`."""
+def carried(host: NetNS, proto: str, host_port: int, inside: socket.socket, timeout: float = 3.0) -> bool:
+    """Whether 8 random bytes sent from the host namespace to its 127.0.0.1:host_port arrive at `inside`."""
     payload = os.urandom(8)
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     inside.settimeout(timeout)
-    with socket.socket(socket.AF_INET, kind) as outside:
+    with host.socket(socket.AF_INET, kind) as outside:
         outside.settimeout(timeout)
         try:
             if proto == "tcp":

@@ -7,6 +7,9 @@ hangs, the connect times out. So the check wants slirp4netns's own refusal (libs
 the SYN with an ICMP destination unreachable from the gateway, which the socket's error queue
 shows), slirp4netns still running after it, and, in the same run, a connection that must work
 (a port forward from the host's loopback to the guest) working.
+
+"The host" is the lab host namespace slirp4netns runs in: the service the guest must not reach
+listens on its 127.0.0.1, and the control's client connects from there.
 """
 
 from __future__ import annotations
@@ -68,9 +71,9 @@ def _icmp_error(sock: socket.socket) -> tuple[int, int, str] | None:
 
 
 def assert_host_loopback_blocked(netns: NetNS, slirp: Slirp4netns, gateway: str, timeout: float = 3.0) -> None:
-    """The guest cannot reach the host's 127.0.0.1 through the gateway, because slirp4netns
+    """The guest cannot reach the host namespace's 127.0.0.1 through the gateway, because slirp4netns
     refuses it: not because slirp4netns is dead or deaf."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as host_service:
+    with slirp.host.socket(socket.AF_INET, socket.SOCK_STREAM) as host_service:
         host_service.bind(("127.0.0.1", 0))
         host_service.listen(1)
         port = host_service.getsockname()[1]
@@ -90,15 +93,15 @@ def assert_host_loopback_blocked(netns: NetNS, slirp: Slirp4netns, gateway: str,
 
 
 def _forward_works(netns: NetNS, slirp: Slirp4netns, timeout: float) -> bool:
-    """The control: host 127.0.0.1 -> guest through an API port forward, which must work."""
+    """The control: the host namespace's 127.0.0.1 -> guest through an API port forward, which must work."""
     with netns.entered():
         inside = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with inside:
         inside.bind(("0.0.0.0", 0))
         inside.listen(1)
-        host_port = free_port(socket.SOCK_STREAM)
+        host_port = free_port(slirp.host, socket.SOCK_STREAM)
         forward = slirp.api.add_hostfwd("tcp", "127.0.0.1", host_port, inside.getsockname()[1])
         try:
-            return carried("tcp", host_port, inside, timeout)
+            return carried(slirp.host, "tcp", host_port, inside, timeout)
         finally:
             slirp.api.remove_hostfwd(forward)

@@ -1,8 +1,9 @@
 """The slirp4netns launcher's contract: options, features, start and stop, what the namespace
 gets, host loopback, and port forwarding through the API socket.
 
-Port forwards listen on the host's 127.0.0.1 (the only host address the lab uses); services
-inside run in the lab namespace.
+slirp4netns runs in a lab "host" namespace (the `host` fixture), never the root namespace: port
+forwards listen on that namespace's 127.0.0.1 and its clients connect from inside it; services
+inside run in the container's lab namespace.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from labkit.lifecycle.process import run_in
 from labkit.net.rtnl import wait_address
 from labkit.rtnetlink.view import NetView
 from labkit.stacks.slirp4netns import Features, Slirp4netns, SlirpApiError, SlirpOptions, command_line
+from labkit.stacks.slirp4netns.api import SlirpApi
 from labkit.stacks.slirp4netns.options import DEFAULT_MTU
 
 from .conftest import carried, free_port, needs_slirp4netns
@@ -103,11 +105,13 @@ def test_valid_options_give_the_expected_command_line(options, want, unwanted):
     "missing, option",
     [("--cidr", "cidr=198.18.5.0/24"), ("--enable-ipv6", "enable_ipv6=true"), ("--disable-host-loopback", None)],
 )
-def test_launcher_refuses_what_the_binary_lacks(fake_binary, workdir, namespace, missing, option):
+def test_launcher_refuses_what_the_binary_lacks(fake_binary, workdir, namespace, host, missing, option):
     help_text = FULL_HELP.replace(missing, "")
     binary = fake_binary(help_text)
     with pytest.raises(LabInputError) as refused:
-        Slirp4netns(namespace.netns, SlirpOptions.parse([option] if option else []), workdir=workdir, binary=binary).start()
+        Slirp4netns(
+            namespace.netns, SlirpOptions.parse([option] if option else []), host=host.netns, workdir=workdir, binary=binary
+        ).start()
     assert missing in str(refused.value) and "needed by" in str(refused.value), refused.value
     assert os.listdir(workdir) == [], "a refused start left files behind"
 
@@ -116,8 +120,8 @@ def test_launcher_refuses_what_the_binary_lacks(fake_binary, workdir, namespace,
 
 
 @needs_slirp4netns
-def test_ready_then_exit_fd_ends_it(namespace, workdir, cidr):
-    slirp = Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), workdir=workdir, ready_timeout=5)
+def test_ready_then_exit_fd_ends_it(namespace, host, workdir, cidr):
+    slirp = Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), host=host.netns, workdir=workdir, ready_timeout=5)
     with slirp:
         assert slirp.running()
         sock = slirp.api_socket
@@ -130,33 +134,33 @@ def test_ready_then_exit_fd_ends_it(namespace, workdir, cidr):
 
 
 @needs_slirp4netns
-def test_sandboxed_start_keeps_the_namespace_mount(namespace, workdir, cidr):
+def test_sandboxed_start_keeps_the_namespace_mount(namespace, host, workdir, cidr):
     """--enable-sandbox unmounts things in its mount namespace; the launcher gives it a private one."""
-    with Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), workdir=workdir, sandbox=True):
+    with Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), host=host.netns, workdir=workdir, sandbox=True):
         assert namespace.netns.exists()
     assert namespace.netns.exists() and os.path.ismount(namespace.netns.path)
 
 
-def test_a_binary_that_dies_at_once_is_reported_with_its_log(fake_binary, namespace, workdir):
+def test_a_binary_that_dies_at_once_is_reported_with_its_log(fake_binary, namespace, host, workdir):
     binary = fake_binary(FULL_HELP, body="echo 'cannot open tap: computer says no' >&2; exit 1")
     with pytest.raises(LabError) as failed:
-        Slirp4netns(namespace.netns, workdir=workdir, binary=binary, ready_timeout=10).start()
+        Slirp4netns(namespace.netns, host=host.netns, workdir=workdir, binary=binary, ready_timeout=10).start()
     assert "exited (1) before it was ready" in str(failed.value) and "computer says no" in str(failed.value)
 
 
-def test_a_binary_that_closes_its_ready_fd_unready_is_reported(fake_binary, namespace, workdir):
+def test_a_binary_that_closes_its_ready_fd_unready_is_reported(fake_binary, namespace, host, workdir):
     # Closes the fd named by --ready-fd (dash cannot name fds above 9), then idles.
     close = "import os, sys, time; [os.close(int(a.split('=')[1])) for a in sys.argv[1:] if a.startswith('--ready-fd=')]; time.sleep(30)"
     body = f'exec python3 -c "{close}" "$@"'
     binary = fake_binary(FULL_HELP, body=body)
     with pytest.raises(LabError, match="closed its ready fd without writing"):
-        Slirp4netns(namespace.netns, workdir=workdir, binary=binary, ready_timeout=10).start()
+        Slirp4netns(namespace.netns, host=host.netns, workdir=workdir, binary=binary, ready_timeout=10).start()
 
 
-def test_a_binary_that_never_gets_ready_is_bounded(fake_binary, namespace, workdir):
+def test_a_binary_that_never_gets_ready_is_bounded(fake_binary, namespace, host, workdir):
     binary = fake_binary(FULL_HELP, body="exec sleep 30")
     with pytest.raises(LabError, match=r"not ready within 0.5s"):
-        Slirp4netns(namespace.netns, workdir=workdir, binary=binary, ready_timeout=0.5).start()
+        Slirp4netns(namespace.netns, host=host.netns, workdir=workdir, binary=binary, ready_timeout=0.5).start()
 
 
 # -- inside the namespace ----------------------------------------------------------------------
@@ -164,10 +168,10 @@ def test_a_binary_that_never_gets_ready_is_bounded(fake_binary, namespace, workd
 
 @needs_slirp4netns
 @pytest.mark.parametrize("mtu", [None, 1500])
-def test_namespace_gets_tap_address_gateway_and_mtu(namespace, workdir, cidr, mtu):
+def test_namespace_gets_tap_address_gateway_and_mtu(namespace, host, workdir, cidr, mtu):
     options = [f"cidr={cidr}"] + ([f"mtu={mtu}"] if mtu else [])
     net = ipaddress.ip_network(cidr)
-    with Slirp4netns(namespace.netns, SlirpOptions.parse(options), workdir=workdir):
+    with Slirp4netns(namespace.netns, SlirpOptions.parse(options), host=host.netns, workdir=workdir):
         view = NetView.read(lambda argv: run_in(namespace.netns, argv))
         tap = view.links.get("tap0")
         assert tap is not None, f"no tap0 in the namespace: {sorted(view.links)}"
@@ -183,11 +187,11 @@ def test_namespace_gets_tap_address_gateway_and_mtu(namespace, workdir, cidr, mt
 
 @needs_slirp4netns
 @pytest.mark.parametrize("enabled", [True, False], ids=["enable_ipv6", "ipv4-only"])
-def test_ipv6_when_enabled(namespace, workdir, cidr, enabled):
+def test_ipv6_when_enabled(namespace, host, workdir, cidr, enabled):
     """With enable_ipv6=true libslirp advertises its prefix (fd00::/64) and the tap autoconfigures
     an address in it. The lab only watches the namespace's addresses: it sends nothing there."""
     options = SlirpOptions.parse([f"cidr={cidr}", f"enable_ipv6={'true' if enabled else 'false'}"])
-    with Slirp4netns(namespace.netns, options, workdir=workdir):
+    with Slirp4netns(namespace.netns, options, host=host.netns, workdir=workdir):
         index = _ifindex(namespace, "tap0")
         in_prefix = lambda a: ipaddress.ip_address(a) in SLIRP_IPV6_PREFIX
         if enabled:
@@ -225,15 +229,15 @@ def _arp_answered(namespace, tap, target: str, source: str) -> bool:
 
 @needs_slirp4netns
 @pytest.mark.parametrize("allowed", [False, True], ids=["blocked", "allowed"])
-def test_host_loopback(namespace, workdir, cidr, allowed):
+def test_host_loopback(namespace, host, workdir, cidr, allowed):
     gateway = str(ipaddress.ip_network(cidr).network_address + 2)
     options = [f"cidr={cidr}", f"allow_host_loopback={'true' if allowed else 'false'}"]
-    with Slirp4netns(namespace.netns, SlirpOptions.parse(options), workdir=workdir) as slirp:
+    with Slirp4netns(namespace.netns, SlirpOptions.parse(options), host=host.netns, workdir=workdir) as slirp:
         if not allowed:
             # slirp4netns's own refusal, while it runs and serves: see suites/slirp/host_loopback.py.
             assert_host_loopback_blocked(namespace.netns, slirp, gateway)
             return
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as host_service:
+        with host.socket(socket.AF_INET, socket.SOCK_STREAM) as host_service:
             host_service.bind(("127.0.0.1", 0))
             host_service.listen(1)
             port = host_service.getsockname()[1]
@@ -246,10 +250,10 @@ def test_host_loopback(namespace, workdir, cidr, allowed):
 
 @needs_slirp4netns
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
-def test_port_forwarding_through_the_api(namespace, workdir, cidr, proto):
+def test_port_forwarding_through_the_api(namespace, host, workdir, cidr, proto):
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    host_port = free_port(kind)
-    with Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), workdir=workdir) as slirp:
+    host_port = free_port(host.netns, kind)
+    with Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), host=host.netns, workdir=workdir) as slirp:
         with namespace.netns.entered():
             inside = socket.socket(socket.AF_INET, kind)
         with inside:
@@ -265,16 +269,24 @@ def test_port_forwarding_through_the_api(namespace, workdir, cidr, proto):
             ]
             with pytest.raises(SlirpApiError, match="add_hostfwd"):
                 slirp.api.add_hostfwd(proto, "127.0.0.1", host_port, guest_port)
-            assert carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
+            assert carried(host.netns, proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} did not reach the service inside"
             slirp.api.remove_hostfwd(forward)
             assert slirp.api.list_hostfwd() == []
-            assert not carried(proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} still forwarded after remove"
+            assert not carried(host.netns, proto, host_port, inside), f"{proto} 127.0.0.1:{host_port} still forwarded after remove"
 
 
 @needs_slirp4netns
-def test_api_errors_are_replies_and_it_keeps_serving(namespace, workdir, cidr):
-    with Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), workdir=workdir) as slirp:
+def test_api_errors_are_replies_and_it_keeps_serving(namespace, host, workdir, cidr):
+    with Slirp4netns(namespace.netns, SlirpOptions.parse([f"cidr={cidr}"]), host=host.netns, workdir=workdir) as slirp:
         for payload, desc in ((b"{not json", "cannot parse JSON"), (b'{"execute": "reboot"}', "unknown execute")):
             reply = slirp.api.raw(payload)
             assert desc in reply.get("error", {}).get("desc", ""), f"{payload!r} got {reply}"
         assert slirp.running() and slirp.api.list_hostfwd() == []
+
+
+@pytest.mark.parametrize("host_addr", ["10.0.0.1", "192.168.1.1", "fe80::1"])
+def test_api_refuses_to_forward_from_outside_the_lab(host_addr):
+    """A forward binds only in the lab: a lab address, loopback or all of the host namespace's;
+    anything else is refused before the API socket is touched (there is none here)."""
+    with pytest.raises(LabInputError, match="allowed: a lab address"):
+        SlirpApi(Path("/nonexistent/slirp4netns.sock")).add_hostfwd("tcp", host_addr, 8080, 80)

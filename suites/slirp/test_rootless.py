@@ -45,15 +45,19 @@ def test_rootless_namespace_gets_its_tap_address_and_route(kind):
 @pytest.mark.parametrize("variant", ["", "-rootless"], ids=["rootful", "rootless"])
 def test_forwarded_port_reaches_a_service_behind_slirp(variant):
     """A lab service runs in the namespace (as a container's would), and a forward added through
-    the API carries a TCP stream from the host's 127.0.0.1 to it and back."""
+    the API carries a TCP stream from the host namespace's 127.0.0.1 (slirp4netns runs there) to
+    it and back."""
     with Testbed(resolve(f"slirp4netns{variant}")[0]) as bed:
         echo = bed.stack.service("tcp-echo")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        host = bed.stack.tap.host_netns
+        with host.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind(("127.0.0.1", 0))
             host_port = probe.getsockname()[1]
         forward = bed.stack.slirp.api.add_hostfwd("tcp", "127.0.0.1", host_port, echo.port)
         payload = os.urandom(64)
-        with socket.create_connection(("127.0.0.1", host_port), timeout=5) as conn:
+        with host.socket(socket.AF_INET, socket.SOCK_STREAM) as conn:
+            conn.settimeout(5)
+            conn.connect(("127.0.0.1", host_port))
             conn.sendall(payload)
             conn.shutdown(socket.SHUT_WR)
             got = b""

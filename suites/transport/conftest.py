@@ -6,10 +6,12 @@ plays the other end frame by frame with the testbench (`TcpConnection`, `UdpFlow
 can send what no well-behaved peer sends and see exactly what the stack answers. Both sides are
 asserted: what the application got, and what went over the wire.
 
-Every check needs the `agent` capability, also one that only sends from the Wire: the suite
-judges a stack whose applications sit on top of it (the kernel, gVisor). A tap stack
-(slirp4netns, pasta) is the far side of a container's own kernel; its TCP/IP faces the Wire on
-tap0 and is checked there once it has an outside world behind it.
+Every check of a stack whose applications sit on top of it (the kernel, gVisor) needs the
+`agent` capability, also one that only sends from the Wire. A tap stack (slirp4netns, pasta) is
+the far side of a container's own kernel: no application holds its sockets, it holds them itself
+on the host's side. Its own TCP, UDP and ICMP face the Wire on tap0 and are checked there, with
+the container played by the Wire (`guest`) and the lab's outside namespace behind the stack
+(`outside`): the `test_tap_*.py` modules, which need the `outside` capability instead.
 
 The checks depend on none of the link options (channels, GSO, checksum offload, qdisc: the
 linkdispatch suite covers those): each module says `pytestmark = pytest.mark.varies_with()`, so

@@ -1,9 +1,10 @@
 """pasta (passt) as a stack under test, on the far side of the namespace's tap.
 
 pasta gets the plan's addresses: the namespace is .1 / ::1 and pasta answers as the gateway at
-.2 / ::2 (the checks' "stack"). It maps the gateway to the host's loopback (its default), and
-forwards no port unless told. Only what pasta answers itself is checked (ARP, NDP): anything
-else sent to the gateway would leave through the host's own sockets.
+.2 / ::2 (the checks' "stack"). It maps the gateway to the host's loopback (its default). pasta
+runs in the layout's host namespace; DNS queries to .3 / ::3 go to the lab's outside responder,
+and DHCP, NDP and DHCPv6 hand those out. pasta takes forwarded ports only on its command line,
+so the driver starts it with the lab's whole forwarding table (labkit.stacks.forwarding.STANDARD).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 from labkit.net.plan import AddressPlan
 from labkit.stacks import base
+from labkit.stacks.forwarding import STANDARD, PortForward
 from labkit.stacks.pasta.launcher import Pasta, PastaOptions
 from labkit.stacks.tap import TapStack
 
@@ -23,7 +25,12 @@ INSTALL = "apt-get install -y passt"
 
 class PastaStack(TapStack):
     kind = "pasta"
-    capabilities = frozenset({base.ARP, base.NDP, base.IPV4, base.IPV6, base.EXEC, base.SERVICES})
+    capabilities = frozenset(
+        {
+            base.ARP, base.NDP, base.IPV4, base.IPV6, base.EXEC, base.SERVICES,
+            base.OUTSIDE, base.FORWARD, base.DHCP, base.DNS,
+        }
+    )  # fmt: skip
     option_defaults: ClassVar[Mapping[str, Any]] = {"rootless": False, "mtu": 1500}
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "": {},  # rootful (a named netns), MTU 1500
@@ -33,7 +40,8 @@ class PastaStack(TapStack):
 
     @classmethod
     def plan_for(cls, variant: str, plan: AddressPlan) -> AddressPlan:
-        return replace(plan, mtu=cls.variant_options(variant).get("mtu", 1500))
+        # .3 / ::3 is pasta's DNS forwarder here (TapStack.DNS_HOST): the unused address moves to .50.
+        return replace(plan, mtu=cls.variant_options(variant).get("mtu", 1500), unused_host=50)
 
     def __init__(self, variant: str = "") -> None:
         super().__init__(variant)
@@ -52,14 +60,31 @@ class PastaStack(TapStack):
         gateway6 = str(tap.net6.network_address + 2)
         options = PastaOptions(
             f"{tap.peer4}/{tap.net4.prefixlen}", gateway4, f"{tap.peer6}/{tap.net6.prefixlen}", gateway6,
-            mtu=tap.mtu, ifname=tap.name,
+            mtu=tap.mtu, ifname=tap.name, forwards=STANDARD,
+            dns_forward=(self.dns_address("ipv4"), self.dns_address("ipv6")),
         )  # fmt: skip
-        self.pasta = Pasta(tap.netns, options, workdir=workdir, pid=self.holder_pid).start()
+        self.pasta = Pasta(
+            tap.netns, options, host=tap.host_netns, workdir=workdir, pid=self.holder_pid, resolv_conf=self.resolv_conf()
+        ).start()
 
     def _stop_stack(self) -> None:
         if self.pasta is not None:
             self.pasta.stop()
             self.pasta = None
+
+    def forward_refusal(self, forward: PortForward) -> str | None:
+        if forward not in STANDARD:
+            return f"pasta takes forwards only on its command line; {forward} is not in the table it was started with"
+        return None
+
+    def forwarded_source(self, forward: PortForward, client: str) -> str:
+        """The client's own address across the tap; a loopback client is spliced through the
+        container's loopback, so the container sees its own 127.0.0.1."""
+        return "127.0.0.1" if forward.loopback else client
+
+    def dhcp_range(self) -> list[str]:
+        """pasta leases the one address it was told to give the namespace."""
+        return [self.tap.peer4]
 
     def healthy(self) -> bool:
         return super().healthy() and self.pasta is not None and self.pasta.running()

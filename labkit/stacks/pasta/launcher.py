@@ -1,10 +1,13 @@
 """pasta (passt's namespace mode), started for a lab namespace and ended, every wait bounded.
 
-pasta is told every address it hands the namespace (otherwise it copies the host's) and every
-port it forwards (none is guessed: `-t none -u none -T none -U none` unless given). It goes to
-the background once the tap is configured, so the launcher waits for the foreground process to
-exit (that is the ready signal), then holds a pidfd on the daemon from its pid file. As root it
-needs `--runas 0`.
+pasta runs in a lab "host" namespace (never the root namespace): its sockets, forwarded ports
+and DNS upstream are that namespace's. It is told every address it hands the namespace
+(otherwise it copies the host's) and every port it forwards (none is guessed: `-t none -u none
+-T none -U none` unless given); it reads the upstream resolver for `--dns-forward` from
+/etc/resolv.conf, so the launcher binds the lab's own over it in a private mount namespace. It
+goes to the background once the tap is configured, so the launcher waits for the foreground
+process to exit (that is the ready signal), then holds a pidfd on the daemon from its pid file.
+As root it needs `--runas 0`.
 """
 
 from __future__ import annotations
@@ -19,25 +22,24 @@ from pathlib import Path
 
 from labkit.errors import LabError, LabInputError
 from labkit.lifecycle.pids import exited
-from labkit.lifecycle.process import lab_env, log_tail
+from labkit.lifecycle.process import born_in, check_startable, exec_argv, lab_env, log_tail
 from labkit.net.addressing import lab_address, lab_interface
 from labkit.net.netns import NetNS
+from labkit.stacks.forwarding import PortForward
 
 MIN_MTU, MAX_MTU = 68, 65520
-LOOPBACK = ("127.0.0.1", "::1")
 
 
-@dataclass(frozen=True)
-class Forward:
-    """127.0.0.1:host_port on the host to ns_port in the namespace (pasta's `-t`/`-u` spec)."""
+def forward_spec(fwd: PortForward) -> list[str]:
+    """pasta's `-t`/`-u` option for one forward: `[ADDR/]FIRST[-LAST][:FIRST[-LAST]]`."""
 
-    proto: str  # "tcp" | "udp"
-    host_port: int
-    ns_port: int
-    host_addr: str = "127.0.0.1"
+    def span(first: int) -> str:
+        return f"{first}-{first + fwd.count - 1}" if fwd.count > 1 else str(first)
 
-    def spec(self) -> list[str]:
-        return ["-t" if self.proto == "tcp" else "-u", f"{self.host_addr}/{self.host_port}:{self.ns_port}"]
+    ports = span(fwd.host_port)
+    if fwd.container_port != fwd.host_port:
+        ports += ":" + span(fwd.container_port)
+    return ["-t" if fwd.proto == "tcp" else "-u", f"{fwd.host_addr}/{ports}" if fwd.host_addr else ports]
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class PastaOptions:
     gateway6: str | None = None
     mtu: int = 65520
     ifname: str = "tap0"
-    forwards: tuple[Forward, ...] = field(default_factory=tuple)
+    forwards: tuple[PortForward, ...] = field(default_factory=tuple)
+    dns_forward: tuple[str, ...] = ()  # addresses of the namespace's side whose DNS queries go to the host's resolver
 
     def __post_init__(self) -> None:
         if not MIN_MTU <= self.mtu <= MAX_MTU:
@@ -62,12 +65,11 @@ class PastaOptions:
             if value is not None and lab_address(value).version != version:
                 raise LabInputError(f"pasta {key}={value}: allowed: an IPv{version} lab address")
         for fwd in self.forwards:
-            if fwd.proto not in ("tcp", "udp") or not (0 < fwd.host_port < 65536 and 0 < fwd.ns_port < 65536):
-                raise LabInputError(f"pasta forward {fwd}: allowed: proto tcp or udp, ports 1-65535")
-            if fwd.host_addr not in LOOPBACK:
-                raise LabInputError(
-                    f"pasta forward from {fwd.host_addr}: allowed: {', '.join(LOOPBACK)} (the lab opens nothing to the network)"
-                )
+            if not isinstance(fwd, PortForward):
+                raise LabInputError(f"pasta forward {fwd!r}: allowed: a labkit.stacks.forwarding.PortForward")
+        versions = [lab_address(a).version for a in self.dns_forward]
+        if len(set(versions)) < len(versions):
+            raise LabInputError(f"pasta dns_forward={self.dns_forward}: allowed: at most one IPv4 and one IPv6 address")
 
 
 def command_line(options: PastaOptions, target: Path | int, pidfile: Path, binary: str = "pasta") -> list[str]:
@@ -93,8 +95,12 @@ def command_line(options: PastaOptions, target: Path | int, pidfile: Path, binar
         argv += ["-a", str(ipaddress.ip_interface(options.address6).ip), "-g", options.gateway6]
     else:
         argv.append("--ipv4-only")
-    tcp = [f.spec() for f in options.forwards if f.proto == "tcp"] or [["-t", "none"]]
-    udp = [f.spec() for f in options.forwards if f.proto == "udp"] or [["-u", "none"]]
+    for address in options.dns_forward:  # forwarded to the first resolver of pasta's resolv.conf
+        argv += ["--dns-forward", address]
+    if options.dns_forward:
+        argv.append("--dhcp-dns")
+    tcp = [forward_spec(f) for f in options.forwards if f.proto == "tcp"] or [["-t", "none"]]
+    udp = [forward_spec(f) for f in options.forwards if f.proto == "udp"] or [["-u", "none"]]
     for spec in (*tcp, *udp, ["-T", "none"], ["-U", "none"]):
         argv += spec
     return [*argv, str(target)] if isinstance(target, int) else argv
@@ -108,13 +114,18 @@ class Pasta:
         netns: NetNS,
         options: PastaOptions,
         *,
+        host: NetNS,
         workdir: Path,
         binary: str = "pasta",
         ready_timeout: float = 10.0,
         pid: int | None = None,
+        resolv_conf: Path | None = None,
     ) -> None:
-        """`pid`: join that process's user and network namespaces (rootless) instead of `netns`'s path."""
+        """`host`: the lab namespace pasta runs in (its sockets and forwarded ports are there).
+        `pid`: join that process's user and network namespaces (rootless) instead of `netns`'s
+        path. `resolv_conf`: what pasta reads as /etc/resolv.conf (its DNS upstream)."""
         self.netns, self.options, self.workdir, self.binary, self.target_pid = netns, options, workdir, binary, pid
+        self.host, self.resolv_conf = host, resolv_conf
         self.ready_timeout = ready_timeout
         self.pidfile = workdir / "pasta.pid"
         self.log_path = workdir / "pasta.log"
@@ -124,21 +135,28 @@ class Pasta:
     def start(self) -> Pasta:
         target = self.target_pid if self.target_pid is not None else self.netns.path
         argv = command_line(self.options, target, self.pidfile, self.binary)
+        try:
+            check_startable(argv, self.host, lab_env())
+        except LabError as exc:
+            raise LabError(f"{exc} (install: apt-get install -y passt)") from None
+        binds = [(self.resolv_conf, "/etc/resolv.conf")] if self.resolv_conf is not None else []
         with open(self.log_path, "ab") as log:
-            try:
-                done = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=lab_env(), timeout=self.ready_timeout
+            with born_in(self.host):
+                child = subprocess.Popen(
+                    exec_argv(argv, binds=binds), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=lab_env()
                 )
-            except FileNotFoundError:
-                raise LabError(f"cannot run {self.binary!r}: not found (install: apt-get install -y passt)") from None
+            try:
+                returncode = child.wait(self.ready_timeout)
             except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
                 self._kill_from_pidfile()
                 raise LabError(
                     f"pasta did not configure the namespace within {self.ready_timeout}s; its log: {self.log_tail()}"
                 ) from None
-        if done.returncode != 0:
+        if returncode != 0:
             self._kill_from_pidfile()
-            raise LabError(f"pasta exited ({done.returncode}) before it was ready; its log: {self.log_tail()}")
+            raise LabError(f"pasta exited ({returncode}) before it was ready; its log: {self.log_tail()}")
         self.pid = self._read_pid()
         self._pidfd = self._open_daemon(self.pid)
         return self

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from labkit.errors import LabError, LabInputError
+from labkit.net.addressing import lab_address
 
-LOOPBACK = ("127.0.0.1", "::1")
+ANY = ("0.0.0.0", "::")
 
 
 class SlirpApiError(LabError):
@@ -52,9 +53,15 @@ class SlirpApi:
 
     def add_hostfwd(self, proto: str, host_addr: str, host_port: int, guest_port: int, guest_addr: str | None = None) -> int:
         """Forward host_addr:host_port (proto tcp or udp) to the namespace's guest_port; the id.
-        host_addr must be loopback: a forward on another host address is reachable from off the machine."""
-        if host_addr not in LOOPBACK:
-            raise LabInputError(f"host_addr {host_addr!r}: allowed: {', '.join(LOOPBACK)} (the lab opens nothing to the network)")
+        host_addr is an address of the lab host namespace slirp4netns runs in (a lab address,
+        loopback, or all of them): the lab opens nothing anywhere else."""
+        if host_addr not in ANY:
+            try:
+                lab_address(host_addr)
+            except LabInputError:
+                raise LabInputError(
+                    f"host_addr {host_addr!r}: allowed: a lab address (198.18.0.0/15, 2001:db8::/32), loopback, 0.0.0.0 or ::"
+                ) from None
         args: dict[str, Any] = {"proto": proto, "host_addr": host_addr, "host_port": host_port, "guest_port": guest_port}
         if guest_addr is not None:
             args["guest_addr"] = guest_addr

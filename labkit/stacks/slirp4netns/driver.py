@@ -5,7 +5,12 @@ slirp4netns --configure gives the namespace .100 of the CIDR; the gateway .2 and
 checks talk to libslirp at .2.
 
 IPv6 is left out of the conformance checks: libslirp's IPv6 prefix is fd00::/64, outside the
-lab's documentation range, so the lab sends nothing there.
+lab's documentation range, so the lab sends nothing there, and forwards no IPv6 port to it.
+
+slirp4netns runs in the layout's host namespace. Its DNS forwarder at .3 asks the lab's outside
+responder (the resolv.conf it sees is the lab's); ports are forwarded through its API socket,
+one call per port, as engines do; a forwarded connection reaches the container from the client's
+address, or from .2 (libslirp's address for the host) when the client is on the host's loopback.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, ClassVar
 
 from labkit.net.plan import AddressPlan
 from labkit.stacks import base
+from labkit.stacks.forwarding import PortForward
 from labkit.stacks.slirp4netns.launcher import Slirp4netns
 from labkit.stacks.slirp4netns.options import SlirpOptions
 from labkit.stacks.tap import TapStack
@@ -27,7 +33,10 @@ SLIRP_GUEST, SLIRP_GATEWAY, SLIRP_UNUSED = 100, 2, 50  # .3 is libslirp's DNS ad
 
 class Slirp4netnsStack(TapStack):
     kind = "slirp4netns"
-    capabilities = frozenset({base.ARP, base.IPV4, base.ICMP, base.EXEC, base.SERVICES})
+    capabilities = frozenset(
+        {base.ARP, base.IPV4, base.ICMP, base.EXEC, base.SERVICES, base.OUTSIDE, base.FORWARD, base.DHCP, base.DNS}
+    )
+    DHCP_FIRST, DHCP_LEASES = 15, 16  # libslirp leases .15 to .30 of its network
     option_defaults: ClassVar[Mapping[str, Any]] = {"rootless": False, "sandbox": False, "mtu": 1500}
     variants: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "": {},  # rootful (a named netns, by path), MTU 1500, no --enable-sandbox
@@ -58,7 +67,9 @@ class Slirp4netnsStack(TapStack):
         sandbox = self.options.get("sandbox", False)
         target = self.holder_pid if self.rootless else tap.netns
         assert target is not None
-        self.slirp = Slirp4netns(target, options, workdir=workdir, tap=tap.name, sandbox=sandbox).start()
+        self.slirp = Slirp4netns(
+            target, options, host=tap.host_netns, workdir=workdir, tap=tap.name, sandbox=sandbox, resolv_conf=self.resolv_conf()
+        ).start()
         gateway = tap.net4.network_address + SLIRP_GATEWAY
         tap.stack_mac = "52:55:" + ":".join(f"{b:02x}" for b in gateway.packed)
 
@@ -66,6 +77,41 @@ class Slirp4netnsStack(TapStack):
         if self.slirp is not None:
             self.slirp.stop()
             self.slirp = None
+
+    def forward_refusal(self, forward: PortForward) -> str | None:
+        if forward.family == "ipv6":
+            return (
+                "slirp4netns forwards IPv4 ports only (its API binds IPv4 host addresses), and its IPv6 prefix "
+                "is a fixed fd00::/64 outside the lab's ranges, so the lab sends no IPv6 to it"
+            )
+        return None
+
+    def _add_forward(self, forward: PortForward) -> list[int]:
+        assert self.slirp is not None
+        api, ids = self.slirp.api, []
+        try:
+            for host_port, container_port in forward.ports:
+                ids.append(api.add_hostfwd(forward.proto, forward.host_addr or "0.0.0.0", host_port, container_port))
+        except BaseException:
+            self._remove_forward(ids)
+            raise
+        return ids
+
+    def _remove_forward(self, handle: object) -> None:
+        assert isinstance(handle, list)
+        if self.slirp is not None and self.slirp.running():
+            for forward_id in handle:
+                self.slirp.api.remove_hostfwd(forward_id)
+
+    def forwarded_source(self, forward: PortForward, client: str) -> str:
+        """The client's own address; a client on the host's loopback comes from libslirp's host
+        address (.2), since the container cannot reach the host's 127.0.0.1."""
+        return str(self.tap.net4.network_address + SLIRP_GATEWAY) if forward.loopback else client
+
+    def dhcp_range(self) -> list[str]:
+        """The addresses libslirp's DHCP server leases (its own range, not the --configure one)."""
+        net = self.tap.net4.network_address
+        return [str(net + self.DHCP_FIRST + i) for i in range(self.DHCP_LEASES)]
 
     def healthy(self) -> bool:
         return super().healthy() and self.slirp is not None and self.slirp.running()

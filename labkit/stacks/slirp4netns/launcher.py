@@ -3,7 +3,10 @@
 The contract (podman's, see the seeds): the options are checked, the binary's features are read
 from its `--help`, an option the binary lacks is refused before anything starts, the process
 gets a ready fd it writes "1" to once the tap is configured and an exit fd whose closing ends
-it. The launcher waits for the ready fd and for the process's exit at the same time (a pidfd),
+it. The process runs in a lab "host" namespace, never the root namespace: its outbound sockets,
+forwarded ports and DNS upstream are that namespace's. libslirp forwards the DNS queries sent to
+its .3 to the resolvers of /etc/resolv.conf, so the launcher binds the lab's own over it in a
+private mount namespace, or turns the forwarder off. The launcher waits for the ready fd and for the process's exit at the same time (a pidfd),
 so a binary that dies at once is reported with its log instead of a hang; every wait is bounded.
 """
 
@@ -32,9 +35,11 @@ def command_line(
     tap: str = "tap0",
     api_socket: Path | None = None,
     sandbox: bool = False,
+    dns: bool = False,
 ) -> list[str]:
     """The argv for `options`; `target` is a netns path or the pid of a process in the namespace.
-    The lab's own rules are added: a lab CIDR always, and no DNS forwarding to the host."""
+    The lab's own rules are added: a lab CIDR always, and DNS forwarding only with `dns` (the
+    launcher sets it when slirp4netns will see the lab's resolv.conf)."""
 
     def need(feature: str, why: str) -> None:
         if not features.has(feature):
@@ -51,8 +56,8 @@ def command_line(
         argv.append(f"--mtu={options.mtu}")
     need("cidr", f"cidr={options.cidr} (the lab never uses slirp4netns's own 10.0.2.0/24)")
     argv.append(f"--cidr={options.cidr}")
-    if features.has("disable_dns"):
-        # .3 would forward DNS to the host's resolvers, off the machine: the lab never wants that.
+    if not dns and features.has("disable_dns"):
+        # .3 would forward DNS to resolvers the lab did not choose: off the machine, maybe.
         argv.append("--disable-dns")
     if options.enable_ipv6:
         need("ipv6", "enable_ipv6=true")
@@ -82,7 +87,7 @@ class Slirp4netns:
     """One slirp4netns serving one namespace; a context manager that owns the process, its fds,
     its log and its API socket.
 
-        with Slirp4netns(ns, SlirpOptions.parse(["mtu=1500"]), workdir=d) as slirp:
+        with Slirp4netns(ns, SlirpOptions.parse(["mtu=1500"]), host=host_ns, workdir=d) as slirp:
             slirp.api.add_hostfwd("tcp", "127.0.0.1", 8080, 80)
     """
 
@@ -91,14 +96,18 @@ class Slirp4netns:
         target: NetNS | int,
         options: SlirpOptions | None = None,
         *,
+        host: NetNS,
         workdir: Path,
         binary: str = "slirp4netns",
         tap: str = "tap0",
         sandbox: bool = False,
         ready_timeout: float = 5.0,
         features: Features | None = None,
+        resolv_conf: Path | None = None,
     ) -> None:
-        self.target, self.options = target, options or SlirpOptions()
+        """`host`: the lab namespace slirp4netns runs in. `resolv_conf`: what it reads as
+        /etc/resolv.conf, which turns its DNS forwarder on (None: --disable-dns)."""
+        self.target, self.options, self.host, self.resolv_conf = target, options or SlirpOptions(), host, resolv_conf
         self.workdir, self.binary, self.tap, self.sandbox = workdir, binary, tap, sandbox
         self.ready_timeout = ready_timeout
         self.features = features
@@ -121,12 +130,14 @@ class Slirp4netns:
         try:
             argv = command_line(
                 self.options, features, target=target, ready_fd=ready_w, exit_fd=exit_r, tap=self.tap,
-                api_socket=self.api_socket, sandbox=self.sandbox,
+                api_socket=self.api_socket, sandbox=self.sandbox, dns=self.resolv_conf is not None,
             )  # fmt: skip
+            binds = [(self.resolv_conf, "/etc/resolv.conf")] if self.resolv_conf is not None else []
             with open(self.log_path, "ab") as log:
                 self.process = LabProcess(
-                    argv, stdout=log, stderr=subprocess.STDOUT, pass_fds=(ready_w, exit_r), private_mounts=self.sandbox
-                )
+                    argv, netns=self.host, stdout=log, stderr=subprocess.STDOUT, pass_fds=(ready_w, exit_r),
+                    private_mounts=self.sandbox, binds=binds,
+                )  # fmt: skip
         except BaseException:
             for fd in (ready_r, ready_w, exit_r, exit_w):
                 os.close(fd)
