@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,26 @@ def no_leftovers():
     yield
     after = set(lab_namespaces_of(os.getpid()))
     assert after <= before, f"namespaces left behind: {sorted(after - before)}"
+
+
+NEEDS_SLIRP4NETNS = pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="apt-get install -y slirp4netns")
+NEEDS_PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get install -y passt")
+NEEDS_NFT = pytest.mark.skipif(
+    shutil.which("nft") is None, reason="the mutant loads an nftables ruleset; apt-get install -y nftables"
+)
+
+
+def assert_only_the_mutant_fails(targets: list[str], base: str, mutant: str, failing: int, evidence: str, *args: str) -> None:
+    """Run `targets` on `base` and `mutant` (an `examples.mutants:Class`) in one pytest run: the
+    mutant fails `failing` cells, saying `evidence`, and the base passes the same cells."""
+    from labkit.stacks.registry import load_driver
+
+    done = run_pytest(*targets, *args, "--stack", f"{base},{mutant}", "-p", "no:randomly", "-n", "0")
+    out = done.stdout
+    assert done.returncode == 1, out[-3000:]
+    assert f"{failing} failed" in out, out[-3000:]
+    assert evidence in out, out[-3000:]
+    kind = load_driver(mutant).kind
+    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
+    assert failed and all(f"[{kind}" in line for line in failed), out[-3000:]  # every failed cell is the mutant's
+    assert f"{failing} passed" in out, out[-3000:]

@@ -7,9 +7,7 @@ failure's text that shows why. Its id names the family of the checks (the module
 
 import pytest
 
-from labkit.stacks.registry import load_driver
-
-from .conftest import run_pytest
+from .conftest import assert_only_the_mutant_fails
 from .test_mutants import NFT
 
 HANDSHAKE = "suites/transport/test_handshake.py::"
@@ -367,15 +365,5 @@ FRAGMENTS = "suites/transport/test_fragments.py::"
     ],
 )
 def test_transport_checks_fail_on_a_mutant(mutant, targets, failing, evidence):
-    driver = f"examples.mutants:{mutant}"
-    done = run_pytest(*targets, "--stack", f"linux,{driver}", "-p", "no:randomly", "-n", "0")
-    out = done.stdout
-    assert done.returncode == 1, out[-3000:]
-    assert f"{failing} failed" in out, out[-3000:]
-    assert evidence in out, out[-3000:]
-    # Only the mutant fails (every failed cell carries its kind); the unbroken linux passes the
-    # same checks in the same run.
-    kind = load_driver(driver).kind
-    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
-    assert failed and all(f"[{kind}-" in line for line in failed), out[-3000:]
-    assert f"{failing} passed" in out, out[-3000:]
+    # Only the mutant fails; the unbroken linux passes the same checks in the same run.
+    assert_only_the_mutant_fails(targets, "linux", f"examples.mutants:{mutant}", failing, evidence)

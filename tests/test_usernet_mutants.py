@@ -7,20 +7,13 @@ A row: the base stack, the mutant, the checks it should fail, how many of their 
 a piece of the failure's text that shows why. Its id names the family and the stack.
 """
 
-import shutil
-
 import pytest
 
-from labkit.stacks.registry import load_driver
-
-from .conftest import run_pytest
-from .test_mutants import NFT
+from .conftest import NEEDS_NFT, NEEDS_PASTA, NEEDS_SLIRP4NETNS, assert_only_the_mutant_fails
 
 UDP = "suites/transport/test_tap_udp.py::"
 ICMP = "suites/transport/test_tap_icmp.py::"
 DNS = "suites/usernet/test_dns.py::"
-SLIRP = pytest.mark.skipif(shutil.which("slirp4netns") is None, reason="apt-get install -y slirp4netns")
-PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get install -y passt")
 
 
 @pytest.mark.parametrize(
@@ -33,7 +26,7 @@ PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get instal
             [DNS + "test_a_lab_name_resolves_to_the_responders_address"],
             2,
             "outside.lab A resolved to ['198.18.255.254'], want the responder's [198.19.1.2]",
-            marks=SLIRP,
+            marks=NEEDS_SLIRP4NETNS,
             id="dns-answer-slirp4netns",
         ),
         pytest.param(
@@ -42,7 +35,7 @@ PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get instal
             [DNS + "test_a_lab_name_resolves_to_the_responders_address"],
             4,
             "outside.lab AAAA resolved to ['2001:db8:ffff::fe'], want the responder's [2001:db8:1:1::2]",
-            marks=PASTA,
+            marks=NEEDS_PASTA,
             id="dns-answer-pasta",
         ),
         # UDP: the outside's services get the datagrams, their replies are dropped on the way out
@@ -55,7 +48,7 @@ PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get instal
             ],
             4,
             "the outside's reply never reached the container",
-            marks=[SLIRP, NFT],
+            marks=[NEEDS_SLIRP4NETNS, NEEDS_NFT],
             id="udp-reply-slirp4netns",
         ),
         pytest.param(
@@ -64,7 +57,7 @@ PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get instal
             [UDP + "test_datagram_reaches_the_outside_from_the_host_and_the_reply_comes_back"],
             2,
             "the outside's reply never reached the container",
-            marks=[PASTA, NFT],
+            marks=[NEEDS_PASTA, NEEDS_NFT],
             id="udp-reply-pasta",
         ),
         # ICMP: the outside's kernel sends no echo replies
@@ -77,7 +70,7 @@ PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get instal
             ],
             2,
             "an echo to 198.19.1.2 got no reply within 3s",
-            marks=[SLIRP, NFT],
+            marks=[NEEDS_SLIRP4NETNS, NEEDS_NFT],
             id="icmp-echo-slirp4netns",
         ),
         pytest.param(
@@ -86,20 +79,10 @@ PASTA = pytest.mark.skipif(shutil.which("pasta") is None, reason="apt-get instal
             [ICMP + "test_outside_host_answers_echo_with_its_id_seq_and_payload"],
             2,
             "an echo to 2001:db8:1:1::2 got no reply within 3s",
-            marks=[PASTA, NFT],
+            marks=[NEEDS_PASTA, NEEDS_NFT],
             id="icmp-echo-pasta",
         ),
     ],
 )
 def test_outbound_checks_fail_on_a_mutant(base, mutant, targets, failing, evidence):
-    driver = f"examples.mutants:{mutant}"
-    done = run_pytest(*targets, "--stack", f"{base},{driver}", "-p", "no:randomly", "-n", "0")
-    out = done.stdout
-    assert done.returncode == 1, out[-3000:]
-    assert f"{failing} failed" in out, out[-3000:]
-    assert evidence in out, out[-3000:]
-    # Only the mutant fails (every failed cell carries its kind); the base passes the same checks.
-    kind = load_driver(driver).kind
-    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
-    assert failed and all(f"[{kind}-" in line for line in failed), out[-3000:]
-    assert f"{failing} passed" in out, out[-3000:]
+    assert_only_the_mutant_fails(targets, base, f"examples.mutants:{mutant}", failing, evidence)

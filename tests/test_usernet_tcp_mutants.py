@@ -8,18 +8,11 @@ pass on the base: slirp4netns has no IPv6, pasta both families), and a piece of 
 text that shows why.
 """
 
-import shutil
-
 import pytest
 
-from labkit.stacks.registry import load_driver
-
-from .conftest import run_pytest
+from .conftest import NEEDS_NFT, NEEDS_PASTA, NEEDS_SLIRP4NETNS, assert_only_the_mutant_fails
 
 OUTBOUND = "suites/transport/test_tap_tcp.py::"
-_SLIRP = pytest.mark.skipif(not shutil.which("slirp4netns"), reason="apt-get install -y slirp4netns")
-_PASTA = pytest.mark.skipif(not shutil.which("pasta"), reason="apt-get install -y passt")
-_NFT = pytest.mark.skipif(not shutil.which("nft"), reason="the mutant loads an nftables ruleset; apt-get install -y nftables")
 
 
 @pytest.mark.parametrize(
@@ -31,7 +24,7 @@ _NFT = pytest.mark.skipif(not shutil.which("nft"), reason="the mutant loads an n
             [OUTBOUND + "test_syn_gets_a_syn_ack_in_the_outsides_name"],
             1,
             "no SYN-ACK from 198.19.1.2 port",
-            marks=[_SLIRP, _NFT],
+            marks=[NEEDS_SLIRP4NETNS, NEEDS_NFT],
             id="slirp4netns-handshake",
         ),
         pytest.param(
@@ -43,7 +36,7 @@ _NFT = pytest.mark.skipif(not shutil.which("nft"), reason="the mutant loads an n
             ],
             2,
             "no SYN-ACK from 198.19.1.2 port",
-            marks=[_SLIRP, _NFT],
+            marks=[NEEDS_SLIRP4NETNS, NEEDS_NFT],
             id="slirp4netns-transfer",
         ),
         pytest.param(
@@ -57,7 +50,7 @@ _NFT = pytest.mark.skipif(not shutil.which("nft"), reason="the mutant loads an n
             ],
             4,
             "no SYN-ACK from 198.19.1.2 port",
-            marks=[_SLIRP, _NFT],
+            marks=[NEEDS_SLIRP4NETNS, NEEDS_NFT],
             id="slirp4netns-window-fin-source",
         ),
         pytest.param(
@@ -66,7 +59,7 @@ _NFT = pytest.mark.skipif(not shutil.which("nft"), reason="the mutant loads an n
             [OUTBOUND + "test_syn_gets_a_syn_ack_in_the_outsides_name"],
             2,
             "no SYN-ACK from 2001:db8:1:1::2 port",
-            marks=[_PASTA, _NFT],
+            marks=[NEEDS_PASTA, NEEDS_NFT],
             id="pasta-handshake",
         ),
         pytest.param(
@@ -78,21 +71,10 @@ _NFT = pytest.mark.skipif(not shutil.which("nft"), reason="the mutant loads an n
             ],
             4,
             "no SYN-ACK from 198.19.1.2 port",
-            marks=[_PASTA, _NFT],
+            marks=[NEEDS_PASTA, NEEDS_NFT],
             id="pasta-transfer",
         ),
     ],
 )
 def test_outbound_tcp_checks_fail_on_a_silent_outside(base, mutant, targets, failing, evidence):
-    driver = f"examples.mutants:{mutant}"
-    done = run_pytest(*targets, "--stack", f"{base},{driver}", "-p", "no:randomly", "-n", "0")
-    out = done.stdout
-    assert done.returncode == 1, out[-3000:]
-    assert f"{failing} failed" in out, out[-3000:]
-    assert evidence in out, out[-3000:]
-    # Only the mutant fails (every failed cell carries its kind); the unbroken stack passes the
-    # same checks in the same run.
-    kind = load_driver(driver).kind
-    failed = [line for line in out.splitlines() if line.startswith("FAILED")]
-    assert failed and all(f"[{kind}-" in line for line in failed), out[-3000:]
-    assert f"{failing} passed" in out, out[-3000:]
+    assert_only_the_mutant_fails(targets, base, f"examples.mutants:{mutant}", failing, evidence)
