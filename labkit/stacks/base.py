@@ -53,6 +53,7 @@ AF_PACKET = "af-packet"  # reaches its link through AF_PACKET sockets the lab ca
 # Tap-stack traits (user-mode networking: the container's traffic leaves through host sockets):
 OUTSIDE = "outside"  # carries the container's traffic to the lab's outside world (labkit.testbed.outside)
 FORWARD = "port-forward"  # forwards ports of its host namespace into the container (labkit.stacks.forwarding)
+FORWARD_API = "forward-api"  # adds, lists and removes forwards while it runs (slirp4netns's API; pasta's are fixed at start)
 DHCP = "dhcp"  # leases the container an address over DHCP
 DNS = "dns"  # forwards DNS queries sent to an address of its own to the host's resolver
 
@@ -280,6 +281,11 @@ class Stack(abc.ABC):
     def forward(self, forward: PortForward) -> AbstractContextManager[None]:
         """`forward` in place for the body of the `with`, gone after it."""
         raise LabError(self.forward_refusal(forward) or f"{self.id} cannot forward {forward}")
+
+    def listed_forwards(self) -> list[PortForward] | None:
+        """The forwards the stack itself says are in place, one per port (what an engine's
+        `port ls` shows), or None when it has no way to say."""
+        return None
 
     def forwarded_source(self, forward: PortForward, client: str) -> str:
         """The source address a service in the container sees for a forwarded connection from

@@ -313,3 +313,33 @@ def check_tap_crossing(stack: Stack, fwd: PortForward, client: str, frames: int)
         assert frames == 0, (
             f"{fwd.name}: {frames} {fwd.proto} frame(s) of the forward crossed tap0; a splice to {source} crosses none"
         )
+
+
+# -- what the stack says is forwarded ------------------------------------------------------------
+
+LISTED = [
+    f for f in STANDARD if f.count > 1 or f.host_addr is not None
+]  # ranges and bound forwards: what an engine must keep apart
+
+
+@pytest.mark.needs("outside", "port-forward", "forward-api")
+@pytest.mark.parametrize("fwd", LISTED, ids=[f.name for f in LISTED])
+def test_a_forward_is_listed_while_in_place_and_gone_after(stack: Stack, fwd: PortForward) -> None:
+    """An engine shows and removes forwards through the stack's own list (slirp4netns's
+    list_hostfwd): each port of a forward is listed, with its address and container port, while
+    it is in place, and none after. pasta's forwards are fixed at its start: it lacks `forward-api`."""
+    assert stack.listed_forwards() is not None, f"{stack.id} has the forward-api capability but lists nothing"
+    want = {(fwd.proto, fwd.host_addr, host, container) for host, container in fwd.ports}
+
+    def listed() -> set[tuple[str, str | None, int, int]]:
+        return {(f.proto, f.host_addr, f.host_port, f.container_port) for f in stack.listed_forwards() or []}
+
+    before = listed()
+    with stack.forward(fwd):
+        during = listed()
+    after = listed()
+    assert want <= during, (
+        f"{fwd.name}: in place, the stack lists {sorted(during, key=str)}; missing {sorted(want - during, key=str)}"
+    )
+    assert during - before == want, f"{fwd.name}: the stack lists more than was asked: {sorted(during - before - want, key=str)}"
+    assert after == before, f"{fwd.name}: after removal the stack still lists {sorted(after - before, key=str)}"

@@ -34,7 +34,7 @@ SLIRP_GUEST, SLIRP_GATEWAY, SLIRP_UNUSED = 100, 2, 50  # .3 is libslirp's DNS ad
 class Slirp4netnsStack(TapStack):
     kind = "slirp4netns"
     capabilities = frozenset(
-        {base.ARP, base.IPV4, base.ICMP, base.EXEC, base.SERVICES, base.OUTSIDE, base.FORWARD, base.DHCP, base.DNS}
+        {base.ARP, base.IPV4, base.ICMP, base.EXEC, base.SERVICES, base.OUTSIDE, base.FORWARD, base.FORWARD_API, base.DHCP, base.DNS}
     )
     DHCP_FIRST, DHCP_LEASES = 15, 16  # libslirp leases .15 to .30 of its network
     option_defaults: ClassVar[Mapping[str, Any]] = {"rootless": False, "sandbox": False, "mtu": 1500}
@@ -102,6 +102,16 @@ class Slirp4netnsStack(TapStack):
         if self.slirp is not None and self.slirp.running():
             for forward_id in handle:
                 self.slirp.api.remove_hostfwd(forward_id)
+
+    def listed_forwards(self) -> list[PortForward]:
+        """What `list_hostfwd` answers, one PortForward per entry (0.0.0.0: bound to every address)."""
+        assert self.slirp is not None
+        return [
+            PortForward(
+                e["proto"], int(e["host_port"]), int(e["guest_port"]), 1, None if e["host_addr"] == "0.0.0.0" else e["host_addr"]
+            )
+            for e in self.slirp.api.list_hostfwd()
+        ]
 
     def forwarded_source(self, forward: PortForward, client: str) -> str:
         """The client's own address; a client on the host's loopback comes from libslirp's host
