@@ -129,6 +129,7 @@ def tcp_feed(args: argparse.Namespace) -> None:
 
     def feed(conn: socket.socket, addr: tuple) -> None:
         sent, digest, error = 0, hashlib.sha256(), None
+        conn.settimeout(args.timeout)  # a client that stops reading ends its feed, bounded
         with conn:
             try:
                 while sent < args.bytes:
@@ -184,12 +185,24 @@ def dns_answer(query: bytes, zone: dict[str, list[str]], lie: bool = False) -> b
     return header + query[12:end] + answers
 
 
+def dns_zone(text: str) -> dict[str, list[str]]:
+    """`NAME=ADDRESS,...` as name -> addresses; ValueError naming an item that is not that."""
+    zone: dict[str, list[str]] = {}
+    for item in filter(None, text.split(",")):
+        name, sep, address = item.partition("=")
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+        except OSError:
+            sep = ""
+        if not sep or not name:
+            raise ValueError(f"--zone item {item!r}: allowed: NAME=ADDRESS with an IPv4 or IPv6 address")
+        zone.setdefault(name.lower().rstrip("."), []).append(address)
+    return zone
+
+
 def dns(args: argparse.Namespace) -> None:
     """A DNS responder for the lab's names only (UDP); every query it gets is evidence."""
-    zone: dict[str, list[str]] = {}
-    for item in filter(None, args.zone.split(",")):
-        name, _, address = item.partition("=")
-        zone.setdefault(name.lower().rstrip("."), []).append(address)
+    zone = dns_zone(args.zone)
     s = _bound(socket.SOCK_DGRAM, args.family, args.port)
     emit("ready", port=s.getsockname()[1])
     while True:
@@ -235,7 +248,7 @@ def tcp_connect(args: argparse.Namespace) -> None:
         emit("connected", after=round(time.monotonic() - started, 3))
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labkit.services", description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--port", type=int, default=0)
@@ -249,9 +262,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zone", default="", help="NAME=ADDRESS,... the dns service answers for")
     p.add_argument("--lie", type=int, choices=(0, 1), default=0, help="dns: 1 answers every name with a wrong address")
     p.add_argument("--lifeline", action="store_true", help="exit when stdin reaches its end")
+    return p
+
+
+def option_names() -> list[str]:
+    """The options a service takes besides its kind, port, family and lifeline (`bytes`, `zone`, ...)."""
+    fixed = {"help", "kind", "port", "family", "lifeline"}
+    return [a.dest for a in parser()._actions if a.dest not in fixed]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.kind in ("tcp-source", "udp-send", "tcp-connect") and not args.to:
         p.error(f"{args.kind} needs --to ADDRESS")
+    if args.kind == "dns":
+        try:
+            dns_zone(args.zone)
+        except ValueError as exc:
+            p.error(str(exc))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))  # a terminal's Ctrl-C reaches the lab's children too
     if args.lifeline:

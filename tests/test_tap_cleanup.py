@@ -5,6 +5,7 @@ and the root namespace never saw any of it."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -69,14 +70,16 @@ def test_sigkill_then_labkit_clean_leaves_no_tap_stack_behind(stack):
     env.pop(owner.ENV_RUN, None)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, stack], stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        line = holder.stdout.readline().split()
-        assert line and line[0] == "HOLD", f"holder did not start: {line}"
+        ready = select.select([holder.stdout], [], [], 60)[0]  # a holder stuck building its testbed fails the test
+        line = holder.stdout.readline().split() if ready else []
+        assert line and line[0] == "HOLD", f"holder did not start within 60 s: {line}"
         workdir = Path(line[1])
         assert len(lab_namespaces_of(holder.pid)) == 3, "container, host and outside namespaces"
         assert list(workdir.glob("*.sock")) or list(workdir.glob("*.pid")), f"no socket or pid file in {workdir}"
     finally:
         holder.kill()
         holder.wait(10)
+        holder.stdout.close()
     done = subprocess.run([sys.executable, "-m", "labkit", "clean"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert lab_namespaces_of(holder.pid) == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from labkit.errors import LabInputError
 from labkit.net.netns import NetNS
 from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Namespace, Topology
@@ -109,13 +110,26 @@ End = Link | TapEnd  # where a stack runs, or the Wire sits: a veth end, or a ta
 
 def tap(plan: AddressPlan) -> tuple[Topology, TapEnd, TapEnd]:
     """The container namespace (the tap's, empty until the stack makes it), the host namespace
-    and the outside namespace. ICMP echo sockets are open to every group in the host namespace,
-    as libslirp and pasta need for their own pings (a per-namespace sysctl: the root's is untouched)."""
+    and the outside namespace (`uplink`)."""
+    for net, taken in ((plan.net4, UPLINK_NET4), (plan.net6, UPLINK_NET6)):
+        if net.overlaps(ipaddress.ip_network(taken)):
+            raise LabInputError(
+                f"lab prefix {net} overlaps the tap stacks' uplink {taken} (labkit.net.layouts); allowed: a prefix apart from it"
+            )
     topo = Topology()
-    host, outside = topo.namespace("host"), topo.namespace("out")
+    host, outside = uplink(topo)
     end = TapEnd(topo.namespace("sb"), "tap0", plan.net4, plan.net6, plan.mtu, plan.peer4, plan.peer6, host=host, outside=outside)
     # The tap does not exist yet: its addresses must not wait for duplicate address detection either.
     end.ns.sysctl("net.ipv6.conf.default.accept_dad", 0).sysctl("net.ipv6.conf.all.accept_dad", 0)
+    return topo, end, end
+
+
+def uplink(topo: Topology) -> tuple[Namespace, Namespace]:
+    """A tap stack's host namespace and the outside namespace behind it, in `topo`: the veth
+    between them with the lab's addresses, the host's default routes to the outside, and ICMP
+    echo sockets open to every group in the host, as libslirp and pasta need for their own pings
+    (a per-namespace sysctl: the root's is untouched)."""
+    host, outside = topo.namespace("host"), topo.namespace("out")
     up, wan = topo.veth(host, UPLINK_IFNAME, outside, OUTSIDE_IFNAME, tx_checksum=False)
     up.addr(f"{HOST4}/24").addr(f"{HOST6}/64")
     wan.addr(f"{OUTSIDE4}/24").addr(f"{OUTSIDE6}/64")
@@ -123,4 +137,4 @@ def tap(plan: AddressPlan) -> tuple[Topology, TapEnd, TapEnd]:
     kernel_host(wan)
     host.route("default", via=OUTSIDE4).route("default", via=OUTSIDE6)
     host.sysctl("net.ipv4.ping_group_range", "0 2147483647")
-    return topo, end, end
+    return host, outside

@@ -20,7 +20,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from labkit.errors import LabError
+from labkit.errors import LabError, LabInputError
 from labkit.uapi import CLONE_NEWNET, MNT_DETACH, MS_BIND, MS_REC, MS_SHARED, check, libc
 
 NETNS_DIR = Path("/run/netns")
@@ -169,3 +169,15 @@ def _netns_of(pid: int) -> tuple[int, int] | None:
 def list_names() -> list[str]:
     """The names under /run/netns (what `ip netns list` shows)."""
     return sorted(pyroute2_netns.listnetns())
+
+
+def lab_host(netns: NetNS) -> NetNS:
+    """`netns`, if the lab made it (its name carries an owner tag): where a user-space stack's
+    process may run and bind, since whatever it opens there stays in the lab."""
+    from labkit.lifecycle.owner import Owner
+
+    if Owner.parse(netns.name) is None:
+        raise LabInputError(
+            f"host namespace {netns.name!r}: allowed: a namespace the lab made (labkit-RUN-PID-...), never one it did not"
+        )
+    return netns

@@ -11,7 +11,6 @@ import abc
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -26,11 +25,10 @@ from labkit.net.layouts import End
 from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
 from labkit.packet.sockets import PacketSocket
-from labkit.services import KINDS as SERVICE_KINDS
 from labkit.stacks import state as stack_state
 from labkit.stacks.agent import SocketAgent
 from labkit.stacks.forwarding import PortForward
-from labkit.stacks.service import Service
+from labkit.stacks.service import Service, service_argv
 
 # Capability flags: what checks a driver can take part in.
 ARP = "arp"
@@ -190,6 +188,11 @@ class Stack(abc.ABC):
         """Whether a started stack is still fit to be reused."""
         return self.workdir is not None
 
+    def ended(self, wait: float = 0.0) -> str | None:
+        """How the stack's own process ended ("killed by SIGBUS; its log: ..."), waiting up to
+        `wait` for one that is dying; None while it runs, or for a stack with no process of its own."""
+        return None
+
     def _close_services(self) -> None:
         services, self._services = self._services, []
         errors = []
@@ -257,12 +260,7 @@ class Stack(abc.ABC):
 
     def service(self, kind: str, port: int = 0, *, family: str = "any", **options: Any) -> Service:
         """Start one of the lab's services inside the stack and wait until it is ready."""
-        if kind not in SERVICE_KINDS:
-            raise LabInputError(f"unknown service {kind!r}; allowed: {', '.join(SERVICE_KINDS)}")
-        argv = [sys.executable, "-m", "labkit.services", kind, "--port", str(port), "--family", family, "--lifeline"]
-        for key, value in options.items():
-            argv += [f"--{key}", str(value)]
-        svc = Service(kind, self.spawn(argv))
+        svc = Service(kind, self.spawn(service_argv(kind, port, family, options)))
         self._services.append(svc)
         return svc
 
@@ -295,6 +293,10 @@ class Stack(abc.ABC):
     def dns_address(self, family: str = "ipv4") -> str:
         """The address in the container's network whose DNS queries the stack forwards upstream."""
         raise LabError(f"{self.id} forwards no DNS (it lacks the {DNS!r} capability)")
+
+    def dns_offered(self, family: str = "ipv4") -> str:
+        """The DNS server the stack's DHCP (NDP, DHCPv6) hands the container, as it documents it."""
+        return self.dns_address(family)
 
     def dhcp_range(self) -> list[str]:
         """The IPv4 addresses the stack's DHCP server may lease, as the stack documents it."""

@@ -7,12 +7,29 @@ The program itself is `labkit.services` (standard library only, started through 
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from labkit.errors import ExpectTimeout, LabError
+from labkit import services
+from labkit.errors import ExpectTimeout, LabError, LabInputError
 from labkit.lifecycle.process import LabProcess
+
+
+def service_argv(kind: str, port: int, family: str, options: Mapping[str, object]) -> list[str]:
+    """The command line of one of the lab's services (labkit.services), wherever it runs; an
+    unknown kind or option is refused here, in one line, not by the service once it is started."""
+    if kind not in services.KINDS:
+        raise LabInputError(f"unknown service {kind!r}; allowed: {', '.join(services.KINDS)}")
+    allowed = services.option_names()
+    for key in options:
+        if key not in allowed:
+            raise LabInputError(f"service {kind} option {key!r}: allowed: {', '.join(allowed)}")
+    argv = [sys.executable, "-m", "labkit.services", kind, "--port", str(port), "--family", family, "--lifeline"]
+    for key, value in options.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return argv
 
 
 class Service:

@@ -4,6 +4,11 @@ Such a stack makes the namespace's tap itself and answers on its far side; the l
 keeps its kernel, which owns the namespace's address, and the lab's services run there, as a
 container would. The Wire sits on the tap (see Testbed), so checks talk to the stack across it.
 
+A tap testbed is never pooled (`reuse` stays False): what a check does to the stack stays in
+it and cannot be looked at from outside. pasta sends everything for the container to the
+address and MAC it heard from last (a DHCP client of the Wire's, the Wire's own guest address),
+libslirp keeps its ARP table, leases and UDP bindings; a stack costs milliseconds to start.
+
 The stack's process runs in the layout's "host" namespace (labkit.net.layouts.tap): what the
 container sends out leaves through that namespace's sockets towards the lab's outside
 namespace, and ports forwarded into the container are that namespace's. Its DNS upstream is the
@@ -22,7 +27,7 @@ import abc
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import ClassVar
 
@@ -47,9 +52,9 @@ _HOLDER = (
 
 class TapStack(base.Stack):
     makes_link = True
-    # A setup broken on purpose (examples/mutants.py), to show the checks fail: an nftables
-    # ruleset loaded in the outside namespace, and options the outside's services start with
-    # (`{"dns": {"lie": 1}}`). The real drivers leave both empty.
+    # A world broken on purpose behind the stack (examples/mutants.py), to show the checks fail:
+    # an nftables ruleset for the outside namespace, and options the outside's services start
+    # with (`{"dns": {"lie": 1}}`). The testbed's Outside applies them; the drivers leave both empty.
     outside_rules: ClassVar[str] = ""
     outside_faults: ClassVar[Mapping[str, Mapping[str, object]]] = {}
     DNS_HOST = 3  # the container's DNS server is .3 (::3) of its network: libslirp's fixed choice, the lab's for pasta
@@ -81,16 +86,6 @@ class TapStack(base.Stack):
             self._make_user_namespace()
         self._start_stack()
         self.read_tap()
-        if self.outside_rules:
-            self._load_outside_rules()
-
-    def _load_outside_rules(self) -> None:
-        assert self.workdir is not None
-        rules = self.workdir / "outside.nft"
-        rules.write_text(self.outside_rules)
-        done = run_in(self.tap.outside_netns, ["nft", "-f", str(rules)], timeout=10)
-        if done.returncode != 0:
-            raise LabError(f"{self.id}: nft refused its outside rules: {done.stderr.strip()[-300:]}")
 
     def _stop(self) -> None:
         try:
@@ -131,8 +126,13 @@ class TapStack(base.Stack):
         handle = self._add_forward(forward)
         try:
             yield
-        finally:
-            self._remove_forward(handle)
+        except BaseException:
+            # The check's own failure is the news; a forward that will not go either goes with
+            # the stack, which no later check gets (tap testbeds are never pooled).
+            with suppress(Exception):
+                self._remove_forward(handle)
+            raise
+        self._remove_forward(handle)
 
     def _add_forward(self, forward: PortForward) -> object:
         """Put `forward` in place; what `_remove_forward` needs to take it away."""

@@ -86,7 +86,12 @@ class Testbed:
         self.stack.start(self.topology, end)
         assert end.mac is not None, f"{self.stack.id} did not report its tap's MAC"
         assert self.stack.workdir is not None
-        self.outside = Outside(end, log=self.stack.workdir / "outside.log", faults=getattr(self.stack, "outside_faults", {}))
+        self.outside = Outside(
+            end,
+            log=self.stack.workdir / "outside.log",
+            faults=getattr(self.stack, "outside_faults", {}),
+            rules=getattr(self.stack, "outside_rules", ""),
+        )
         self.wire = Wire(end.netns, end.name, mac=end.mac, far_mac=end.stack_mac)
         self._own_peer_addresses()
         if end.stack_mac is None:

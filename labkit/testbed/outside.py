@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from labkit.errors import LabInputError
+from labkit.errors import LabError, LabInputError
 from labkit.lifecycle.process import LabProcess, run_in
 from labkit.net.layouts import HOST4, HOST6, OUTSIDE4, OUTSIDE6, OUTSIDE_IFNAME, TapEnd
 from labkit.net.netns import NetNS
 from labkit.packet.wire import Wire
-from labkit.services import KINDS as SERVICE_KINDS
 from labkit.stacks import Stack
-from labkit.stacks.service import Service
+from labkit.stacks.service import Service, service_argv
 
 Where = Literal["outside", "host"]
 WHERE = ("outside", "host")
@@ -43,13 +41,26 @@ class Outside:
     host4, host6 = HOST4, HOST6
     outside4, outside6 = OUTSIDE4, OUTSIDE6
 
-    def __init__(self, end: TapEnd, log: Path, faults: Mapping[str, Mapping[str, object]] | None = None) -> None:
-        """`faults`: options forced on services of a kind (a setup broken on purpose, TapStack.outside_faults)."""
+    def __init__(
+        self, end: TapEnd, log: Path, faults: Mapping[str, Mapping[str, object]] | None = None, rules: str = ""
+    ) -> None:
+        """A world broken on purpose (TapStack.outside_faults and outside_rules, for mutants):
+        `faults` are options forced on services of a kind, `rules` an nftables ruleset loaded in
+        the outside namespace now."""
         self.end = end
         self.log = log
         self.faults = dict(faults or {})
         self._services: list[Service] = []
         self._watches: list[Wire] = []
+        if rules:
+            self._load_rules(rules)
+
+    def _load_rules(self, rules: str) -> None:
+        path = self.log.with_name("outside.nft")
+        path.write_text(rules)
+        done = self.run(["nft", "-f", str(path)], timeout=10)
+        if done.returncode != 0:
+            raise LabError(f"nft refused the outside's rules ({path}): {done.stderr.strip()[-300:]}")
 
     def netns(self, where: Where = "outside") -> NetNS:
         if where not in WHERE:
@@ -60,17 +71,15 @@ class Outside:
         """The outside's (or the host's) address of `family` ("ipv4" or "ipv6")."""
         if family not in ("ipv4", "ipv6"):
             raise LabInputError(f"family={family!r}: allowed: ipv4, ipv6")
+        if where not in WHERE:
+            raise LabInputError(f"where={where!r}: allowed: {', '.join(WHERE)}")
         if where == "host":
             return self.host4 if family == "ipv4" else self.host6
         return self.outside4 if family == "ipv4" else self.outside6
 
     def service(self, kind: str, port: int = 0, *, family: str = "any", where: Where = "outside", **options: Any) -> Service:
         """Start a lab service (labkit.services) there and wait until it is ready; it ends with the check."""
-        if kind not in SERVICE_KINDS:
-            raise LabInputError(f"unknown service {kind!r}; allowed: {', '.join(SERVICE_KINDS)}")
-        argv = [sys.executable, "-m", "labkit.services", kind, "--port", str(port), "--family", family, "--lifeline"]
-        for key, value in {**options, **self.faults.get(kind, {})}.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+        argv = service_argv(kind, port, family, {**options, **self.faults.get(kind, {})})
         with open(self.log, "ab") as log:
             process = LabProcess(
                 argv, netns=self.netns(where), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=Stack.child_env()

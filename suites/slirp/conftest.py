@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from labkit.lifecycle import owner
-from labkit.net.layouts import HOST4, HOST6, OUTSIDE4, OUTSIDE6, OUTSIDE_IFNAME, UPLINK_IFNAME, kernel_host
+from labkit.net.layouts import uplink
 from labkit.net.netns import NetNS
 from labkit.net.topology import Namespace, Topology
 from labkit.stacks.slirp4netns import Features
@@ -40,13 +40,7 @@ def topology() -> Iterator[Topology]:
     start without a routable interface to copy from); nothing is served behind it."""
     topo = Topology()
     topo.namespace("slirp")
-    host, out = topo.namespace("host"), topo.namespace("out")
-    up, wan = topo.veth(host, UPLINK_IFNAME, out, OUTSIDE_IFNAME)
-    up.addr(f"{HOST4}/24").addr(f"{HOST6}/64")
-    wan.addr(f"{OUTSIDE4}/24").addr(f"{OUTSIDE6}/64")
-    kernel_host(up)
-    kernel_host(wan)
-    host.route("default", via=OUTSIDE4).route("default", via=OUTSIDE6)
+    uplink(topo)
     with topo:
         yield topo
 

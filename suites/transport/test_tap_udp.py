@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -173,26 +171,24 @@ def _whole(pieces: dict[int, tuple[bytes, bool]]) -> bytes | None:
     return None
 
 
-def tap_max_mtu(stack: Stack) -> int:
-    """The largest MTU the container's side of the tap takes (65521 for a tap)."""
-    tap = stack.tap  # type: ignore[attr-defined]
-    with tap.netns.iproute() as ipr:
-        return int(ipr.get_links(ifname=tap.name)[0].get_attr("IFLA_MAX_MTU"))
+def tap_max_mtu(wire: Wire) -> int:
+    """The largest MTU the container's side of the tap (where the Wire sits) takes: 65521."""
+    with wire.ns.iproute() as ipr:
+        return int(ipr.get_links(ifname=wire.ifname)[0].get_attr("IFLA_MAX_MTU"))
 
 
 @contextmanager
-def tap_mtu(stack: Stack, mtu: int) -> Iterator[None]:
+def tap_mtu(wire: Wire, mtu: int) -> Iterator[None]:
     """The container's side of the tap at `mtu` for a while, so the Wire can send a frame larger
     than the stack's MTU (a packet socket sends nothing larger than its device's MTU)."""
-    tap = stack.tap  # type: ignore[attr-defined]
-    with tap.netns.iproute() as ipr:
-        index = ipr.link_lookup(ifname=tap.name)[0]
+    with wire.ns.iproute() as ipr:
+        index = ipr.link_lookup(ifname=wire.ifname)[0]
         was = ipr.get_links(index)[0].get_attr("IFLA_MTU")
         ipr.link("set", index=index, mtu=mtu)
     try:
         yield
     finally:
-        with tap.netns.iproute() as ipr:
+        with wire.ns.iproute() as ipr:
             ipr.link("set", index=index, mtu=was)
 
 
@@ -389,7 +385,7 @@ def test_a_datagram_to_a_closed_outside_port_gets_port_unreachable(wire, outside
 def test_a_datagram_over_the_mtu_with_df_is_not_delivered_whole(wire, outside, guest, stack, plan, record_property):
     """A router does not forward a packet larger than its link's MTU that may not be fragmented:
     it drops it, saying so with fragmentation needed (RFC 1191). What the stack says is recorded."""
-    total = min(plan.mtu + 200, tap_max_mtu(stack), 65535)
+    total = min(plan.mtu + 200, tap_max_mtu(wire), 65535)
     if total <= plan.mtu:
         pytest.skip(f"the tap takes no frame larger than the MTU of {plan.mtu}")
     payload = pattern(total - HEADERS["ipv4"], seed=2)
@@ -397,7 +393,7 @@ def test_a_datagram_over_the_mtu_with_df_is_not_delivered_whole(wire, outside, g
     flow = flow_to(wire, guest, echo.port)
     big = flow.datagram(payload)
     big[IP].flags = "DF"
-    with tap_mtu(stack, total):
+    with tap_mtu(wire, total):
         wire.send(big)
         got = arrival(echo, QUIET)
     heard = [f.packet.summary() for f in wire.drain() if not f.outgoing and f.packet.haslayer(ICMP)]
@@ -443,16 +439,8 @@ def test_a_lone_last_fragment_leaves_the_stack_working(wire, outside, guest, sta
 def how_it_is(stack: Stack, wait: float = 3.0) -> str:
     """Whether the stack's process still runs, and how it ended if not (the evidence of a crash):
     waits up to `wait` for a process whose tap already failed to finish dying."""
-    slirp = getattr(stack, "slirp", None)
-    process = getattr(slirp, "process", None)
-    if process is not None:
-        try:
-            code = process.popen.wait(wait)
-        except subprocess.TimeoutExpired:
-            return f"its process still runs after {wait:g}s; healthy: {stack.healthy()}"
-        how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
-        return f"its process {how}; its log: {slirp.log_tail()}"  # type: ignore[union-attr]
-    return f"healthy: {stack.healthy()}"
+    ended = stack.ended(wait)
+    return f"its process {ended}" if ended is not None else f"its process still runs; healthy: {stack.healthy()}"
 
 
 def is_port_unreachable(pkt: Packet) -> bool:

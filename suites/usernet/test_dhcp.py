@@ -6,7 +6,7 @@ and chaddr / DUID), not the tap's: a lease is the client's, not the namespace ke
 clients are told apart by their MACs. libslirp leases from a pool of its own (.15 to .30 of the
 configured network, `stack.dhcp_range()`), not the .100 `--configure` gives the namespace; pasta
 leases the one address it was told. Either must name its gateway as router and server, the
-network's mask, its DNS address (`stack.dns_address()`) and the link's MTU (the plan's).
+network's mask, the DNS server it documents (`stack.dns_offered()`) and the link's MTU (the plan's).
 
 pasta sends every frame for the container to the MAC it heard from last, so after a check the
 fixture speaks once from the tap's own MAC again (an ARP request, as the namespace's kernel
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -46,7 +46,7 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptSrcLLAddr,
     IPv6,
 )
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from scapy.utils6 import in6_mactoifaceid
 
@@ -57,7 +57,6 @@ from labkit.stacks import Stack
 
 pytestmark = [pytest.mark.needs("outside", "dhcp"), pytest.mark.varies_with()]
 IPV6 = pytest.mark.needs("outside", "dhcp", "ipv6", "ndp")
-AS_CLIENT = pytest.mark.usefixtures("tap_mac_restored")  # checks that speak from CLIENT without a DhcpClient
 
 CLIENT, OTHER = "02:00:00:00:15:01", "02:00:00:00:15:02"  # the Wire's clients: lab MACs, not the tap's
 WAIT = 2.0  # a user-space server answers at once; also how long silence is waited out
@@ -147,25 +146,8 @@ class DhcpClient:
         return offer, ack
 
 
-def reclaim(wire: Wire, plan: AddressPlan) -> None:
-    """Speak once from the tap's own MAC, as the namespace's kernel would: pasta sends everything
-    for the container to the MAC it heard from last, which must be the tap's again, not a client's."""
-    wire.send_and_expect(
-        Ether(src=wire.mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=wire.mac, psrc=plan.peer4, pdst=plan.stack4),
-        ARP(op=2, psrc=plan.stack4),
-        timeout=WAIT,
-    )
-
-
 @pytest.fixture
-def tap_mac_restored(wire: Wire, plan: AddressPlan) -> Iterator[None]:
-    """The check speaks from a client MAC of its own; the tap's MAC is given back afterwards."""
-    yield
-    reclaim(wire, plan)
-
-
-@pytest.fixture
-def client(wire: Wire, tap_mac_restored: None) -> Callable[..., DhcpClient]:
+def client(wire: Wire) -> Callable[..., DhcpClient]:
     """`client(mac=CLIENT)`: a DHCP client on the Wire."""
     return lambda mac=CLIENT: DhcpClient(wire, mac)
 
@@ -199,12 +181,13 @@ def test_the_offer_names_the_gateway_and_the_networks_mask(client, plan):
     assert offer.one("subnet_mask") == mask, f"subnet mask {offer.one('subnet_mask')}; want {mask} ({plan.net4})"
 
 
-def test_the_offer_names_the_stacks_dns_address(client, stack):
-    """The DNS server given is the stack's own DNS address, whose queries it forwards."""
+def test_the_offer_names_the_dns_server_the_stack_documents(client, stack):
+    """The DNS server given is the one the stack documents handing out (`stack.dns_offered`):
+    libslirp its own forwarder (.3), pasta the resolver it was told."""
     offer = client().discover()
-    want = stack.dns_address("ipv4")
+    want = stack.dns_offered("ipv4")
     got = offer.options.get("name_server")
-    assert got == (want,), f"DNS servers (option 6) {got}; want ({want},), the stack's DNS address"
+    assert got == (want,), f"DNS servers (option 6) {got}; want ({want},), what {stack.id} documents"
 
 
 @pytest.mark.varies_with("mtu")
@@ -292,7 +275,6 @@ def options_of(packet: Packet, kind: type[Packet]) -> list[Packet]:
 
 
 @IPV6
-@AS_CLIENT
 @pytest.mark.varies_with("mtu")
 def test_a_router_solicitation_gets_an_advertisement_of_the_container_prefix(wire, stack, plan):
     """RFC 4861 6.2.6: the stack answers a solicitation with an advertisement of the container's
@@ -304,7 +286,7 @@ def test_a_router_solicitation_gets_an_advertisement_of_the_container_prefix(wir
     mtus = [o.mtu for o in options_of(ra, ICMPv6NDOptMTU)]
     assert mtus == [plan.mtu], f"the RA's MTU options {mtus}; want [{plan.mtu}]"
     servers = [str(a) for o in options_of(ra, ICMPv6NDOptRDNSS) for a in o.dns]
-    assert servers in ([], [stack.dns_address("ipv6")]), f"the RA's RDNSS {servers}; want [{stack.dns_address('ipv6')}]"
+    assert servers in ([], [stack.dns_offered("ipv6")]), f"the RA's RDNSS {servers}; want [{stack.dns_offered('ipv6')}]"
 
 
 def dhcpv6(wire: Wire, message: Packet, answer: type[Packet], mac: str = CLIENT) -> Packet:
@@ -346,7 +328,6 @@ def addresses_of(answer: Packet, iaid: int) -> list[str]:
 
 
 @IPV6
-@AS_CLIENT
 def test_a_dhcpv6_solicit_is_advertised_the_address_the_stack_was_told(wire, plan):
     """RFC 8415 18.3.1 / 18.3.2: the Advertise echoes the client's DUID, names the server, and
     its IA_NA gives the container's address; a Request for it gets a Reply with the same."""
@@ -371,10 +352,10 @@ def test_a_dhcpv6_solicit_is_advertised_the_address_the_stack_was_told(wire, pla
 
 
 @IPV6
-@AS_CLIENT
-def test_dhcpv6_names_the_stacks_dns_address(wire, stack):
-    """RFC 3646: the DNS servers given (asked for in the Option Request) are the stack's own DNS address."""
+def test_dhcpv6_names_the_dns_server_the_stack_documents(wire, stack):
+    """RFC 3646: the DNS servers given (asked for in the Option Request) are the one the stack
+    documents handing out (`stack.dns_offered`)."""
     advertise = solicit(wire)
     servers = [str(a) for o in options_of(advertise, DHCP6OptDNSServers) for a in o.dnsservers]
-    want = stack.dns_address("ipv6")
-    assert servers == [want], f"DNS servers (option 23) {servers}; want [{want}], the stack's DNS address"
+    want = stack.dns_offered("ipv6")
+    assert servers == [want], f"DNS servers (option 23) {servers}; want [{want}], what {stack.id} documents"

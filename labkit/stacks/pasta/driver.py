@@ -3,7 +3,7 @@
 pasta gets the plan's addresses: the namespace is .1 / ::1 and pasta answers as the gateway at
 .2 / ::2 (the checks' "stack"). It maps the gateway to the host's loopback (its default). pasta
 runs in the layout's host namespace; DNS queries to .3 / ::3 go to the lab's outside responder,
-and DHCP, NDP and DHCPv6 hand those out. pasta takes forwarded ports only on its command line,
+whose address (the resolv.conf pasta reads) DHCP and DHCPv6 hand out. pasta takes forwarded ports only on its command line,
 so the driver starts it with the lab's whole forwarding table (labkit.stacks.forwarding.STANDARD).
 """
 
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from labkit.net.layouts import OUTSIDE4, OUTSIDE6
 from labkit.net.plan import AddressPlan
 from labkit.stacks import base
 from labkit.stacks.forwarding import STANDARD, PortForward
@@ -82,9 +83,21 @@ class PastaStack(TapStack):
         container's loopback, so the container sees its own 127.0.0.1."""
         return "127.0.0.1" if forward.loopback else client
 
+    def dns_offered(self, family: str = "ipv4") -> str:
+        """What `--dhcp-dns` hands out in this passt (2023-03): the resolvers of the resolv.conf it
+        reads (the lab's outside responder), not its `--dns-forward` address; the container then
+        reaches that resolver through pasta like any outside host."""
+        return OUTSIDE4 if family == "ipv4" else OUTSIDE6
+
     def dhcp_range(self) -> list[str]:
         """pasta leases the one address it was told to give the namespace."""
         return [self.tap.peer4]
 
     def healthy(self) -> bool:
         return super().healthy() and self.pasta is not None and self.pasta.running()
+
+    def ended(self, wait: float = 0.0) -> str | None:
+        """pasta is not the lab's child (it daemonizes): its exit code is its parent's to read."""
+        if self.pasta is None or not self.pasta.wait_ended(wait):
+            return None
+        return f"ended; its log: {self.pasta.log_tail()}"

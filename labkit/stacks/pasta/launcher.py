@@ -12,6 +12,7 @@ As root it needs `--runas 0`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import select
@@ -24,7 +25,7 @@ from labkit.errors import LabError, LabInputError
 from labkit.lifecycle.pids import exited
 from labkit.lifecycle.process import born_in, check_startable, exec_argv, lab_env, log_tail
 from labkit.net.addressing import lab_address, lab_interface
-from labkit.net.netns import NetNS
+from labkit.net.netns import NetNS, lab_host
 from labkit.stacks.forwarding import PortForward
 
 MIN_MTU, MAX_MTU = 68, 65520
@@ -126,6 +127,7 @@ class Pasta:
         path. `resolv_conf`: what pasta reads as /etc/resolv.conf (its DNS upstream)."""
         self.netns, self.options, self.workdir, self.binary, self.target_pid = netns, options, workdir, binary, pid
         self.host, self.resolv_conf = host, resolv_conf
+        lab_host(host)
         self.ready_timeout = ready_timeout
         self.pidfile = workdir / "pasta.pid"
         self.log_path = workdir / "pasta.log"
@@ -149,8 +151,9 @@ class Pasta:
                 returncode = child.wait(self.ready_timeout)
             except subprocess.TimeoutExpired:
                 child.kill()
-                child.wait(5)
-                self._kill_from_pidfile()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(5)
+                self._kill_from_pidfile()  # a daemon it already forked must not outlive it
                 raise LabError(
                     f"pasta did not configure the namespace within {self.ready_timeout}s; its log: {self.log_tail()}"
                 ) from None
@@ -200,6 +203,12 @@ class Pasta:
 
     def running(self) -> bool:
         return self._pidfd is not None and not exited(self._pidfd)
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Whether the daemon has ended, waiting up to `timeout` on its pidfd."""
+        if self._pidfd is None:
+            return False
+        return bool(select.select([self._pidfd], [], [], timeout)[0])
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, a bounded wait on the pidfd, then SIGKILL."""

@@ -16,10 +16,13 @@ address, or from .2 (libslirp's address for the host) when the client is on the 
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
+from labkit.errors import LabError
 from labkit.net.plan import AddressPlan
 from labkit.stacks import base
 from labkit.stacks.forwarding import PortForward
@@ -98,10 +101,18 @@ class Slirp4netnsStack(TapStack):
         return ids
 
     def _remove_forward(self, handle: object) -> None:
+        """Remove each port's forward, all of them even when one is refused (then raise the first)."""
         assert isinstance(handle, list)
-        if self.slirp is not None and self.slirp.running():
-            for forward_id in handle:
+        if self.slirp is None or not self.slirp.running():
+            return
+        errors = []
+        for forward_id in handle:
+            try:
                 self.slirp.api.remove_hostfwd(forward_id)
+            except LabError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def listed_forwards(self) -> list[PortForward]:
         """What `list_hostfwd` answers, one PortForward per entry (0.0.0.0: bound to every address)."""
@@ -125,3 +136,13 @@ class Slirp4netnsStack(TapStack):
 
     def healthy(self) -> bool:
         return super().healthy() and self.slirp is not None and self.slirp.running()
+
+    def ended(self, wait: float = 0.0) -> str | None:
+        if self.slirp is None or self.slirp.process is None:
+            return None
+        try:
+            code = self.slirp.process.popen.wait(wait)
+        except subprocess.TimeoutExpired:
+            return None
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        return f"{how}; its log: {self.slirp.log_tail()}"

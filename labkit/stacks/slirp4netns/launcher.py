@@ -19,7 +19,7 @@ from pathlib import Path
 
 from labkit.errors import LabError, LabInputError
 from labkit.lifecycle.process import LabProcess, log_tail
-from labkit.net.netns import NetNS
+from labkit.net.netns import NetNS, lab_host
 from labkit.stacks.slirp4netns.api import SlirpApi
 from labkit.stacks.slirp4netns.features import FLAGS, Features
 from labkit.stacks.slirp4netns.options import DEFAULT_MTU, SlirpOptions
@@ -108,6 +108,7 @@ class Slirp4netns:
         """`host`: the lab namespace slirp4netns runs in. `resolv_conf`: what it reads as
         /etc/resolv.conf, which turns its DNS forwarder on (None: --disable-dns)."""
         self.target, self.options, self.host, self.resolv_conf = target, options or SlirpOptions(), host, resolv_conf
+        lab_host(host)
         self.workdir, self.binary, self.tap, self.sandbox = workdir, binary, tap, sandbox
         self.ready_timeout = ready_timeout
         self.features = features
