@@ -14,7 +14,7 @@ from labkit.testbed.pool import TestbedPool
 class FakeTestbed:
     built: list["FakeTestbed"] = []
 
-    def __init__(self, spec, plan, layout=None):
+    def __init__(self, spec, plan, layout=None, prebuilt=None):
         self.spec = spec
         self.plan = plan
         self.layout = layout
@@ -69,7 +69,7 @@ def pool():
 
 
 def spec(stack_id="gvisor-ch4", reuse=True):
-    return SimpleNamespace(id=stack_id, driver=SimpleNamespace(reuse=reuse))
+    return SimpleNamespace(id=stack_id, driver=SimpleNamespace(reuse=reuse, makes_link=False))
 
 
 PLAN = "plan-a"  # the pool only needs a hashable plan

@@ -113,3 +113,22 @@ def test_a_testbed_going_down_ends_its_stack_and_its_world(stack, no_leftovers):
     assert lab_programs(os.getpid()) == []
     assert not workdir.exists()
     assert root_state() == before_root, "the root namespace's links, addresses or routes changed"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_pool_builds_tap_layouts_ahead_and_leaves_none_behind(stack, no_leftovers):
+    """The pool builds the next checks' tap layouts while one runs; each testbed takes one of
+    them (never one a stack ran on), and closing the pool tears the unused ones down."""
+    from labkit.net.plan import AddressPlan
+    from labkit.testbed.pool import SPARES, TestbedPool
+
+    spec = resolve(stack)[0]
+    with TestbedPool() as pool:
+        first = pool.acquire(spec, AddressPlan())
+        used = {ns.name for ns in first.topology.namespaces.values()}
+        pool.release(first, reusable=True)
+        second = pool.acquire(spec, AddressPlan())
+        assert second.healthy() and second.outside is not None
+        assert not used & {ns.name for ns in second.topology.namespaces.values()}, "a layout was handed out twice"
+        pool.release(second, reusable=True)
+        assert len(pool._spares[spec.driver.plan_for(spec.variant, AddressPlan())]) == SPARES + 1

@@ -7,6 +7,7 @@ record under `STATE_DIR` pins the pid's start time, so a recycled pid does not k
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import secrets
@@ -80,13 +81,12 @@ def me() -> Owner:
     return Owner(run_id(), os.getpid())
 
 
-_counter = 0
+_counter = itertools.count(1)  # next() on it is atomic: threads building topologies side by side get distinct names
 
 
 def new_name(role: str = "") -> str:
     """A fresh resource name owned by this process: `labkit-RUN-PID-N[-role]`."""
-    global _counter
-    _counter += 1
+    n = next(_counter)
     owner = me()
     owner.register()
-    return f"{owner.tag}-{_counter}" + (f"-{role}" if role else "")
+    return f"{owner.tag}-{n}" + (f"-{role}" if role else "")

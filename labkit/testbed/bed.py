@@ -14,7 +14,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from labkit.errors import LabInputError
 from labkit.net import layouts
-from labkit.net.layouts import End
+from labkit.net.layouts import End, TapEnd
 from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
 from labkit.packet.wire import Wire
@@ -30,16 +30,33 @@ def standard_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
     return plan.build()
 
 
+def prebuild_tap(plan: AddressPlan) -> tuple[Topology, TapEnd]:
+    """The tap layout of `plan`, up: about a second, most of it the uplink's veth waiting for the
+    kernel to count it up (linkwatch), so the pool builds the next one while a check runs."""
+    topology, end, _ = layouts.tap(plan)
+    topology.up()
+    return topology, end
+
+
 class Testbed:
     """`layout` replaces the standard topology for checks about the topology itself; the Wire
     sits on the returned peer end and answers for the plan's peer addresses."""
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, spec: StackSpec, plan: AddressPlan | None = None, layout: Layout = standard_layout) -> None:
+    def __init__(
+        self,
+        spec: StackSpec,
+        plan: AddressPlan | None = None,
+        layout: Layout = standard_layout,
+        prebuilt: tuple[Topology, TapEnd] | None = None,
+    ) -> None:
+        """`prebuilt`: a tap layout of this plan already up (`prebuild_tap`), for a stack that
+        makes its own link; the testbed owns it from here on."""
         self.spec = spec
         self.plan = spec.driver.plan_for(spec.variant, plan or AddressPlan())
         self.layout = layout
+        self._prebuilt = prebuilt
         self.topology: Topology | None = None
         self.stack: Stack | None = None
         self.wire: Wire | None = None
@@ -79,9 +96,11 @@ class Testbed:
     def _up_on_tap(self) -> None:
         """A stack that makes its own link: start it, then put the Wire on its tap; the stack's
         MAC is what its driver says or, if it cannot say, what the stack answers to ARP."""
-        self.topology, end, _ = layouts.tap(self.plan)
+        if self._prebuilt is not None:
+            (self.topology, end), self._prebuilt = self._prebuilt, None
+        else:
+            self.topology, end = prebuild_tap(self.plan)
         self.stack_end = self.peer_end = end
-        self.topology.up()
         self.stack = self.spec.create()
         self.stack.start(self.topology, end)
         assert end.mac is not None, f"{self.stack.id} did not report its tap's MAC"

@@ -5,20 +5,28 @@ a check a testbed of its stack variant that an earlier check left as it found it
 others in a background thread. A testbed is kept only after a check that passed, declared no
 change and, looked at, changed nothing (labkit.testbed.isolation; `isolation` says how hard the
 pool looks, "off" only to show what the looking prevents). The linux reference costs 4 ms to
-build, so it is never pooled: the driver's `reuse` flag decides.
+build, so it is never pooled: the driver's `reuse` flag decides. A tap stack (slirp4netns, pasta)
+is never pooled either, but its layout takes a second to come up, so the pool builds the next
+one in the background while a check runs.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from labkit.errors import LabError, LabInputError
+from labkit.net.layouts import TapEnd
 from labkit.net.plan import AddressPlan
+from labkit.net.topology import Topology
 from labkit.stacks import StackSpec
 from labkit.testbed import Layout, Testbed, standard_layout
+from labkit.testbed.bed import prebuild_tap
 from labkit.testbed.isolation import MODES, Mode
+
+SPARES = 2  # tap layouts building behind the one a check takes
+SPARE_TIMEOUT = 30.0  # seconds a check waits for the layout built for it (it takes about one)
 
 
 class TestbedPool:
@@ -35,6 +43,9 @@ class TestbedPool:
         self._lock = threading.Lock()
         self.errors: list[BaseException] = []
         self.started = self.reused = 0
+        # Tap layouts being built for the next checks of a stack that makes its own link, by plan.
+        self._spares: dict[AddressPlan, deque[Future[tuple[Topology, TapEnd]]]] = {}
+        self._builder = ThreadPoolExecutor(SPARES + 1, thread_name_prefix="labkit-prebuild")
 
     def acquire(self, spec: StackSpec, plan: AddressPlan, fresh: bool = False, layout: Layout = standard_layout) -> Testbed:
         """A testbed for `spec`: a reused one when allowed and healthy, else a newly built one."""
@@ -51,7 +62,8 @@ class TestbedPool:
                     return bed
             else:
                 self.discard(bed)
-        bed = Testbed(spec, plan, layout).up()
+        prebuilt = self._spare(spec, plan) if spec.driver.makes_link and layout is standard_layout else None
+        bed = Testbed(spec, plan, layout, prebuilt=prebuilt).up()
         self.started += 1
         if self.isolation == "canary" and spec.driver.reuse:
             try:
@@ -88,6 +100,42 @@ class TestbedPool:
             self.discard(self._idle.popitem(last=False)[1])
         return {}
 
+    def _spare(self, spec: StackSpec, plan: AddressPlan) -> tuple[Topology, TapEnd] | None:
+        """A tap layout built for this check while earlier ones ran (None: its build failed, and
+        the testbed builds its own), with SPARES more set building behind it.
+
+        A tap testbed is never reused (the stack keeps what a check did to it), but its layout is
+        the same every time, and building one is mostly waiting for the kernel's linkwatch, which
+        brings up every pending link at once, once a second: several built side by side are
+        ready together, so a run of short tap checks does not wait a second each.
+        """
+        key = spec.driver.plan_for(spec.variant, plan)
+        for other in [k for k in self._spares if k != key]:  # the run moved on to another plan
+            self._drop_spares(other)
+        queue = self._spares.setdefault(key, deque())
+        while len(queue) < SPARES + 1:
+            queue.append(self._builder.submit(prebuild_tap, key))
+        try:
+            return queue.popleft().result(timeout=SPARE_TIMEOUT)
+        except Exception:  # built in line instead; a failed build rolled itself back
+            return None
+        finally:
+            queue.append(self._builder.submit(prebuild_tap, key))
+
+    def _drop_spares(self, key: AddressPlan | None = None) -> None:
+        """Tear down the spare layouts of `key` (of every plan: None) once built, off the critical path."""
+        for plan in [key] if key is not None else list(self._spares):
+            for building in self._spares.pop(plan, deque()):
+                building.add_done_callback(self._down_spare)
+
+    def _down_spare(self, building: Future[tuple[Topology, TapEnd]]) -> None:
+        if building.cancelled() or building.exception() is not None:
+            return
+        try:
+            building.result()[0].down()
+        except Exception as exc:
+            self.errors.append(exc)
+
     def discard(self, bed: Testbed) -> None:
         """Tear down: inline when cheap, in the background when the driver is slow to stop."""
         if not bed.spec.driver.reuse:
@@ -109,8 +157,10 @@ class TestbedPool:
             self.discard(self._idle.popitem()[1])
 
     def close(self, timeout: float = 60.0) -> None:
-        """End every testbed, waiting (bounded) for the background teardowns."""
+        """End every testbed and spare layout, waiting (bounded) for the background teardowns."""
         self.clear()
+        self._drop_spares()
+        self._builder.shutdown(wait=True)  # each build is bounded (netlink waits); their callbacks tear them down
         with self._lock:
             pending = list(self._pending)
         not_done = wait(pending, timeout).not_done
