@@ -27,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 KINDS = ("udp-echo", "udp-sink", "tcp-echo", "tcp-sink", "tcp-source", "tcp-feed", "udp-send", "tcp-connect", "dns")
 LIE4, LIE6 = "198.18.255.254", "2001:db8:ffff::fe"  # what `dns --lie` answers for every name (a broken responder)
@@ -101,6 +102,15 @@ def tcp(args: argparse.Namespace) -> None:
         threading.Thread(target=serve, args=(conn, addr), daemon=True).start()
 
 
+PATTERN = bytes(range(256)) * 256  # what tcp-source and tcp-feed send, over and over: a reader can check any byte
+
+
+def _pattern(total: int) -> Iterator[bytes]:
+    """`total` bytes of PATTERN, in chunks of at most its length."""
+    for start in range(0, total, len(PATTERN)):
+        yield PATTERN[: min(len(PATTERN), total - start)]
+
+
 def tcp_source(args: argparse.Namespace) -> None:
     fam = socket.AF_INET6 if ":" in args.to else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:
@@ -109,10 +119,8 @@ def tcp_source(args: argparse.Namespace) -> None:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, args.mss)
         emit("ready", port=0)
         s.connect((args.to, args.port))
-        pattern = bytes(range(256)) * 256
         sent, digest = 0, hashlib.sha256()
-        while sent < args.bytes:
-            chunk = pattern[: min(len(pattern), args.bytes - sent)]
+        for chunk in _pattern(args.bytes):
             s.sendall(chunk)
             digest.update(chunk)
             sent += len(chunk)
@@ -125,15 +133,13 @@ def tcp_feed(args: argparse.Namespace) -> None:
     s = _bound(socket.SOCK_STREAM, args.family, args.port)
     s.listen(64)
     emit("ready", port=s.getsockname()[1])
-    pattern = bytes(range(256)) * 256
 
     def feed(conn: socket.socket, addr: tuple) -> None:
         sent, digest, error = 0, hashlib.sha256(), None
         conn.settimeout(args.timeout)  # a client that stops reading ends its feed, bounded
         with conn:
             try:
-                while sent < args.bytes:
-                    chunk = pattern[: min(len(pattern), args.bytes - sent)]
+                for chunk in _pattern(args.bytes):
                     conn.sendall(chunk)
                     digest.update(chunk)
                     sent += len(chunk)

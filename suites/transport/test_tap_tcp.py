@@ -22,6 +22,7 @@ from labkit.packet.testbench import TcpConnection
 from labkit.packet.testbench.guest import Guest
 from labkit.packet.testbench.tcp import options_of, payload_length, seq_add, seq_after
 from labkit.packet.wire import Wire
+from labkit.services import PATTERN  # what tcp-feed sends, over and over
 from labkit.stacks.service import Service
 
 pytestmark = [pytest.mark.needs("outside"), pytest.mark.varies_with(), pytest.mark.parametrize("family", FAMILIES)]
@@ -31,7 +32,6 @@ TRANSFER = 256 * 1024  # bytes up and down: ~180 segments each way, a few second
 TRANSFER_TIMEOUT = 60.0
 SEGMENT = 1460  # the most the Wire puts in one segment (its MSS, what fits a 1500-byte frame)
 EXTENSIONS = ("WScale", "SAckOK", "Timestamp")  # what a SYN-ACK may offer beyond the MSS
-PATTERN = bytes(range(256)) * 256  # what tcp-feed sends, over and over
 MSS_SLACK = 0.10  # how far below the link's MSS a stack may round the one it announces
 
 
