@@ -1,4 +1,4 @@
-"""`labkit`: the lab's command line (doctor, clean, report, flake)."""
+"""`labkit`: the lab's command line (doctor, clean, report, flake, shards, nightly)."""
 
 from __future__ import annotations
 
@@ -51,33 +51,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Rebuild index.html from a results.json, and say what changed since a previous one."""
-    from pathlib import Path
+    """Rebuild the page from a results.json, or merge shards into one; keep the history, say
+    what changed since the previous night, write the summary; with --fail-on-new, the verdict."""
+    from labkit import report
 
-    try:
-        from reports import html
-    except ImportError as exc:  # name what is missing: the builder itself, or one of its libraries (jinja2)
-        raise LabError(f"the report builder cannot be loaded: {exc}; install labkit with its dependencies (pip install -e .)") from None
-    paths = [Path(args.results)] + ([Path(args.previous)] if args.previous else [])
-    for path in paths:
-        if not path.is_file():
-            raise LabInputError(f"results file {path}: not found; allowed: a results.json written by a conformance run")
-    try:
-        data = html.load(paths[0])
-        previous = html.load(paths[1]) if args.previous else None
-    except ValueError as exc:
-        raise LabInputError(f"results file: not JSON ({exc}); allowed: a results.json written by a conformance run") from None
-    out_dir = Path(args.out) if args.out else paths[0].parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    page = html.write_page(out_dir, data, previous)
-    print(f"wrote {page}")
-    if previous is not None:
-        for title, items in html.changes(data, previous).items():
-            print(f"{title}: {len(items)}")
-            for item in items[:20]:
-                was = "new check" if item["was"] is None else f"was {item['was']}"
-                print(f"  {item['check']} on {item['stack'] or '-'} ({was})")
-    return 0
+    return report.main(args)
 
 
 def cmd_flake(args: argparse.Namespace) -> int:
@@ -90,6 +68,51 @@ def cmd_flake(args: argparse.Namespace) -> int:
     pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
     deviations = Path(args.deviations) if args.deviations else root / "suites" / "deviations.toml"
     return flake.main(args.runs, Path(args.out).resolve(), pytest_args, deviations, root)
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    """The shard plan: as text, as the workflow's matrix, or weighed from a run's results."""
+    from pathlib import Path
+
+    from labkit.nightly import shards
+
+    root = Path(__file__).resolve().parents[1]
+    plan = shards.ShardPlan.load(Path(args.file) if args.file else root / shards.SHARDS_FILE)
+    if args.weigh:
+        from labkit.report import _read_json
+
+        data = _read_json(Path(args.weigh), "results file")
+        seconds = {p.name: 0.0 for p in plan.pieces}
+        for r in data.get("results", []):
+            owners = plan.owners(r["suite"], r["stack"] or None)
+            if len(owners) == 1:
+                seconds[owners[0].name] += float(r.get("duration", 0.0))
+        for name, value in seconds.items():
+            print(f"{name}: weight = {value:.0f}")
+        return 0
+    planned = plan.shards(args.count)
+    print(shards.github_matrix(planned) if args.github_matrix else shards.describe(planned))
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    """Every shard on this machine, then the merge, the history and the verdict, as the CI workflow does."""
+    from pathlib import Path
+
+    from labkit.nightly import run
+
+    root = Path(__file__).resolve().parents[1]
+    pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    return run.main(
+        args.shards,
+        Path(args.out).resolve(),
+        Path(args.history).resolve(),
+        args.keep,
+        pytest_args,
+        root,
+        args.parallel,
+        Path(args.file).resolve() if args.file else None,
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -112,10 +135,35 @@ def parser() -> argparse.ArgumentParser:
         "pytest_args", nargs=argparse.REMAINDER, help=f"after --: pytest arguments (default: {' '.join(DEFAULT_FLAKE_ARGS)})"
     )
     f.set_defaults(func=cmd_flake)
-    r = sub.add_parser("report", help="rebuild the HTML report from results.json; with --previous, what changed")
-    r.add_argument("results", help="results.json of a conformance run")
-    r.add_argument("--previous", help="results.json of an earlier run to compare with")
-    r.add_argument("--out", help="where index.html goes (default: next to results.json)")
+    s = sub.add_parser("shards", help="the nightly's shard plan (.ci/shards.toml packed into --count shards)")
+    s.add_argument("--count", type=int, default=3, help="how many shards (default 3)")
+    s.add_argument("--github-matrix", action="store_true", help="print the plan as a GitHub Actions matrix (one line of JSON)")
+    s.add_argument("--file", help="the shard definition (default .ci/shards.toml)")
+    s.add_argument("--weigh", metavar="RESULTS", help="print each piece's check-seconds in a run's results.json (its weight)")
+    s.set_defaults(func=cmd_shards)
+    n = sub.add_parser("nightly", help="run every shard here, merge them, keep the history, fail on what is new")
+    n.add_argument("--shards", type=int, default=3, help="how many shards (default 3)")
+    n.add_argument("--parallel", type=int, default=0, help="shards run side by side (default: one per two cores)")
+    n.add_argument("--out", default="reports/nightly", help="where the shards' and the merged report go (default reports/nightly)")
+    n.add_argument("--history", default="reports/history", help="the nights kept (default reports/history)")
+    n.add_argument("--keep", type=int, default=30, help="nights kept (default 30)")
+    n.add_argument("--file", help="the shard definition (default .ci/shards.toml)")
+    n.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest arguments (default: suites --stack all)")
+    n.set_defaults(func=cmd_nightly)
+    r = sub.add_parser(
+        "report", help="rebuild the HTML report from results.json, or merge shards' (--merge); history, summary, verdict"
+    )
+    r.add_argument("results", nargs="+", help="results.json of a conformance run (with --merge: one per shard)")
+    r.add_argument("--merge", action="store_true", help="merge the shards' results.json into one (a cell reported twice is refused)")
+    r.add_argument("--previous", help="results.json of an earlier run to compare with (default: the newest night in --history)")
+    r.add_argument("--out", help="where results.json (when merged) and index.html go (default: next to the results.json)")
+    r.add_argument("--history", metavar="DIR", help="keep this run in DIR (the last --keep nights) and draw trends and flaky checks")
+    r.add_argument("--keep", type=int, default=30, help="nights kept in --history (default 30)")
+    r.add_argument("--benchmarks", metavar="FILE", help="benchmarks.json of the perf job (./lab bench) to show with the run")
+    r.add_argument("--summary", metavar="FILE", help="write a short markdown summary there (a CI job summary)")
+    r.add_argument("--page-url", default="", help="where the page is published, for the summary's links (default: relative)")
+    r.add_argument("--deviations", help="the manifest that says which deviations are load-dependent (default suites/deviations.toml)")
+    r.add_argument("--fail-on-new", action="store_true", help="exit 1 on new failures and unexpected passes (strict entries) only")
     r.set_defaults(func=cmd_report)
     return p
 

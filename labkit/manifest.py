@@ -1,6 +1,7 @@
 """The known-deviation manifest: where a stack is known to differ from Linux, and why.
 
-One TOML file; each `[[deviation]]` names a stack id (glob allowed, e.g. `gvisor-*`), a check
+One TOML file; each `[[deviation]]` names a stack id (glob allowed, e.g. `gvisor-*`; without
+'@' it covers that stack's builds too, `gvisor-*@nightly` only that build's), a check
 (a test id relative to `suites/`, glob allowed; with its other parameters in brackets, e.g.
 `...::test_datagram[ipv6]`, it names that case only) and a one-line reason. The plugin applies each as
 a strict xfail, so a deviation that stops happening turns the run red instead of hiding.
@@ -33,8 +34,17 @@ OPTIONAL = {"unless", "strict"}  # a stack glob the entry does not apply to; str
 
 def stack_matches(stack_id: str, pattern: str) -> bool:
     """A stack id against a glob, the way --stack, the `stacks` marker and the manifest read it:
-    `gvisor-*` is every variant of gvisor, its default one (`gvisor`) included."""
-    return fnmatch.fnmatchcase(stack_id, pattern) or (pattern.endswith("-*") and stack_id == pattern[:-2])
+    `gvisor-*` is every variant of gvisor, its default one (`gvisor`) included.
+
+    A build of a stack (`gvisor-ch4@nightly`, labkit.stacks.builds) is that stack too: a pattern
+    without '@' matches it by the part before the '@'; a pattern with '@' matches builds only,
+    both parts (`gvisor-*@nightly`, `gvisor@*`).
+    """
+    stack, at, build = stack_id.partition("@")
+    want_stack, want_at, want_build = pattern.partition("@")
+    if want_at and (not at or not fnmatch.fnmatchcase(build, want_build)):
+        return False
+    return fnmatch.fnmatchcase(stack, want_stack) or (want_stack.endswith("-*") and stack == want_stack[:-2])
 
 
 @dataclass(frozen=True)

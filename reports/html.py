@@ -130,6 +130,8 @@ def _stacks(results: list[dict[str, Any]], stacks: list[str], run: dict[str, Any
                 "why": info.get("why", ""),
                 "install": info.get("install", ""),
                 "version": info.get("version", ""),
+                "binary": info.get("binary", ""),
+                "digest": info.get("digest", ""),
                 "counts": [{"cls": _cls(s), "n": sum(1 for r in mine if r["status"] == s)} for s in SHORT],
                 "measured": len(mine) - carried,
                 "carried": carried,
@@ -292,7 +294,80 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
         "support": _support(data.get("rtnetlink_support")),
         "benchmarks": _benchmarks(data.get("benchmarks"), str(run.get("benchmarks date", "?"))),
         "flake": _flake(data.get("flake")),
+        "history": _history(data.get("history"), targets_by_cell(results, targets)),
+        "run_figures": _run_figures(run),
     }
+
+
+def targets_by_cell(results: list[dict[str, Any]], targets: dict[str, str]) -> dict[tuple[str, str], str]:
+    return {(r["check"], r["stack"]): targets[r["nodeid"]] for r in results if r["nodeid"] in targets}
+
+
+HISTORY_CSS = {"P": "passed", "F": "failed", "D": "known-deviation", "X": "unexpected-pass", "S": "skipped", "N": "skipped", "-": "none"}
+CHART_HEIGHT, BAR_WIDTH = 60, 10
+
+
+def _history(summary: dict[str, Any] | None, links: dict[tuple[str, str], str]) -> dict[str, Any] | None:
+    """The nights as the page draws them (reports.history.summarize made the data): a stacked bar
+    per night for each stack, a strip per check, and the cells that changed, sorted out."""
+    if not summary or not summary.get("dates"):
+        return None
+    from .history import STATUS, TRENDS
+
+    dates = summary["dates"]
+    charts = []
+    for trend in summary["trends"]:
+        top = max((sum(n.values()) for n in trend["nights"]), default=0) or 1
+        bars = []
+        for i, night in enumerate(trend["nights"]):
+            y = float(CHART_HEIGHT)
+            for status in TRENDS:
+                h = night.get(status, 0) * CHART_HEIGHT / top
+                if h:
+                    y -= h
+                    bars.append({"x": i * (BAR_WIDTH + 2), "y": round(y, 2), "h": round(h, 2), "cls": _cls(status),
+                                 "title": f"{dates[i]}: {night.get(status, 0)} {status}"})  # fmt: skip
+        last = trend["nights"][-1]
+        charts.append({"stack": trend["stack"], "bars": bars, "width": len(dates) * (BAR_WIDTH + 2), "height": CHART_HEIGHT,
+                       "last": ", ".join(f"{last.get(s, 0)} {s}" for s in TRENDS)})  # fmt: skip
+
+    def strip(letters: str) -> list[dict[str, str]]:
+        return [{"cls": HISTORY_CSS.get(c, "none"), "title": f"{dates[i]}: {STATUS.get(c, 'absent')}"} for i, c in enumerate(letters)]
+
+    changed = [(c, s) for c, s in summary["strips"].items() if len(set(s) - {"-"}) > 1]
+    steady = [(c, s) for c, s in summary["strips"].items() if len(set(s) - {"-"}) <= 1]
+
+    def cells(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {"change": "", "night": "", **e, "strip": strip(e["strip"]), "href": f"#{links[(e['check'], e['stack'])]}" if (e["check"], e["stack"]) in links else ""}
+            for e in entries
+        ]
+
+    return {
+        "nights": len(dates),
+        "first": dates[0],
+        "last": dates[-1],
+        "charts": charts,
+        "changed": [{"check": c, "strip": strip(s)} for c, s in changed],
+        "steady": [{"check": c, "strip": strip(s)} for c, s in steady],
+        "flaky": cells(summary.get("flaky", [])),
+        "builds": cells(summary.get("builds", [])),
+        "load_dependent": cells(summary.get("load_dependent", [])),
+    }
+
+
+def _run_figures(run: dict[str, Any]) -> list[dict[str, str]]:
+    """What the run itself cost: its wall time and the evidence it left (the nightly's budget)."""
+    out = []
+    if run.get("duration s") is not None:
+        out.append({"name": "conformance run, wall time", "value": f"{float(run['duration s']) / 60:.1f}", "unit": "min"})
+    if run.get("evidence bytes") is not None:
+        files = f" in {run['evidence files']} files" if run.get("evidence files") is not None else ""
+        out.append({"name": f"evidence kept{files}", "value": f"{int(run['evidence bytes']) / 1e6:.1f}", "unit": "MB"})
+    for shard in run.get("shards", []):
+        if shard.get("duration s") is not None:
+            out.append({"name": f"shard {shard.get('shard') or shard['results']}, wall time", "value": f"{float(shard['duration s']) / 60:.1f}", "unit": "min"})
+    return out
 
 
 def _flake(summary: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,14 @@ def write_results(
     previous: dict[str, Any] | None = None,
     *,
     support: dict[str, Any] | None = None,
+    history: Path | None = None,
+    keep: int = 30,
+    load_dependent: Callable[[str, str], bool] | None = None,
 ) -> Path:
     """results.json and index.html. `support` is the rtnetlink support table this run gathered
     (the plugin hands it over; none when no rtnetlink check ran); benchmark figures carry the
-    date `./lab bench` wrote them. A broken optional input is noted in the run, never a reason
+    date `./lab bench` wrote them; `history` keeps the run as a night there (reports.history).
+    A broken optional input is noted in the run, never a reason
     to lose the results."""
     out_dir.mkdir(parents=True, exist_ok=True)
     counts = {s: sum(1 for r in records if r.status == s) for s in STATUSES}
@@ -59,6 +64,11 @@ def write_results(
     if bench.exists():  # `./lab bench` writes it (tox -e bench)
         data["benchmarks"] = _optional_json(bench, run)
         run["benchmarks date"] = dt.datetime.fromtimestamp(bench.stat().st_mtime, dt.UTC).isoformat(timespec="seconds")
+    if history is not None:  # this run becomes the newest night; unless told otherwise, compare with the one before
+        from .history import attach
+
+        night_before = attach(data, history, keep, load_dependent or (lambda stack, check: False))
+        previous = previous if previous is not None else night_before
     path = out_dir / RESULTS_FILE
     path.write_text(json.dumps(data, indent=1))
     from .html import write_page

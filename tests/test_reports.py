@@ -159,6 +159,7 @@ def test_results_json_has_each_check_and_stack_with_its_status(small_run):
     assert f"--lab-seed {data['run']['order seed']}" in page and data["run"]["commit"][:12] in page
     assert data["run"]["stacks"]["missing"] == {
         "available": False, "why": "the missing stack is never installed", "install": "apt-get install -y nothing-at-all", "version": "",
+        "binary": "", "digest": "",
     }  # fmt: skip
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import defaultdict
 from collections.abc import Generator
 from pathlib import Path
@@ -17,11 +16,13 @@ import pytest
 from labkit.errors import LabInputError
 from labkit.lifecycle import janitor, owner, reaper
 from labkit.manifest import stack_matches
+from labkit.nightly.shards import unclaimed_or_twice
 from labkit.pytest_plugin import order
 from labkit.pytest_plugin.matrix import MARKER, check_axes, known_axes, plan_cells
 from labkit.pytest_plugin.options import LabSettings, add_options, read_settings
 from labkit.stacks import StackSpec, known_drivers
 from labkit.testbed import Layout, Testbed, isolation, standard_layout
+from labkit.testbed.evidence import EvidenceStore
 
 SETTINGS = pytest.StashKey[LabSettings]()
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
@@ -122,6 +123,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if deviation is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {deviation.reason}", strict=deviation.strict))
             item.user_properties.append(("deviation", deviation.reason))
+    if settings.shard is not None:
+        _keep_shard(config, items)
     runs = _runs_by_check(items)
     try:
         axes = {check: _axes(group[0]) for check, group in runs.items()}  # a typo stops the run, --full-matrix or not
@@ -133,6 +136,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not settings.full_matrix:
         _measure_one_variant_per_group(config, items, runs, axes)
     order.arrange(config, items, lambda item: (s.id if (s := _spec(item)) else None))
+
+
+def _keep_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--lab-shard K/N`: deselect the checks of the other shards. Every check must belong to
+    exactly one piece of the shard definition, or merged shards would lose or double a cell."""
+    settings = config.stash[SETTINGS]
+    assert settings.shard is not None and settings.shard_plan is not None
+    cells = {item: (suite_of(item.nodeid), s.id if (s := _spec(item)) else None) for item in items}
+    problems = unclaimed_or_twice(settings.shard_plan, cells.values())
+    if problems:
+        pytest.exit(
+            f"labkit: {problems[0]} of {settings.shard_plan.path}"
+            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            + "; allowed: a shard definition whose pieces take every check exactly once",
+            returncode=2,
+        )
+    others = [item for item in items if not settings.shard.claims(*cells[item])]
+    if others:
+        config.hook.pytest_deselected(items=others)
+        items[:] = [item for item in items if settings.shard.claims(*cells[item])]
 
 
 def _runs_by_check(items: list[pytest.Item]) -> dict[tuple[str, str], list[pytest.Item]]:
@@ -233,11 +256,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _keep_evidence(item: pytest.Item, testbed: Testbed, report: pytest.TestReport) -> None:
-    settings = item.config.stash[SETTINGS]
-    directory = settings.evidence or item.config._tmp_path_factory.getbasetemp() / "evidence"  # type: ignore[attr-defined]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.nodeid)[-150:]
+    """The cell's evidence in `--lab-evidence` (labkit.testbed.evidence): its paths go to the
+    report's section and, as user properties, to results.json."""
     try:
-        paths = testbed.save_evidence(Path(directory), stem)
+        paths = testbed.save_evidence(evidence_store(item.config), check_id(item), since_start=_owns_start(item, testbed))
     except Exception as exc:
         report.sections.append(("labkit evidence", f"could not save evidence: {exc}"))
         return
@@ -246,12 +268,33 @@ def _keep_evidence(item: pytest.Item, testbed: Testbed, report: pytest.TestRepor
         item.user_properties.append((evidence_kind(p), str(p)))
 
 
+def evidence_store(config: pytest.Config) -> EvidenceStore:
+    directory = config.stash[SETTINGS].evidence or config._tmp_path_factory.getbasetemp() / "evidence"  # type: ignore[attr-defined]
+    return EvidenceStore(Path(directory), owner.run_id())
+
+
+def _owns_start(item: pytest.Item, testbed: Testbed) -> bool:
+    """Whether the stack's start belongs to the check's window: it was started for this check
+    alone (`fresh`, made by the check through testbed_factory, or a driver that is never pooled).
+    A pooled stack's boot is the pool's, whichever check happened to get it first."""
+    fresh = item.get_closest_marker("fresh") is not None
+    return fresh or "testbed_factory" in getattr(item, "fixturenames", ()) or not testbed.spec.driver.reuse
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The run's evidence index goes when every worker is done (the controller, or the only process)."""
+    settings = session.config.stash.get(SETTINGS, None)
+    if not hasattr(session.config, "workerinput") and settings is not None and settings.evidence is not None:
+        evidence_store(session.config).finish()
+
+
 EVIDENCE_KINDS = ("pcap", "expects", "log")
 
 
 def evidence_kind(path: Path) -> str:
-    """The pcap, what the check expected of the wire (`*.expects.json`), or a stack's log."""
-    if path.suffix == ".pcap":
+    """The pcap (`.pcap`, or `.pcap.gz` when big), what the check expected of the wire
+    (`*.expects.json`), or a stack's log or command lines."""
+    if path.name.endswith((".pcap", ".pcap.gz")):
         return "pcap"
     return "expects" if path.name.endswith(".expects.json") else "log"
 
@@ -279,6 +322,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"labkit: run {owner.run_id()} (pid {os.getpid()}), stacks: {ids}, deviations: {len(settings.manifest.deviations)}, "
         f"{order.describe(config)}, isolation: {settings.isolation}"
     ]
+    if settings.shard is not None:
+        lines.append(f"labkit: shard {settings.shard.label} of {settings.shard_plan.path if settings.shard_plan else '?'}: {settings.shard.name}")
     reaped = config.stash.get(REAPED, None)
     if reaped is not None and reaped.left:  # a dead run's processes that would not die: say so, do not hide it
         lines.append(f"labkit: cleaning up after dead runs: {reaped.summary()}")

@@ -11,7 +11,9 @@ the default variant when it is selected) runs the check, and the others carry it
 A carried-over verdict must be one the variant would get itself, so a group also splits where
 its members differ in anything else the verdict rests on: their capabilities (a skip), the
 addresses their driver gives the check, or the manifest's deviation entry for this very check.
-A check that declares nothing varies with everything.
+A check that declares nothing varies with everything. A verdict is never carried across builds
+(`gvisor@nightly` beside `gvisor`, labkit.stacks.builds): comparing them is why both run; nor to
+a variant its build cannot run (a flag it lacks), which skips on its own.
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def _hashable(value: Any) -> Hashable:
     return tuple(value) if isinstance(value, list) else value
 
 
+def _refusal(spec: StackSpec) -> str | None:
+    """Why the variant cannot run here (a flag its build lacks: a skip of its own), or None."""
+    available = spec.availability()
+    return None if available.ok else available.reason
+
+
 @dataclass
 class Cell(Generic[T]):
     """One check on one group of variants: `measured` runs it, `carried` take its verdict."""
@@ -67,13 +75,13 @@ class Cell(Generic[T]):
 def plan_cells(
     items: Sequence[T], spec_of: Callable[[T], StackSpec], axes: tuple[str, ...] | None, key: Callable[[T], Hashable]
 ) -> list[Cell[T]]:
-    """Group the runs of one check (`items`, one per variant) by driver, by their position on
-    `axes` and by `key` (what else the verdict rests on); the first of each group is measured.
+    """Group the runs of one check (`items`, one per variant) by driver and build, by their
+    position on `axes` and by `key` (what else the verdict rests on); the first of each group is measured.
     The order of `items` is kept among the measured ones."""
     groups: dict[Hashable, Cell[T]] = {}
     for item in items:
         spec = spec_of(item)
-        group = (spec.driver, position(spec, axes), key(item))
+        group = (spec.driver, spec.build, _refusal(spec), position(spec, axes), key(item))
         if group in groups:
             groups[group].carried.append(item)
         else:

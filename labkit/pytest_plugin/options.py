@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from labkit.errors import LabInputError
 from labkit.manifest import Manifest
 from labkit.net.plan import AddressPlan
+from labkit.nightly.shards import SHARDS_FILE, Shard, ShardPlan
 from labkit.pytest_plugin import order
-from labkit.stacks import StackSpec, default_specs, resolve
+from labkit.stacks import StackSpec, default_specs, load_builds, resolve
 from labkit.testbed.isolation import MODES, Mode
 
 MANIFEST_NAME = "suites/deviations.toml"  # under the rootdir: the checkout's, or your own project's
@@ -25,7 +27,15 @@ def add_options(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME[,NAME]",
         help="stacks to test: a stack id (linux, linux-txcsum), NAME-* for all its variants, 'all', "
-        "or module.path:ClassName; default: every installed stack in its default variant",
+        "or module.path:ClassName; default: every installed stack in its default variant. NAME@PATH "
+        "(gvisor@/opt/runsc-nightly/runsc) or NAME@LABEL (a build of --lab-builds) runs it on that binary, "
+        "as a column of its own (NAME@LABEL; a path's label is its directory's name)",
+    )
+    group.addoption(
+        "--lab-builds",
+        metavar="FILE",
+        default=None,
+        help='a TOML file naming stack builds for --stack NAME@LABEL: [gvisor] nightly = "/opt/runsc-nightly/runsc"',
     )
     group.addoption(
         "--deviations", metavar="PATH", default=None, help=f"known-deviation manifest (default: {MANIFEST_NAME} under the rootdir, if there)"
@@ -51,6 +61,20 @@ def add_options(parser: pytest.Parser) -> None:
         help="run every check on every variant; by default a check runs on one variant per distinct value "
         "of the options it declares it varies with, and the others carry its verdict over",
     )
+    group.addoption(
+        "--lab-shard",
+        metavar="K/N",
+        default=None,
+        help=f"run only the K-th of N shards of the matrix ({SHARDS_FILE} packed into N by weight; the nightly's machines)",
+    )
+    group.addoption("--lab-shards", metavar="PATH", default=None, help=f"the shard definition (default: {SHARDS_FILE} under the rootdir)")
+    group.addoption(
+        "--lab-history",
+        metavar="DIR",
+        default=None,
+        help="keep this run in DIR (the last --lab-keep nights) and draw the trends and flaky checks on the page (needs --lab-report)",
+    )
+    group.addoption("--lab-keep", metavar="N", type=int, default=30, help="how many nights --lab-history keeps (default 30)")
     order.add_options(group)
     group.addoption(
         "--lab-isolation",
@@ -77,18 +101,30 @@ class LabSettings:
     evidence: Path | None
     full_matrix: bool = False
     isolation: Mode = "cheap"
+    shard: Shard | None = None
+    shard_plan: ShardPlan | None = None
 
 
 def read_settings(config: pytest.Config) -> LabSettings:
     """Parse and validate every lab option; raises LabInputError on the first bad value."""
     names = [n for v in config.getoption("stack") for n in v.split(",") if n.strip()]
-    specs = resolve(names) if names else default_specs()
+    builds = load_builds(config.getoption("lab_builds")) if config.getoption("lab_builds") else None
+    specs = resolve(names, builds) if names else default_specs()
     path = config.getoption("deviations")
     default = config.rootpath / MANIFEST_NAME
     manifest = Manifest.load(path) if path else (Manifest.load(default) if default.exists() else Manifest.empty())
     plan = AddressPlan.parse(config.getoption("lab_net4"), config.getoption("lab_net6"))
     evidence = config.getoption("lab_evidence")
     isolation: Mode = config.getoption("lab_isolation") or ("canary" if os.environ.get("CI", "").lower() in ("1", "true") else "cheap")
+    shard, shard_plan = None, None
+    if config.getoption("lab_shard"):
+        shards_path = config.getoption("lab_shards") or config.rootpath / SHARDS_FILE
+        shard_plan = ShardPlan.load(Path(shards_path))
+        shard = shard_plan.select(config.getoption("lab_shard"))
+    if config.getoption("lab_history") and not config.getoption("lab_report"):
+        raise LabInputError("--lab-history needs --lab-report: the history is kept with the run's results; allowed: both, or neither")
+    if config.getoption("lab_keep") < 1:
+        raise LabInputError(f"--lab-keep {config.getoption('lab_keep')}: allowed: 1 or more nights")
     return LabSettings(
         tuple(specs),
         manifest,
@@ -96,4 +132,6 @@ def read_settings(config: pytest.Config) -> LabSettings:
         Path(evidence).resolve() if evidence else None,
         bool(config.getoption("full_matrix")),
         isolation,
+        shard,
+        shard_plan,
     )

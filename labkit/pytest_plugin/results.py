@@ -12,6 +12,8 @@ import os
 import platform
 import subprocess
 import textwrap
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 
 from labkit.pytest_plugin import order
 from labkit.pytest_plugin.hooks import EVIDENCE_KINDS, stands_for, suite_of
+from labkit.testbed.evidence import totals as evidence_totals
 from reports.results import CheckResult, load, write_results
 
 
@@ -49,6 +52,7 @@ class ResultsCollector:
         self.records: dict[str, CheckResult] = {}
         self.stands_for: dict[str, list[tuple[str, str]]] = {}  # nodeid -> (node id, stack) of the cells it fills
         self.collection_errors: list[str] = []
+        self.began = time.monotonic()
 
     def _record(self, report: pytest.TestReport) -> CheckResult:
         if report.nodeid not in self.records:
@@ -110,7 +114,25 @@ class ResultsCollector:
         run["full matrix"] = bool(getattr(settings, "full_matrix", False))
         run["order seed"] = order.seed_of(session.config)
         run["isolation"] = getattr(settings, "isolation", "")
-        write_results(self.out_dir, [*self.records.values(), *self.carried()], run, previous, support=support)
+        run.update(evidence_totals(p for rec in self.records.values() for p in rec.evidence))  # the report's benchmark section
+        run["duration s"] = round(time.monotonic() - self.began, 1)
+        run["report dir"] = str(self.out_dir)
+        evidence = getattr(settings, "evidence", None)
+        run["evidence dir"] = str(evidence) if evidence else ""
+        shard = getattr(settings, "shard", None)
+        if shard is not None:
+            run["shard"] = f"{shard.label} {shard.name}"
+        history = session.config.getoption("lab_history", None)
+        write_results(
+            self.out_dir,
+            [*self.records.values(), *self.carried()],
+            run,
+            previous,
+            support=support,
+            history=Path(history) if history else None,
+            keep=int(session.config.getoption("lab_keep", 30) or 30),
+            load_dependent=_load_dependent(settings),
+        )
 
     def carried(self) -> list[CheckResult]:
         """The cells of variants that did not run a check because another stood for them: the
@@ -131,6 +153,16 @@ class ResultsCollector:
                     )
                 )
         return out
+
+
+def _load_dependent(settings: Any) -> Callable[[str, str], bool]:
+    manifest = getattr(settings, "manifest", None)
+
+    def load_dependent(stack: str, check: str) -> bool:
+        deviation = manifest.lookup(stack, check) if manifest is not None and stack else None
+        return deviation is not None and not deviation.strict
+
+    return load_dependent
 
 
 def source_commit() -> str:
@@ -156,12 +188,16 @@ def describe_run(settings: Any) -> dict[str, Any]:
         labkit_version = "source"
     stacks = {}
     for spec in getattr(settings, "specs", ()):
+        # A build (gvisor@nightly) is a column of its own: the file it ran and a digest of it
+        # tell two builds apart where their versions agree (labkit.stacks.programs).
         available = spec.availability()
         stacks[spec.id] = {
             "available": available.ok,
             "why": "" if available.ok else available.reason,
             "install": available.install or "",
             "version": available.version or "",
+            "binary": available.binary or "",
+            "digest": available.digest or "",
         }
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -25,6 +25,7 @@ from labkit.net.layouts import End
 from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
 from labkit.packet.sockets import PacketSocket
+from labkit.stacks import programs
 from labkit.stacks import state as stack_state
 from labkit.stacks.agent import SocketAgent
 from labkit.stacks.forwarding import PortForward
@@ -62,6 +63,8 @@ class Availability:
     reason: str = ""
     install: str | None = None
     version: str | None = None
+    binary: str | None = None  # the file the driver runs (labkit.stacks.programs), for a driver that runs one
+    digest: str | None = None  # a short sha256 of it: tells two builds apart
 
 
 class Stack(abc.ABC):
@@ -84,6 +87,10 @@ class Stack(abc.ABC):
     # The stack makes the link the Wire sits on (a tap in the namespace: slirp4netns, pasta);
     # it is started on a layouts.TapEnd and fills in its MAC. Layouts of veth ends do not apply.
     makes_link: ClassVar[bool] = False
+    # The program the driver runs ("" for none: the kernel), found on PATH unless a build names
+    # a binary of its own (labkit.stacks.builds), and the command that installs it.
+    program: ClassVar[str] = ""
+    install: ClassVar[str | None] = None
 
     @classmethod
     def plan_for(cls, variant: str, plan: AddressPlan) -> AddressPlan:
@@ -91,8 +98,11 @@ class Stack(abc.ABC):
         variation of it (slirp4netns puts the namespace at .100)."""
         return plan
 
-    def __init__(self, variant: str = "") -> None:
+    def __init__(self, variant: str = "", binary: str | None = None) -> None:
+        """`binary`: the build's file (an absolute path) to run instead of `program` on PATH."""
         self.variant = variant
+        self.binary = binary or self.program
+        self.build_label = ""  # a build's label (StackSpec.create sets it): part of the id, `gvisor@nightly`
         self.options: dict[str, Any] = dict(self.variant_options(variant))
         self.topology: Topology | None = None
         self.link: End | None = None  # a veth end, or (a stack that makes its link) a tap's end
@@ -143,15 +153,41 @@ class Stack(abc.ABC):
 
     @property
     def id(self) -> str:
-        return self.id_for(self.variant)
+        name = self.id_for(self.variant)
+        return f"{name}@{self.build_label}" if self.build_label else name
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"
 
     @classmethod
-    def availability(cls) -> Availability:
-        """Whether this stack can run on this machine; drivers of external programs override it."""
-        return Availability(True)
+    def availability(cls, binary: str | None = None) -> Availability:
+        """Whether this stack can run on this machine, with `binary` (a build's file) or its
+        `program` from PATH: the file, the version it reports (or its package's) and its digest."""
+        if not cls.program:
+            return Availability(True)
+        name = binary or cls.program
+        path = programs.locate(name)
+        install = cls.install if binary is None else None  # a build's file is not apt's to install
+        if path is None:
+            why = f"{cls.program} is not installed" if binary is None else f"{binary} is not an executable file"
+            return Availability(False, why, install)
+        try:
+            found = programs.identify(path, cls.printed_version)
+        except LabError as exc:
+            return Availability(False, str(exc), install, binary=path)
+        return Availability(True, version=found.version, binary=path, digest=found.digest)
+
+    @classmethod
+    def printed_version(cls, path: str) -> str | None:
+        """The version the binary at `path` reports of itself (None: it prints none, and its
+        package's is used); raises LabError when it cannot be asked."""
+        return programs.first_line_version(path)
+
+    @classmethod
+    def refusal(cls, variant: str, binary: str) -> str | None:
+        """Why the file `binary` (absolute) cannot run `variant`: a flag it lacks. The check then
+        skips with this reason instead of failing to start; None when it can."""
+        return None
 
     @classmethod
     def capabilities_for(cls, variant: str) -> frozenset[str]:
@@ -169,6 +205,7 @@ class Stack(abc.ABC):
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{owner.new_name('stack')}-"))
         janitor.track(self)  # Ctrl-C or SIGTERM before stop(): the janitor stops it
         self._start()
+        self.mark_logs()  # the boot is the pool's: a pooled check's window begins after it
 
     @abc.abstractmethod
     def _start(self) -> None: ...
@@ -323,6 +360,11 @@ class Stack(abc.ABC):
 
     def log_offset(self, path: Path) -> int:
         return self._log_marks.get(path, 0)
+
+    def command_lines(self) -> list[list[str]]:
+        """The command lines that started the stack's own processes, kept with its evidence:
+        what a person needs to start it again by hand (none for the kernel)."""
+        return []
 
     # -- state a later check could notice (labkit.testbed.isolation) ---------------------------
 

@@ -11,6 +11,7 @@ namespace. A variant that changes a sysctl is a subclass with a `sysctls` dict:
 
 from __future__ import annotations
 
+import platform
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,11 @@ class LinuxStack(base.Stack):
         "txcsum": {"tx_checksum": True, "gso": True},
     }
     sysctls: ClassVar[Mapping[str, object]] = {}
+
+    @classmethod
+    def availability(cls, binary: str | None = None) -> base.Availability:
+        """Always there; its version is the running kernel's release."""
+        return base.Availability(True, version=platform.release())
 
     @property
     def _ns(self) -> Namespace:

@@ -59,8 +59,8 @@ class TapStack(base.Stack):
     outside_faults: ClassVar[Mapping[str, Mapping[str, object]]] = {}
     DNS_HOST = 3  # the container's DNS server is .3 (::3) of its network: libslirp's fixed choice, the lab's for pasta
 
-    def __init__(self, variant: str = "") -> None:
-        super().__init__(variant)
+    def __init__(self, variant: str = "", binary: str | None = None) -> None:
+        super().__init__(variant, binary)
         self._holder: LabProcess | None = None
         self.holder_pid: int | None = None
 

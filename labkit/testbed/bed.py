@@ -6,7 +6,8 @@ and teardown removes everything even when the stack failed to start.
 
 from __future__ import annotations
 
-import shutil
+import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from labkit.net.topology import Link, Topology
 from labkit.packet.wire import Wire
 from labkit.stacks import Stack, StackSpec
 from labkit.testbed import isolation
+from labkit.testbed.evidence import EvidenceStore, Piece, commands_piece, expectations_piece, log_piece, pcap_piece, read_window
 from labkit.testbed.outside import Outside
 
 # A layout declares a topology from an address plan: (topology, the stack's end, the Wire's end).
@@ -153,26 +155,50 @@ class Testbed:
     def healthy(self) -> bool:
         return self.stack is not None and self.wire is not None and self.stack.healthy()
 
-    def save_evidence(self, directory: Path, stem: str) -> list[Path]:
-        """Write the Wire's pcap, what the check expected of it, and the stack's logs (since the check
-        began) under `directory`."""
-        directory.mkdir(parents=True, exist_ok=True)
-        saved: list[Path] = []
+    def save_evidence(self, store: EvidenceStore, check: str, since_start: bool = False) -> list[Path]:
+        """Keep what a person needs to debug `check`'s failure on this testbed, in `store`: the
+        Wire's pcap and what the check expected of it, the uplink's pcaps, the stack's options and
+        command lines, and the lines its logs got in the check's window (labkit.testbed.evidence).
+
+        The window begins where the stack's logs were marked: at the pool's handout (a reused or
+        newly started pooled stack: its boot is the pool's, not the check's), or, `since_start`,
+        where its logs begin (a stack started for this check alone: a `fresh` one, one the check
+        made itself, one that is never pooled)."""
+        spec = self.spec.id
+        pieces: list[Piece] = []
         if self.wire is not None:
-            saved.append(self.wire.write_pcap(directory / f"{stem}.pcap"))
+            pieces.append(pcap_piece("", self._pcap(store, check, self.wire)))
             if self.wire.expectations:
-                saved.append(self.wire.write_expectations(directory / f"{stem}.expects.json"))
+                tmp = store.scratch(check, spec, "expects.json")
+                try:
+                    pieces.append(expectations_piece(self.wire.write_expectations(tmp).read_bytes()))
+                finally:
+                    tmp.unlink(missing_ok=True)
         if self.outside is not None:  # what the stack's host sockets put on the uplink
             for n, watch in enumerate(self.outside.watches):
-                saved.append(watch.write_pcap(directory / f"{stem}.uplink{n or ''}.pcap"))
+                pieces.append(pcap_piece(f"uplink{n or ''}", self._pcap(store, check, watch)))
         if self.stack is not None:
+            pieces.append(commands_piece(self._commands()))
             for name, path in self.stack.logs().items():
-                dest = directory / f"{stem}.{name}"
-                with open(path, "rb") as src, open(dest, "wb") as out:
-                    src.seek(self.stack.log_offset(path))
-                    shutil.copyfileobj(src, out)
-                saved.append(dest)
-        return saved
+                window = read_window(path, 0 if since_start else self.stack.log_offset(path))
+                if window:
+                    pieces.append(log_piece(name, window))
+        return store.keep(check, spec, pieces)
+
+    def _pcap(self, store: EvidenceStore, check: str, wire: Wire) -> bytes:
+        tmp = store.scratch(check, self.spec.id, "pcap")
+        try:
+            return wire.write_pcap(tmp).read_bytes()
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _commands(self) -> str:
+        """The stack's id, options and the command lines that started it: what it takes to start
+        it again by hand."""
+        assert self.stack is not None
+        lines = [f"# {self.stack.id}", f"options: {json.dumps(self.stack.options, sort_keys=True, default=str)}"]
+        lines += [shlex.join(argv) for argv in self.stack.command_lines()]
+        return "\n".join(lines) + "\n"
 
     def down(self) -> None:
         errors: list[BaseException] = []

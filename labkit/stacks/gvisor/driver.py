@@ -12,7 +12,6 @@ testbed pool keeps a started sandbox for the next check of the same variant.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -25,13 +24,23 @@ from labkit.lifecycle.pids import alive
 from labkit.lifecycle.process import LabProcess, kill_pids, run_in
 from labkit.net.netns import NetNS
 from labkit.packet.sockets import PacketSocket, packet_sockets, packet_statistics
-from labkit.stacks import base
+from labkit.stacks import base, programs
 from labkit.stacks.gvisor import bundle
+from labkit.stacks.gvisor import flags as runsc_flags
 from labkit.stacks.gvisor.runsc import Runsc
-from labkit.stacks.gvisor.variants import DEFAULTS, VARIANTS, network_flags, options
+from labkit.stacks.gvisor.variants import DEFAULTS, VARIANTS, needed_flags, network_flags, options
 
 INSTALL = "apt-get install -y runsc"
 LOGGED_COMMANDS = "create,start,boot,gofer"  # not exec: every exec would add a log file
+# Every sandbox's (the debug log's place and commands follow, with values of the sandbox's own).
+FIXED_FLAGS = (
+    "--platform=ptrace",
+    "--ignore-cgroups",
+    "--net-raw",
+    "--TESTONLY-allow-packet-endpoint-write",
+    "--debug",
+    "--log-packets",
+)
 
 
 def _repo_root() -> Path:
@@ -45,9 +54,11 @@ class GVisorStack(base.Stack):
     option_defaults: ClassVar[Mapping[str, Any]] = DEFAULTS
     reuse = True
     start_timeout = 30.0
+    program = "runsc"
+    install = INSTALL
 
-    def __init__(self, variant: str = "") -> None:
-        super().__init__(variant)
+    def __init__(self, variant: str = "", binary: str | None = None) -> None:
+        super().__init__(variant, binary)
         self.options = options(self.options)
         self.runsc: Runsc | None = None
         self.cid: str | None = None
@@ -61,38 +72,48 @@ class GVisorStack(base.Stack):
         return cls.capabilities
 
     @classmethod
-    def availability(cls) -> base.Availability:
-        binary = shutil.which("runsc")
-        if binary is None:
-            return base.Availability(False, "runsc is not installed", INSTALL)
-        try:
-            out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return base.Availability(False, f"runsc --version failed: {exc}", INSTALL)
-        version = out.splitlines()[0].split()[-1] if out.strip() else None
-        return base.Availability(True, version=version)
+    def refusal(cls, variant: str, binary: str) -> str | None:
+        """The first flag the variant needs that this runsc does not list (`runsc flags`)."""
+        listed = runsc_flags.known(binary)
+        if listed is None:
+            return None
+        needed = dict.fromkeys(map(runsc_flags.name_of, FIXED_FLAGS), "the lab's sandbox setup")
+        needed.update(dict.fromkeys(("root", "debug-log", "debug-command"), "the lab's sandbox setup"))
+        overrides = cls.variant_options(variant)
+        for flag, key in needed_flags(overrides).items():
+            needed[flag] = f"variant {cls.id_for(variant)} ({key}={overrides.get(key, DEFAULTS.get(key))!r})"
+        lacking = [flag for flag in needed if flag not in listed]
+        if not lacking:
+            return None
+        flag = lacking[0]
+        return f"{binary} has no -{flag} flag (its `runsc flags` does not list it), which {needed[flag]} needs"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def flags(self) -> list[str]:
+        """runsc's global flags for this variant. One that only restates the lab's default is left
+        out when this binary does not list it; one the variant needs is refused (a LabError), as
+        the check would have skipped had it asked `availability` first."""
         assert self.workdir is not None
-        return [
-            "--platform=ptrace",
-            "--ignore-cgroups",
-            "--net-raw",
-            "--TESTONLY-allow-packet-endpoint-write",
-            "--debug",
+        wanted = [
+            *FIXED_FLAGS,
             f"--debug-log={self.workdir / 'logs'}/",
             f"--debug-command={LOGGED_COMMANDS}",
-            "--log-packets",
             *network_flags(self.options),
         ]
+        path = programs.locate(self.binary)
+        listed = runsc_flags.known(path) if path is not None else None
+        if path is None or listed is None:
+            return wanted
+        if (why := self.refusal(self.variant, path)) is not None:
+            raise LabError(f"{self.id}: {why}")
+        return [f for f in wanted if runsc_flags.name_of(f) in listed]
 
     def _start(self) -> None:
         assert self.workdir is not None and self.link is not None and self.link.ns.netns is not None
         netns: NetNS = self.link.ns.netns
         (self.workdir / "logs").mkdir()
-        self.runsc = Runsc(self.workdir / "root", self.flags())
+        self.runsc = Runsc(self.workdir / "root", self.flags(), binary=self.binary)
         visible = [Path(sys.prefix), Path(sys.executable).parent, _repo_root()]
         spec_dir = bundle.write(self.workdir / "bundle", bundle.spec(str(netns.path), ["sleep", "infinity"], visible))
         self.cid = self.workdir.name
@@ -175,6 +196,13 @@ class GVisorStack(base.Stack):
             if path.stat().st_size:
                 found[name] = path
         return found
+
+    def command_lines(self) -> list[list[str]]:
+        """`runsc create` and `runsc start` with the sandbox's global flags (the start runs
+        behind a private mount namespace: labkit.stacks.gvisor.runsc)."""
+        if self.runsc is None or self.cid is None or self.workdir is None:
+            return []
+        return [self.runsc.argv("create", "--bundle", str(self.workdir / "bundle"), self.cid), self.runsc.argv("start", self.cid)]
 
     def link_sockets(self) -> list[PacketSocket]:
         if self.sandbox_pid is None:

@@ -61,20 +61,36 @@ def options(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _bool(flag: str, value: bool) -> str:
-    return f"--{flag}={'true' if value else 'false'}"
+# The runsc flag each option is given by.
+FLAG_OF: Mapping[str, str] = {
+    "network": "network",
+    "channels": "num-network-channels",
+    "gso": "gso",
+    "software_gso": "software-gso",
+    "tx_checksum": "tx-checksum-offload",
+    "rx_checksum": "rx-checksum-offload",
+    "qdisc": "qdisc",
+}
+
+
+def _flag(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return f"--{FLAG_OF[key]}={value}"
 
 
 def network_flags(opts: Mapping[str, Any]) -> list[str]:
-    """runsc global flags for the network part of `opts` (always explicit, never runsc's default)."""
+    """runsc global flags for the network part of `opts` (always explicit, never runsc's default;
+    the driver leaves out a default one that the binary does not take, see `needed_flags`)."""
     if opts["network"] == "none":
         return ["--network=none"]
-    return [
-        "--network=sandbox",
-        f"--num-network-channels={opts['channels']}",
-        _bool("gso", opts["gso"]),
-        _bool("software-gso", opts["software_gso"]),
-        _bool("tx-checksum-offload", opts["tx_checksum"]),
-        _bool("rx-checksum-offload", opts["rx_checksum"]),
-        f"--qdisc={opts['qdisc']}",
-    ]
+    return [_flag(key, opts[key]) for key in FLAG_OF]
+
+
+def needed_flags(overrides: Mapping[str, Any]) -> dict[str, str]:
+    """The flags a variant cannot run without (flag -> the option it sets): `network` and the
+    flags of the options the variant sets itself. A flag that only restates the lab's default is
+    not needed: a binary without it runs the variant on its own default."""
+    needed = {FLAG_OF["network"]: "network"}
+    needed.update({FLAG_OF[key]: key for key in overrides if key in FLAG_OF})
+    return needed

@@ -9,7 +9,6 @@ so the driver starts it with the lab's whole forwarding table (labkit.stacks.for
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -44,15 +43,12 @@ class PastaStack(TapStack):
         # .3 / ::3 is pasta's DNS forwarder here (TapStack.DNS_HOST): the unused address moves to .50.
         return replace(plan, mtu=cls.variant_options(variant).get("mtu", 1500), unused_host=50)
 
-    def __init__(self, variant: str = "") -> None:
-        super().__init__(variant)
-        self.pasta: Pasta | None = None
+    program = "pasta"  # passt runs as pasta when its file name says so: a build keeps its name
+    install = INSTALL
 
-    @classmethod
-    def availability(cls) -> base.Availability:
-        if shutil.which("pasta") is None:
-            return base.Availability(False, "pasta is not installed", INSTALL)
-        return base.Availability(True)
+    def __init__(self, variant: str = "", binary: str | None = None) -> None:
+        super().__init__(variant, binary)
+        self.pasta: Pasta | None = None
 
     def _start_stack(self) -> None:
         tap, workdir = self.tap, self.workdir
@@ -65,8 +61,9 @@ class PastaStack(TapStack):
             dns_forward=(self.dns_address("ipv4"), self.dns_address("ipv6")),
         )  # fmt: skip
         self.pasta = Pasta(
-            tap.netns, options, host=tap.host_netns, workdir=workdir, pid=self.holder_pid, resolv_conf=self.resolv_conf()
-        ).start()
+            tap.netns, options, host=tap.host_netns, workdir=workdir, binary=self.binary, pid=self.holder_pid,
+            resolv_conf=self.resolv_conf(),
+        ).start()  # fmt: skip
 
     def _stop_stack(self) -> None:
         if self.pasta is not None:
@@ -101,3 +98,6 @@ class PastaStack(TapStack):
         if self.pasta is None or not self.pasta.wait_ended(wait):
             return None
         return f"ended; its log: {self.pasta.log_tail()}"
+
+    def command_lines(self) -> list[list[str]]:
+        return [self.pasta.argv] if self.pasta is not None and self.pasta.argv else []

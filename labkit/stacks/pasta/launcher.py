@@ -132,11 +132,13 @@ class Pasta:
         self.pidfile = workdir / "pasta.pid"
         self.log_path = workdir / "pasta.log"
         self.pid: int | None = None
+        self.argv: list[str] = []  # the command line it was started with (kept with the evidence)
         self._pidfd: int | None = None
 
     def start(self) -> Pasta:
         target = self.target_pid if self.target_pid is not None else self.netns.path
         argv = command_line(self.options, target, self.pidfile, self.binary)
+        self.argv = argv
         try:
             check_startable(argv, self.host, lab_env())
         except LabError as exc:

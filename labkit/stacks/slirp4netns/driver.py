@@ -15,18 +15,20 @@ address, or from .2 (libslirp's address for the host) when the client is on the 
 
 from __future__ import annotations
 
-import shutil
+import re
 import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar
 
-from labkit.errors import LabError
+from labkit.errors import LabError, LabInputError
 from labkit.net.plan import AddressPlan
-from labkit.stacks import base
+from labkit.stacks import base, programs
 from labkit.stacks.forwarding import PortForward
-from labkit.stacks.slirp4netns.launcher import Slirp4netns
+from labkit.stacks.slirp4netns.features import Features
+from labkit.stacks.slirp4netns.launcher import Slirp4netns, command_line
 from labkit.stacks.slirp4netns.options import SlirpOptions
 from labkit.stacks.tap import TapStack
 
@@ -48,8 +50,11 @@ class Slirp4netnsStack(TapStack):
         "mtu65520": {"mtu": 65520},
     }
 
-    def __init__(self, variant: str = "") -> None:
-        super().__init__(variant)
+    program = "slirp4netns"
+    install = INSTALL
+
+    def __init__(self, variant: str = "", binary: str | None = None) -> None:
+        super().__init__(variant, binary)
         self.slirp: Slirp4netns | None = None
 
     @classmethod
@@ -58,10 +63,32 @@ class Slirp4netnsStack(TapStack):
         return replace(plan, peer_host=SLIRP_GUEST, stack_host=SLIRP_GATEWAY, unused_host=SLIRP_UNUSED, mtu=mtu)
 
     @classmethod
-    def availability(cls) -> base.Availability:
-        if shutil.which("slirp4netns") is None:
-            return base.Availability(False, "slirp4netns is not installed", INSTALL)
-        return base.Availability(True)
+    def printed_version(cls, path: str) -> str | None:
+        """`slirp4netns --version`: its own version, and the libslirp it is linked with."""
+        text = programs.output([path, "--version"])
+        own = re.search(r"slirp4netns version (\S+)", text)
+        libslirp = re.search(r"libslirp: (\S+)", text)
+        if own is None:
+            return None
+        return f"{own.group(1)} (libslirp {libslirp.group(1)})" if libslirp else own.group(1)
+
+    @classmethod
+    def refusal(cls, variant: str, binary: str) -> str | None:
+        """What the launcher would refuse for this variant, given what the binary's --help lists."""
+        try:
+            features = Features.of(binary)
+        except LabError as exc:
+            return str(exc)
+        opts = cls.variant_options(variant)
+        try:
+            command_line(
+                SlirpOptions(mtu=opts.get("mtu", cls.option_defaults["mtu"])), features,
+                target=1 if opts.get("rootless") else "/run/netns/x", ready_fd=3, exit_fd=4,
+                api_socket=Path("api.sock"), sandbox=bool(opts.get("sandbox")), dns=True,
+            )  # fmt: skip
+        except LabInputError as exc:
+            return f"{exc} (variant {cls.id_for(variant)})"
+        return None
 
     def _start_stack(self) -> None:
         tap, workdir = self.tap, self.workdir
@@ -71,8 +98,9 @@ class Slirp4netnsStack(TapStack):
         target = self.holder_pid if self.rootless else tap.netns
         assert target is not None
         self.slirp = Slirp4netns(
-            target, options, host=tap.host_netns, workdir=workdir, tap=tap.name, sandbox=sandbox, resolv_conf=self.resolv_conf()
-        ).start()
+            target, options, host=tap.host_netns, workdir=workdir, binary=self.binary, tap=tap.name, sandbox=sandbox,
+            resolv_conf=self.resolv_conf(), features=Features.of(self.binary),
+        ).start()  # fmt: skip
         gateway = tap.net4.network_address + SLIRP_GATEWAY
         tap.stack_mac = "52:55:" + ":".join(f"{b:02x}" for b in gateway.packed)
 
@@ -146,3 +174,6 @@ class Slirp4netnsStack(TapStack):
             return None
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
         return f"{how}; its log: {self.slirp.log_tail()}"
+
+    def command_lines(self) -> list[list[str]]:
+        return [self.slirp.argv] if self.slirp is not None and self.slirp.argv else []

@@ -1,4 +1,5 @@
-"""What the installed slirp4netns can do, read from its `--help` as container engines read it."""
+"""What a slirp4netns binary can do, read from its `--help` as container engines read it (per
+binary: a build given to the driver is read on its own)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 
 from labkit.errors import LabError
+from labkit.stacks import programs
 
 FLAGS = {
     "configure": "--configure",
@@ -40,6 +42,15 @@ class Features:
         found = frozenset(name for name, flag in FLAGS.items() if re.search(re.escape(flag) + r"\b", help_text))
         limit = re.search(r"max=(\d+)", help_text)
         return cls(binary, found, int(limit.group(1)) if limit else 65521)
+
+    @classmethod
+    def of(cls, binary: str) -> Features:
+        """The features of `binary` (a path, or a name on PATH), read once per version of the file
+        (labkit.stacks.programs.cached): the driver asks before every start."""
+        path = programs.locate(binary)
+        if path is None:
+            return cls.probe(binary)  # says why it cannot run
+        return programs.cached("slirp4netns-features", path, cls.probe)
 
     @classmethod
     def probe(cls, binary: str = "slirp4netns", timeout: float = 10.0) -> Features:

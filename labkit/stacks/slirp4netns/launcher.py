@@ -115,6 +115,7 @@ class Slirp4netns:
         self.log_path = workdir / "slirp4netns.log"
         self.api_socket = workdir / "slirp4netns.sock" if self.options.host_forward else None
         self.process: LabProcess | None = None
+        self.argv: list[str] = []  # the command line it was started with (kept with the evidence)
         self._exit_w: int | None = None
 
     @property
@@ -133,6 +134,7 @@ class Slirp4netns:
                 self.options, features, target=target, ready_fd=ready_w, exit_fd=exit_r, tap=self.tap,
                 api_socket=self.api_socket, sandbox=self.sandbox, dns=self.resolv_conf is not None,
             )  # fmt: skip
+            self.argv = argv
             binds = [(self.resolv_conf, "/etc/resolv.conf")] if self.resolv_conf is not None else []
             with open(self.log_path, "ab") as log:
                 self.process = LabProcess(

@@ -1,0 +1,182 @@
+"""The last N nights: one small JSON file per run, kept in a folder the next night finds.
+
+A night keeps what the trends need and nothing else: the run's versions (labkit's commit, the
+kernel, each stack's version and binary digest) and each cell's outcome, one letter per cell.
+From the nights the page draws, per stack, passed / known deviation / failed over the nights,
+and per check its last N outcomes as a strip. A cell whose outcome changed between two nights
+with the same labkit commit, kernel and stack version is flaky (the definition `labkit flake`
+uses, across nights instead of across orders); one that changed with a new build of its stack
+is that build's change, listed apart; a deviation the manifest marks `strict = false` is the
+stack's own nondeterminism, listed apart too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labkit.errors import LabInputError
+
+LETTER = {"passed": "P", "failed": "F", "known deviation": "D", "unexpected pass": "X", "skipped": "S", "not run": "N"}
+STATUS = {v: k for k, v in LETTER.items()}
+WORST = "FXDNPS"  # a check's strip shows its worst outcome over the stacks that night
+DEFAULT_KEEP = 30
+TRENDS = ("passed", "known deviation", "failed", "unexpected pass")
+
+
+@dataclass
+class Night:
+    name: str
+    data: dict[str, Any]
+
+    @property
+    def date(self) -> str:
+        return str(self.data["run"].get("date", ""))
+
+    @property
+    def cells(self) -> dict[str, dict[str, str]]:
+        """stack -> check -> letter."""
+        return self.data["cells"]
+
+    def version(self, stack: str) -> tuple[str, ...]:
+        """What must be the same for a change of outcome to be called flaky."""
+        run = self.data["run"]
+        about = run.get("stacks", {}).get(stack, {})
+        return (run.get("commit", ""), run.get("kernel", ""), about.get("version", ""), about.get("digest", ""))
+
+
+def night_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The part of a results.json a night keeps."""
+    run = data.get("run", {})
+    cells: dict[str, dict[str, str]] = defaultdict(dict)
+    for r in data.get("results", []):
+        cells[r["stack"]][r["check"]] = LETTER.get(r["status"], "N")
+    stacks = {s: {k: a.get(k, "") for k in ("version", "digest", "available")} for s, a in run.get("stacks", {}).items()}
+    return {
+        "run": {
+            **{k: run.get(k, "") for k in ("date", "labkit", "commit", "kernel", "host", "duration s", "evidence bytes")},
+            "stacks": stacks,
+        },
+        "cells": {s: dict(sorted(c.items())) for s, c in sorted(cells.items())},
+    }
+
+
+def record(directory: Path, data: dict[str, Any], keep: int = DEFAULT_KEEP) -> Path:
+    """Add this run as a night and drop all but the last `keep`; the night's file is named by its
+    date and content, so recording the same run twice keeps one."""
+    if keep < 1:
+        raise LabInputError(f"history keep {keep}: allowed: 1 or more nights")
+    directory.mkdir(parents=True, exist_ok=True)
+    night = night_of(data)
+    text = json.dumps(night, separators=(",", ":"), sort_keys=True)
+    stamp = night["run"]["date"].replace(":", "").replace("-", "")[:15] or "undated"
+    path = directory / f"night-{stamp}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.json"
+    path.write_text(text + "\n")
+    for old in load_names(directory)[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_names(directory: Path) -> list[Path]:
+    return sorted(directory.glob("night-*.json"))
+
+
+def load(directory: Path) -> list[Night]:
+    """The nights in `directory`, oldest first; a file that is not a night is refused by name."""
+    if not directory.is_dir():
+        return []
+    nights = []
+    for path in load_names(directory):
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data.get("cells"), dict) or not isinstance(data.get("run"), dict):
+                raise ValueError("no run and cells")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise LabInputError(f"history night {path}: {exc}; allowed: night-*.json files written by labkit") from None
+        nights.append(Night(path.name, data))
+    return sorted(nights, key=lambda n: (n.date, n.name))
+
+
+def as_results(night: Night) -> dict[str, Any]:
+    """A night in results.json's shape, enough to say what changed since it."""
+    results = [
+        {"check": check, "stack": stack, "status": STATUS.get(letter, "not run"), "nodeid": "", "reason": ""}
+        for stack, checks in night.cells.items()
+        for check, letter in checks.items()
+    ]
+    return {"run": night.data["run"], "results": results}
+
+
+def summarize(nights: list[Night], load_dependent: Callable[[str, str], bool] = lambda stack, check: False) -> dict[str, Any]:
+    """What the page draws from the nights: per stack the counts each night, per check its strip,
+    and the cells that changed: flaky, changed with a build, load-dependent."""
+    dates = [n.date for n in nights]
+    stacks = sorted({s for n in nights for s in n.cells if s})
+    trends = []
+    for stack in stacks:
+        series = []
+        for n in nights:
+            letters = list(n.cells.get(stack, {}).values())
+            series.append({status: letters.count(LETTER[status]) for status in TRENDS})
+        trends.append({"stack": stack, "nights": series})
+    checks = sorted({c for n in nights for cells in n.cells.values() for c in cells})
+    strips = {}
+    for check in checks:
+        strip = ""
+        for n in nights:
+            seen = [cells[check] for cells in n.cells.values() if check in cells]
+            strip += min(seen, key=WORST.index) if seen else "-"
+        strips[check] = strip
+    flaky, builds, load = [], [], []
+    for stack in sorted({s for n in nights for s in n.cells}):
+        for check in sorted({c for n in nights for c in n.cells.get(stack, {})}):
+            outcomes = [(n, n.cells.get(stack, {}).get(check)) for n in nights]
+            present = [(n, o) for n, o in outcomes if o is not None]
+            strip = "".join(o or "-" for _, o in outcomes)
+            flips = [(a, b) for (a, oa), (b, ob) in itertools.pairwise(present) if oa != ob]
+            if not flips:
+                continue
+            entry = {"check": check, "stack": stack, "strip": strip}
+            same_build = [(a, b) for a, b in flips if a.version(stack) == b.version(stack)]
+            if same_build and load_dependent(stack, check):
+                load.append(entry)
+            elif same_build:
+                flaky.append({**entry, "nights": [b.date for _, b in same_build]})
+            if len(same_build) < len(flips):
+                a, b = next((a, b) for a, b in flips if a.version(stack) != b.version(stack))
+                was, now = a.version(stack), b.version(stack)
+                what = [
+                    f"{k} {x or '?'} -> {y or '?'}"
+                    for k, x, y in zip(("labkit", "kernel", "version", "digest"), was, now, strict=True)
+                    if x != y
+                ]
+                builds.append({**entry, "change": "; ".join(what), "night": b.date})
+    return {
+        "dates": dates,
+        "trends": trends,
+        "strips": strips,
+        "flaky": flaky,
+        "builds": builds,
+        "load_dependent": load,
+    }
+
+
+def attach(
+    data: dict[str, Any],
+    directory: Path,
+    keep: int = DEFAULT_KEEP,
+    load_dependent: Callable[[str, str], bool] = lambda stack, check: False,
+) -> dict[str, Any] | None:
+    """Keep this run as the newest night and put the nights' summary into `data["history"]`.
+    Returns the night before it in results.json's shape (what changed is said against it), or
+    None on the first night."""
+    before = load(directory)
+    record(directory, data, keep)
+    data["history"] = summarize(load(directory), load_dependent)
+    return as_results(before[-1]) if before else None
