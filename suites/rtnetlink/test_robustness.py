@@ -21,8 +21,10 @@ from labkit.rtnetlink.probe import NLM_F, raw_message
 
 from .conftest import SUITE
 
-# Besides the requests, these checks judge echo replies on the link (the first varies_with wins).
-pytestmark = [pytest.mark.varies_with("channels"), *SUITE, pytest.mark.fresh]
+# Like the rest of the suite these vary with nothing: the ping afterwards only shows that the stack
+# still runs, and a request that wedged or crashed it would do so however many channels read its
+# link (each reads a share of the frames; none parses netlink).
+pytestmark = [*SUITE, pytest.mark.fresh]
 
 IFINFO = struct.pack("=BxHiII", 0, 0, 0, 0, 0)  # ifinfomsg: family, type, index, flags, change
 REQ, DUMP = NLM_F["REQUEST"], NLM_F["REQUEST"] | NLM_F["DUMP"]

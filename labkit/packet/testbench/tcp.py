@@ -105,6 +105,7 @@ class TcpConnection:
         self.their_window: int | None = None  # what the stack announced, scaled
         self.negotiated = Negotiated()
         self.ts_recent = 0  # the stack's latest TSval, echoed in the lab's TSecr
+        self.fin_received = False  # the stack's FIN came, in order: its stream has ended
         self._clock = random.randrange(1 << 30)
 
     def __repr__(self) -> str:
@@ -228,6 +229,7 @@ class TcpConnection:
             self._agree(opts)
         if self.rcv_nxt is not None and int(tcp.seq) == self.rcv_nxt:
             self.rcv_nxt = seq_add(self.rcv_nxt, payload_length(pkt) + _syn_fin(tcp))
+            self.fin_received = self.fin_received or bool(flags & 0x01)
         if flags & 0x10 and seq_after(int(tcp.ack), self.snd_una):  # an old or repeated ACK moves nothing back
             self.snd_una = int(tcp.ack)
         shift = 0 if flags & 0x02 else self.negotiated.send_shift
@@ -265,9 +267,13 @@ class TcpConnection:
     def close(self, timeout: float = 3.0) -> Packet:
         """Send FIN and expect the stack to acknowledge it; returns that acknowledgement. If the
         stack closes its side too (within `timeout`), its FIN is acknowledged, so nothing it
-        retransmits reaches a later check's capture."""
+        retransmits reaches a later check's capture. If its FIN came before ours, ours acknowledges
+        it and the stack has nothing left to send: nothing more is waited for."""
+        closed_first = self.fin_received
         self.send(flags="FA")
         acked = self.expect(ack=self.snd_nxt, timeout=timeout)
+        if closed_first:
+            return acked
         deadline = time.monotonic() + timeout
         last = acked
         while not int(last[TCP].flags) & 0x01 and (left := deadline - time.monotonic()) > 0:

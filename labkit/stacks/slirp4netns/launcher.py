@@ -151,7 +151,9 @@ class Slirp4netns:
         try:
             self._await_ready(ready_r)
         except BaseException:
-            self.stop()
+            # Not ready: it need not be watching its exit fd yet, so waiting for it to end on
+            # that is waiting for nothing (5 s for a binary that hangs): TERM, then KILL.
+            self.stop(timeout=0)
             raise
         finally:
             os.close(ready_r)
