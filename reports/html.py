@@ -280,7 +280,10 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
     carried = sum(1 for r in results if r.get("carried_from"))
     exit_status = run.get("exit status")
     return {
-        "run": {k.replace(" ", "_"): str(run.get(k) or "") for k in ("date", "kernel", "labkit", "commit", "python", "order seed", "isolation")},
+        "run": {
+            k.replace(" ", "_"): str(run.get(k) or "")
+            for k in ("date", "kernel", "labkit", "commit", "python", "order seed", "isolation")
+        },
         "notes": run.get("notes", []) + [f"collection error: {e}" for e in run.get("collection errors", [])],
         "exit_status": None if exit_status in (None, 0, 1) else exit_status,
         "counts": [{"status": s, "cls": _cls(s), "n": n} for s, n in data.get("counts", {}).items()],
@@ -303,7 +306,15 @@ def targets_by_cell(results: list[dict[str, Any]], targets: dict[str, str]) -> d
     return {(r["check"], r["stack"]): targets[r["nodeid"]] for r in results if r["nodeid"] in targets}
 
 
-HISTORY_CSS = {"P": "passed", "F": "failed", "D": "known-deviation", "X": "unexpected-pass", "S": "skipped", "N": "skipped", "-": "none"}
+HISTORY_CSS = {
+    "P": "passed",
+    "F": "failed",
+    "D": "known-deviation",
+    "X": "unexpected-pass",
+    "S": "skipped",
+    "N": "skipped",
+    "-": "none",
+}
 CHART_HEIGHT, BAR_WIDTH = 60, 10
 
 
@@ -332,14 +343,22 @@ def _history(summary: dict[str, Any] | None, links: dict[tuple[str, str], str]) 
                        "last": ", ".join(f"{last.get(s, 0)} {s}" for s in TRENDS)})  # fmt: skip
 
     def strip(letters: str) -> list[dict[str, str]]:
-        return [{"cls": HISTORY_CSS.get(c, "none"), "title": f"{dates[i]}: {STATUS.get(c, 'absent')}"} for i, c in enumerate(letters)]
+        return [
+            {"cls": HISTORY_CSS.get(c, "none"), "title": f"{dates[i]}: {STATUS.get(c, 'absent')}"} for i, c in enumerate(letters)
+        ]
 
     changed = [(c, s) for c, s in summary["strips"].items() if len(set(s) - {"-"}) > 1]
     steady = [(c, s) for c, s in summary["strips"].items() if len(set(s) - {"-"}) <= 1]
 
     def cells(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
-            {"change": "", "night": "", **e, "strip": strip(e["strip"]), "href": f"#{links[(e['check'], e['stack'])]}" if (e["check"], e["stack"]) in links else ""}
+            {
+                "change": "",
+                "night": "",
+                **e,
+                "strip": strip(e["strip"]),
+                "href": f"#{links[(e['check'], e['stack'])]}" if (e["check"], e["stack"]) in links else "",
+            }
             for e in entries
         ]
 
@@ -360,13 +379,24 @@ def _run_figures(run: dict[str, Any]) -> list[dict[str, str]]:
     """What the run itself cost: its wall time and the evidence it left (the nightly's budget)."""
     out = []
     if run.get("duration s") is not None:
-        out.append({"name": "conformance run, wall time", "value": f"{float(run['duration s']) / 60:.1f}", "unit": "min"})
+        what = (
+            f"slowest of {len(run['shards'])} shards (machines side by side), wall time"
+            if run.get("shards")
+            else "conformance run, wall time"
+        )
+        out.append({"name": what, "value": f"{float(run['duration s']) / 60:.1f}", "unit": "min"})
     if run.get("evidence bytes") is not None:
         files = f" in {run['evidence files']} files" if run.get("evidence files") is not None else ""
         out.append({"name": f"evidence kept{files}", "value": f"{int(run['evidence bytes']) / 1e6:.1f}", "unit": "MB"})
     for shard in run.get("shards", []):
         if shard.get("duration s") is not None:
-            out.append({"name": f"shard {shard.get('shard') or shard['results']}, wall time", "value": f"{float(shard['duration s']) / 60:.1f}", "unit": "min"})
+            out.append(
+                {
+                    "name": f"shard {shard.get('shard') or shard['results']}, wall time",
+                    "value": f"{float(shard['duration s']) / 60:.1f}",
+                    "unit": "min",
+                }
+            )
     return out
 
 
