@@ -79,9 +79,9 @@ def cmd_shards(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parents[1]
     plan = shards.ShardPlan.load(Path(args.file) if args.file else root / shards.SHARDS_FILE)
     if args.weigh:
-        from labkit.report import _read_json
+        from labkit.report import read_json
 
-        data = _read_json(Path(args.weigh), "results file")
+        data = read_json(Path(args.weigh), "results file")
         seconds = {p.name: 0.0 for p in plan.pieces}
         for r in data.get("results", []):
             owners = plan.owners(r["suite"], r["stack"] or None)

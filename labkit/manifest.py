@@ -76,6 +76,12 @@ class Manifest:
                 return d
         return None
 
+    def load_dependent(self, stack_id: str, check_id: str) -> bool:
+        """Whether the cell's deviation comes and goes (`strict = false`): the stack's own
+        nondeterminism, which neither `labkit flake` nor the nightly counts as a flake or a failure."""
+        deviation = self.lookup(stack_id, check_id) if stack_id else None
+        return deviation is not None and not deviation.strict
+
     @classmethod
     def empty(cls) -> Manifest:
         return cls(None, ())

@@ -8,6 +8,7 @@ tests here run.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,17 +21,12 @@ DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "suites" / "deviations.
 
 
 def load_dependent_of(path: Path | None) -> Callable[[str, str], bool]:
-    """Whether the manifest marks a cell's deviation `strict = false` (the stack's own nondeterminism)."""
+    """The manifest's answer to whether a cell's deviation is `strict = false` (Manifest.load_dependent)."""
     manifest = Manifest.load(path) if path is not None and path.exists() else Manifest.empty()
-
-    def load_dependent(stack: str, check: str) -> bool:
-        deviation = manifest.lookup(stack, check) if stack else None
-        return deviation is not None and not deviation.strict
-
-    return load_dependent
+    return manifest.load_dependent
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise LabInputError(f"{what} {path}: not found; allowed: {_ALLOWED[what]}")
     try:
@@ -59,19 +55,24 @@ def main(args: argparse.Namespace) -> int:
         raise LabInputError(
             f"{len(paths)} results files given without --merge; allowed: one results.json, or --merge with one per shard"
         )
-    if args.keep < 1:
-        raise LabInputError(f"--keep {args.keep}: allowed: 1 or more nights")
+    history.check_keep(args.keep)
     out_dir = Path(args.out) if args.out else paths[0].parent
-    if args.merge:
-        data = merge.merge(merge.read_shards(paths), out_dir)
-    else:
-        data = _read_json(paths[0], "results file")
-    previous = _read_json(Path(args.previous), "previous results") if args.previous else None
-    if args.benchmarks:
-        data["benchmarks"] = _read_json(Path(args.benchmarks), "benchmarks file")
-        data["run"]["benchmarks date"] = data["run"].get("date", "")
+    # Every input is read and checked before anything is written: a refusal leaves nothing behind.
+    shards = merge.read_shards(paths) if args.merge else None
+    previous = read_json(Path(args.previous), "previous results") if args.previous else None
+    benchmarks = read_json(Path(args.benchmarks), "benchmarks file") if args.benchmarks else None
     deviations = Path(args.deviations) if args.deviations else DEFAULT_MANIFEST
     load_dependent = load_dependent_of(deviations)
+    if args.history:
+        history.load(Path(args.history))  # a broken night is refused here, not after the merge
+    if shards is not None:
+        data = merge.merge(shards, out_dir)
+    else:
+        data = read_json(paths[0], "results file")
+    if benchmarks is not None:
+        data["benchmarks"] = benchmarks
+        written = dt.datetime.fromtimestamp(Path(args.benchmarks).stat().st_mtime, dt.UTC)
+        data["run"]["benchmarks date"] = written.isoformat(timespec="seconds")
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.history:
         night_before = history.attach(data, Path(args.history), args.keep, load_dependent)

@@ -6,7 +6,8 @@ From the nights the page draws, per stack, passed / known deviation / failed ove
 and per check its last N outcomes as a strip. A cell whose outcome changed between two nights
 with the same labkit commit, kernel and stack version is flaky (the definition `labkit flake`
 uses, across nights instead of across orders); one that changed with a new build of its stack
-is that build's change, listed apart; a deviation the manifest marks `strict = false` is the
+is that build's change, and one that changed with new labkit code or a new kernel the lab's,
+each listed apart; a deviation the manifest marks `strict = false` is the
 stack's own nondeterminism, listed apart too.
 """
 
@@ -27,6 +28,8 @@ LETTER = {"passed": "P", "failed": "F", "known deviation": "D", "unexpected pass
 STATUS = {v: k for k, v in LETTER.items()}
 WORST = "FXDNPS"  # a check's strip shows its worst outcome over the stacks that night
 DEFAULT_KEEP = 30
+NO_VERDICT = {"S", "N"}
+VERSION_PARTS = ("labkit", "kernel", "version", "digest")  # Night.version's order
 TRENDS = ("passed", "known deviation", "failed", "unexpected pass")
 
 
@@ -67,11 +70,17 @@ def night_of(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def check_keep(keep: int, option: str = "--keep") -> int:
+    """How many nights to keep: at least the one being recorded."""
+    if keep < 1:
+        raise LabInputError(f"{option} {keep}: allowed: 1 or more nights")
+    return keep
+
+
 def record(directory: Path, data: dict[str, Any], keep: int = DEFAULT_KEEP) -> Path:
     """Add this run as a night and drop all but the last `keep`; the night's file is named by its
     date and content, so recording the same run twice keeps one."""
-    if keep < 1:
-        raise LabInputError(f"history keep {keep}: allowed: 1 or more nights")
+    check_keep(keep)
     directory.mkdir(parents=True, exist_ok=True)
     night = night_of(data)
     text = json.dumps(night, separators=(",", ":"), sort_keys=True)
@@ -133,36 +142,41 @@ def summarize(nights: list[Night], load_dependent: Callable[[str, str], bool] = 
             seen = [cells[check] for cells in n.cells.values() if check in cells]
             strip += min(seen, key=WORST.index) if seen else "-"
         strips[check] = strip
-    flaky, builds, load = [], [], []
+    flaky: list[dict[str, Any]] = []
+    builds: list[dict[str, Any]] = []
+    lab: list[dict[str, Any]] = []
+    load: list[dict[str, Any]] = []
     for stack in sorted({s for n in nights for s in n.cells}):
         for check in sorted({c for n in nights for c in n.cells.get(stack, {})}):
             outcomes = [(n, n.cells.get(stack, {}).get(check)) for n in nights]
-            present = [(n, o) for n, o in outcomes if o is not None]
+            # A skip (a stack missing that night) or a cell not run (the variant that stands for
+            # it failed) says nothing of the check's own outcome: only verdicts are compared.
+            verdicts = [(n, o) for n, o in outcomes if o is not None and o not in NO_VERDICT]
             strip = "".join(o or "-" for _, o in outcomes)
-            flips = [(a, b) for (a, oa), (b, ob) in itertools.pairwise(present) if oa != ob]
+            flips = [(a, b) for (a, oa), (b, ob) in itertools.pairwise(verdicts) if oa != ob]
             if not flips:
                 continue
             entry = {"check": check, "stack": stack, "strip": strip}
-            same_build = [(a, b) for a, b in flips if a.version(stack) == b.version(stack)]
-            if same_build and load_dependent(stack, check):
+            same = [(a, b) for a, b in flips if a.version(stack) == b.version(stack)]
+            if same and load_dependent(stack, check):
                 load.append(entry)
-            elif same_build:
-                flaky.append({**entry, "nights": [b.date for _, b in same_build]})
-            if len(same_build) < len(flips):
-                a, b = next((a, b) for a, b in flips if a.version(stack) != b.version(stack))
+            elif same:
+                flaky.append({**entry, "nights": [b.date for _, b in same]})
+            for a, b in flips:
                 was, now = a.version(stack), b.version(stack)
-                what = [
-                    f"{k} {x or '?'} -> {y or '?'}"
-                    for k, x, y in zip(("labkit", "kernel", "version", "digest"), was, now, strict=True)
-                    if x != y
-                ]
-                builds.append({**entry, "change": "; ".join(what), "night": b.date})
+                if was == now:
+                    continue
+                what = "; ".join(f"{k} {x or '?'} -> {y or '?'}" for k, x, y in zip(VERSION_PARTS, was, now, strict=True) if x != y)
+                # A new build of the stack is the build's change; otherwise the lab or the kernel moved.
+                (builds if was[2:] != now[2:] else lab).append({**entry, "change": what, "night": b.date})
+                break
     return {
         "dates": dates,
         "trends": trends,
         "strips": strips,
         "flaky": flaky,
         "builds": builds,
+        "lab": lab,
         "load_dependent": load,
     }
 
@@ -177,6 +191,8 @@ def attach(
     Returns the night before it in results.json's shape (what changed is said against it), or
     None on the first night."""
     before = load(directory)
-    record(directory, data, keep)
+    path = record(directory, data, keep)
+    # The same run recorded again (a merge re-run) must not be compared with itself.
+    before = [n for n in before if n.name != path.name and n.date != night_of(data)["run"]["date"]]
     data["history"] = summarize(load(directory), load_dependent)
     return as_results(before[-1]) if before else None

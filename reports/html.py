@@ -371,31 +371,44 @@ def _history(summary: dict[str, Any] | None, links: dict[tuple[str, str], str]) 
         "steady": [{"check": c, "strip": strip(s)} for c, s in steady],
         "flaky": cells(summary.get("flaky", [])),
         "builds": cells(summary.get("builds", [])),
+        "lab": cells(summary.get("lab", [])),
         "load_dependent": cells(summary.get("load_dependent", [])),
     }
 
 
+EVIDENCE_BUDGET_MB = 150.0  # a full run's evidence, kept every night (the nightly's budget)
+RUN_BUDGET_MIN = 10.0  # `tox -e conformance` on 2 cores, unsharded
+
+
 def _run_figures(run: dict[str, Any]) -> list[dict[str, str]]:
-    """What the run itself cost: its wall time and the evidence it left (the nightly's budget)."""
+    """What the run itself cost, against the nightly's budgets: its wall time and the evidence it left."""
+
+    def figure(name: str, value: float, unit: str, goal: float | None) -> dict[str, str]:
+        met = None if goal is None else value <= goal
+        return {
+            "name": name,
+            "value": f"{value:.1f}",
+            "unit": unit,
+            "goal": "" if goal is None else f"<= {goal:g} {unit}",
+            "cls": "" if met is None else "passed" if met else "failed",
+            "verdict": "" if met is None else "met" if met else "missed",
+        }
+
     out = []
+    shards = run.get("shards") or []
     if run.get("duration s") is not None:
-        what = (
-            f"slowest of {len(run['shards'])} shards (machines side by side), wall time"
-            if run.get("shards")
-            else "conformance run, wall time"
-        )
-        out.append({"name": what, "value": f"{float(run['duration s']) / 60:.1f}", "unit": "min"})
+        minutes = float(run["duration s"]) / 60
+        if shards:
+            out.append(figure(f"slowest of {len(shards)} shards (machines side by side), wall time", minutes, "min", None))
+        else:
+            out.append(figure("conformance run, wall time", minutes, "min", RUN_BUDGET_MIN if not run.get("full matrix") else None))
     if run.get("evidence bytes") is not None:
         files = f" in {run['evidence files']} files" if run.get("evidence files") is not None else ""
-        out.append({"name": f"evidence kept{files}", "value": f"{int(run['evidence bytes']) / 1e6:.1f}", "unit": "MB"})
-    for shard in run.get("shards", []):
+        out.append(figure(f"evidence kept{files}", int(run["evidence bytes"]) / 1e6, "MB", EVIDENCE_BUDGET_MB))
+    for shard in shards:
         if shard.get("duration s") is not None:
             out.append(
-                {
-                    "name": f"shard {shard.get('shard') or shard['results']}, wall time",
-                    "value": f"{float(shard['duration s']) / 60:.1f}",
-                    "unit": "min",
-                }
+                figure(f"shard {shard.get('shard') or shard['results']}, wall time", float(shard["duration s"]) / 60, "min", None)
             )
     return out
 

@@ -17,14 +17,17 @@ from labkit.errors import LabInputError
 
 from .results import STATUSES, load
 
-NOTHING_SELECTED = 5
+NOTHING_SELECTED = 5  # pytest's "no tests ran": a shard whose pieces a narrowed run left empty
+RECORD_KEYS = {"nodeid", "check", "suite", "stack", "status"}
 RUN_FIELDS = ("date", "kernel", "python", "labkit", "commit", "host", "order seed", "isolation", "exit status")
 
 
 def read_shards(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
-    """Each results.json, checked: present, JSON, a run's results, named once."""
+    """Each results.json, checked before anything is written: present, JSON, a run's records,
+    named once, and no cell in two of them."""
     seen: dict[Path, Path] = {}
     shards = []
+    allowed = "allowed: a results.json written by a conformance run"
     for path in paths:
         real = path.resolve()
         if real in seen:
@@ -33,27 +36,29 @@ def read_shards(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
             )
         seen[real] = path
         if not path.is_file():
-            raise LabInputError(f"results file {path}: not found; allowed: results.json files written by conformance runs")
+            raise LabInputError(f"results file {path}: not found; {allowed}")
         try:
             data = load(path)
         except ValueError as exc:
-            raise LabInputError(
-                f"results file {path}: not JSON ({exc}); allowed: a results.json written by a conformance run"
-            ) from None
+            raise LabInputError(f"results file {path}: not JSON ({exc}); {allowed}") from None
         if not isinstance(data, dict) or not isinstance(data.get("results"), list) or not isinstance(data.get("run"), dict):
-            raise LabInputError(
-                f"results file {path}: no run and results in it; allowed: a results.json written by a conformance run"
-            )
+            raise LabInputError(f"results file {path}: no run and results in it; {allowed}")
+        for n, record in enumerate(data["results"], 1):
+            if not isinstance(record, dict) or not RECORD_KEYS <= set(record):
+                have = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+                raise LabInputError(
+                    f"results file {path}, result {n}: has {have or 'nothing'}; {allowed}, records with {', '.join(sorted(RECORD_KEYS))}"
+                )
         shards.append((path, data))
+    refuse_twice(shards)
     return shards
 
 
-def merge(shards: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> dict[str, Any]:
-    """One results.json's data from the shards' (refusing a cell reported twice); evidence
-    files are copied under `out_dir/evidence/shard-N/` and the records point there."""
+def refuse_twice(shards: list[tuple[Path, dict[str, Any]]]) -> None:
+    """A cell (check, stack) that two shards report: the same shard merged twice (a copy of it),
+    or overlapping pieces. Keeping either verdict would hide the other's."""
     owner: dict[tuple[str, str], Path] = {}
-    results: list[dict[str, Any]] = []
-    for n, (path, data) in enumerate(shards, 1):
+    for path, data in shards:
         for record in data["results"]:
             cell = (record["check"], record["stack"])
             if cell in owner:
@@ -62,12 +67,17 @@ def merge(shards: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> dict[str,
                     "allowed: shards that each report a cell once (a shard merged twice, or overlapping pieces in the shard definition)"
                 )
             owner[cell] = path
-            results.append(
-                {
-                    **record,
-                    "evidence": _copy_evidence(record.get("evidence", []), path, data["run"], out_dir, f"shard-{n}"),
-                }
-            )
+
+
+def merge(shards: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> dict[str, Any]:
+    """One results.json's data from the shards' (as read_shards checked them); evidence files
+    are copied under `out_dir/evidence/shard-N/` and the records point there."""
+    refuse_twice(shards)
+    results = [
+        {**record, "evidence": _copy_evidence(record.get("evidence", []), path, data["run"], out_dir, f"shard-{n}")}
+        for n, (path, data) in enumerate(shards, 1)
+        for record in data["results"]
+    ]
     runs = [data["run"] for _, data in shards]
     run = _merged_run(runs, [p for p, _ in shards])
     merged: dict[str, Any] = {
@@ -158,11 +168,12 @@ def _copy_evidence(files: list[str], results: Path, run: dict[str, Any], out_dir
         if source.resolve().is_relative_to(out_dir.resolve()):
             out.append(str(source.resolve()))
             continue
-        rel = source.relative_to(results.parent) if source.is_relative_to(results.parent) else Path(source.name)
+        # Outside the shard's folder, the check's own folder (evidence/<check>/<stack>.pcap) keeps
+        # two checks' files apart.
+        rel = source.relative_to(results.parent) if source.is_relative_to(results.parent) else Path(source.parent.name, source.name)
         dest = into / rel
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)  # always: a file an earlier merge left in this folder is not this shard's
         out.append(str(dest.resolve()))
     return out
 

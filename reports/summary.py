@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .html import anchor, changes
+from .html import changes, detail_targets
 
 LIMIT = 25  # entries per list in the summary; the page has them all
 COUNTED = ("passed", "known deviation", "failed", "unexpected pass", "skipped")
@@ -41,9 +41,11 @@ def markdown(
     results = data.get("results", [])
     page = page_url.rstrip("/") + "/index.html" if page_url else "index.html"
 
+    targets = detail_targets(results)  # a carried cell's section is the measured cell's, as on the page
+
     def link(r: dict[str, Any]) -> str:
         name = f"`{r['check']}` on {r['stack'] or 'no stack'}"
-        return f"[{name}]({page}#{anchor(r['nodeid'])})" if r.get("nodeid") else name
+        return f"[{name}]({page}#{targets[r['nodeid']]})" if r.get("nodeid") in targets else name
 
     lines = [f"# labkit nightly, {run.get('date', '?')}", ""]
     lines.append(
@@ -70,7 +72,11 @@ def markdown(
         lines += [f"- {link(r)}" for r in items[:LIMIT]]
         if len(items) > LIMIT:
             lines.append(f"- and {len(items) - LIMIT} more on the page")
-    for title, key in (("Flaky over the nights", "flaky"), ("Changed with a new build", "builds")):
+    for title, key in (
+        ("Flaky over the nights", "flaky"),
+        ("Changed with a new build", "builds"),
+        ("Changed with labkit or the kernel", "lab"),
+    ):
         items = history.get(key, [])
         if items:
             lines += ["", f"## {title}: {len(items)}"]

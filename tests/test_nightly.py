@@ -165,7 +165,9 @@ def test_the_verdict_fails_on_new_failures_and_strict_unexpected_passes_only(tmp
     cells = {("linkdispatch/o.py::old", "linux"): "failed", ("linkdispatch/l.py::loose", "pasta"): "unexpected pass"}
     before = results(tmp_path / "n1" / "results.json", cells)
     deviations = write(
-        tmp_path, '[[deviation]]\nstack="pasta"\ncheck="linkdispatch/l.py::loose"\nreason="comes and goes"\nstrict=false\n', "d.toml"
+        tmp_path,
+        '[[deviation]]\nstack="pasta"\ncheck="linkdispatch/l.py::loose"\nreason="comes and goes"\nstrict=false\n',
+        "d.toml",
     )
     now = results(tmp_path / "n2" / "results.json", cells)
     base = ["report", str(now), "--previous", str(before), "--deviations", str(deviations), "--fail-on-new"]
@@ -239,7 +241,7 @@ def test_a_change_of_labkit_is_not_a_flake(tmp_path):
     history.record(hist, night(tmp_path, 1, "passed"))
     history.record(hist, night(tmp_path, 2, "failed", commit="c2"))
     summary = history.summarize(history.load(hist))
-    assert summary["flaky"] == [] and summary["builds"][0]["change"] == "labkit c1 -> c2"
+    assert summary["flaky"] == [] and summary["builds"] == [] and summary["lab"][0]["change"] == "labkit c1 -> c2"
 
 
 def test_the_page_draws_the_trends_and_the_strips(tmp_path):
@@ -362,3 +364,105 @@ def test_five_nights_build_a_history_whose_page_names_the_flaky_check(tmp_path):
     data = json.loads((tmp_path / "run5" / "results.json").read_text())
     assert data["history"]["strips"]["test_flipping.py::test_flips_every_other_night"] == "PFPFP"
     assert "## New failures: 0" in (out / "summary.md").read_text()  # night 3's: night 2's failure passed again
+
+
+def test_a_night_recorded_again_is_not_compared_with_itself(tmp_path):
+    """A re-run merge job records the same night again: its new failure is still new."""
+    before = results(tmp_path / "n1" / "results.json", {("linkdispatch/x.py::t", "gvisor"): "passed"})
+    now = results(
+        tmp_path / "n2" / "results.json", {("linkdispatch/x.py::t", "gvisor"): "failed"}, date="2026-12-02T01:00:00+00:00"
+    )
+    hist = str(tmp_path / "history")
+    assert cli.main(["report", str(before), "--out", str(tmp_path / "o1"), "--history", hist]) == 0
+    for _ in range(2):
+        assert cli.main(["report", str(now), "--out", str(tmp_path / "o2"), "--history", hist, "--fail-on-new"]) == 1
+    assert len(history.load(tmp_path / "history")) == 2
+
+
+def test_skips_and_cells_not_run_are_no_change_and_a_new_labkit_is_the_labs(tmp_path):
+    hist = tmp_path / "history"
+    for n, status in enumerate(["passed", "not run", "passed", "skipped", "passed"], 1):
+        history.record(hist, night(tmp_path, n, status))
+    assert history.summarize(history.load(hist))["flaky"] == []
+    history.record(hist, night(tmp_path, 6, "failed", commit="c2"))
+    summary = history.summarize(history.load(hist))
+    assert summary["builds"] == [] and [(e["check"], e["change"]) for e in summary["lab"]] == [
+        ("linkdispatch/flip", "labkit c1 -> c2")
+    ]
+
+
+def test_evidence_from_outside_the_shard_folder_keeps_each_checks_own(tmp_path):
+    evidence = tmp_path / "elsewhere"
+    for check in ("a", "b"):
+        (evidence / check).mkdir(parents=True)
+        (evidence / check / "linux.pcap").write_text(f"frames of {check}")
+    shard = results(
+        tmp_path / "s1" / "results.json", {("linkdispatch/x.py::a", "linux"): "failed", ("linkdispatch/x.py::b", "linux"): "failed"}
+    )
+    data = json.loads(shard.read_text())
+    for record in data["results"]:
+        record["evidence"] = [str(evidence / record["check"].rsplit(":", 1)[-1] / "linux.pcap")]
+    shard.write_text(json.dumps(data))
+    assert cli.main(["report", "--merge", str(shard), "--out", str(tmp_path / "out")]) == 0
+    merged = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(Path(r["evidence"][0]).read_text() for r in merged["results"]) == ["frames of a", "frames of b"]
+
+
+def test_a_refused_merge_leaves_nothing_and_a_bad_record_is_named(tmp_path, capsys):
+    a = results(tmp_path / "a" / "results.json", {("linkdispatch/x.py::t", "linux"): "passed"})
+    copy = tmp_path / "b" / "results.json"
+    copy.parent.mkdir()
+    copy.write_text(a.read_text())
+    out = tmp_path / "out"
+    assert cli.main(["report", "--merge", str(a), str(copy), "--out", str(out)]) == 2 and not out.exists()
+    broken = tmp_path / "c" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text(json.dumps({"run": {}, "results": [{"check": "x"}]}))
+    capsys.readouterr()
+    assert cli.main(["report", "--merge", str(a), str(broken), "--out", str(out)]) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert f"results file {broken}, result 1: has check;" in err and err.count("\n") == 1
+
+
+def test_the_budgets_are_on_the_page(tmp_path):
+    data = json.loads(results(tmp_path / "r" / "results.json", {("linkdispatch/x.py::t", "linux"): "passed"}).read_text())
+    data["run"].update({"duration s": 540.0, "evidence bytes": 160_000_000, "evidence files": 900})
+    page = render(data)
+    figures = page.split('class="bench run-figures"')[1].split("</table>")[0]
+    assert (
+        'conformance run, wall time</td><td class="c">9.0</td><td>min</td><td>&lt;= 10 min</td><td class="c passed">met' in figures
+    )
+    assert (
+        'evidence kept in 900 files</td><td class="c">160.0</td><td>MB</td><td>&lt;= 150 MB</td><td class="c failed">missed'
+        in figures
+    )
+
+
+def test_a_shard_past_its_bound_is_ended_and_named(tmp_path, monkeypatch):
+    from labkit.errors import LabError
+    from labkit.nightly import run
+
+    monkeypatch.setattr(run, "SHARD_TIMEOUT", 0.5)
+    monkeypatch.setattr(run, "STOP_GRACE", 5.0)
+    shard = ShardPlan.load(write(tmp_path, PIECES)).select("1/3")
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "--lab-report", str(tmp_path / "out")]
+    with pytest.raises(LabError, match=r"shard 1/3 ran past 0 min and was ended; its output: .*shard.log"):
+        run.run_shard(shard, argv, tmp_path, tmp_path / "shard.log")
+
+
+def test_shards_side_by_side_each_log_apart_and_merge(tmp_path):
+    (tmp_path / "test_flipping.py").write_text(FLIPPING)
+    shards = write(
+        tmp_path,
+        '[[piece]]\nname = "k"\nstacks = ["linux-*"]\nsuites = ["test_flipping.py"]\nweight = 1\n'
+        '[[piece]]\nname = "g"\nstacks = ["gvisor-*"]\nsuites = ["test_flipping.py"]\nweight = 1\n',
+    )
+    out = tmp_path / "nightly"
+    done = labkit(
+        "nightly", "--shards", "2", "--parallel", "2", "--file", str(shards), "--out", str(out), "--history", str(tmp_path / "h"), "--",
+        str(tmp_path / "test_flipping.py"), "--rootdir", str(tmp_path), "--stack", "linux,gvisor", "-p", "no:cacheprovider",
+        env=own_env(LABKIT_TEST_NIGHT="1"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert all((out / f"shard-{n}.log").read_text().count("passed") for n in (1, 2))
+    assert {s for _, s in outcomes(out / "results.json")} == {"linux", "gvisor"}

@@ -118,14 +118,16 @@ def test_a_shard_fails_on_infrastructure_errors_only(workflow, tmp_path, status,
     assert (done.returncode != 0) == fails, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("build", "args"), [("", []), ("gvisor@/opt/runsc-release/runsc", ["--stack", "gvisor@/opt/runsc-release/runsc"])])
+@pytest.mark.parametrize(
+    ("build", "args"), [("", []), ("gvisor@/opt/runsc-release/runsc", ["--stack", "gvisor@/opt/runsc-release/runsc"])]
+)
 def test_a_fetched_runsc_build_is_one_more_column_of_the_gvisor_shards(workflow, tmp_path, build, args):
     shard = workflow["jobs"]["shard"]
     fetch = next(s for s in shard["steps"] if s.get("id") == "build")
     assert fetch["if"] == "${{ contains(matrix.stacks, 'gvisor') }}" and "sha512sum -c" in fetch["run"]
     step = only_step_running(shard, "./lab conformance")
     assert step["env"]["BUILD"] == "${{ steps.build.outputs.stack }}"
-    executable(tmp_path / "lab", 'echo "$@" > lab.args\nmkdir -p reports/out && echo \'{}\' > reports/out/results.json\n')
+    executable(tmp_path / "lab", "echo \"$@\" > lab.args\nmkdir -p reports/out && echo '{}' > reports/out/results.json\n")
     done = run_step(step, tmp_path, {"SHARD": "1/3", "BUILD": build})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "lab.args").read_text().split() == ["conformance", "--lab-shard", "1/3", *args]
@@ -171,7 +173,8 @@ def test_merge_calls_labkit_report_and_keeps_its_verdict_for_after_publishing(wo
     executable(
         tmp_path / "venv" / "bin" / "labkit", f'printf "%s\\n" "$@" > labkit.args\necho "# night" > summary.md\nexit {status}\n'
     )
-    done = run_step(step, tmp_path, {"SHARDS": "3", "PAGE_URL": "https://example.org/lab/", "RUNNER_TEMP": str(tmp_path)})
+    env = {"SHARDS": "3", "SHARD_JOBS": "success", "PAGE_URL": "https://example.org/lab/", "RUNNER_TEMP": str(tmp_path)}
+    done = run_step(step, tmp_path, env)
     args = (tmp_path / "labkit.args").read_text().splitlines()
     assert args[:5] == ["report", "--merge", "in/shard-1/results.json", "in/shard-2/results.json", "in/shard-3/results.json"]
     assert "--fail-on-new" in args
@@ -195,13 +198,31 @@ def test_a_night_with_a_missing_shard_is_published_but_not_kept(workflow, tmp_pa
     step = only_step_running(merge, 'labkit" report')
     merge_in(tmp_path, shards=2, previous=False, perf=False)
     executable(tmp_path / "venv" / "bin" / "labkit", 'printf "%s\\n" "$@" > labkit.args\n')
-    done = run_step(step, tmp_path, {"SHARDS": "3", "PAGE_URL": "", "RUNNER_TEMP": str(tmp_path)})
+    done = run_step(step, tmp_path, {"SHARDS": "3", "SHARD_JOBS": "failure", "PAGE_URL": "", "RUNNER_TEMP": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     args = (tmp_path / "labkit.args").read_text().splitlines()
     assert "--previous" not in args and "--benchmarks" not in args
     assert outputs(tmp_path)["complete"] == "false"
     keeps = [s for s in merge["steps"] if "nightly-history" == s.get("with", {}).get("name")]
     assert len(keeps) == 1 and keeps[0]["if"] == "${{ steps.report.outputs.complete == 'true' }}"
+
+
+def test_a_night_whose_shard_broke_after_writing_results_is_published_but_not_kept(workflow, tmp_path):
+    """A shard that exited 2 or 3 may still upload a partial results.json: all three are there,
+    yet the shard job failed, so the night is not the next night's baseline."""
+    step = only_step_running(workflow["jobs"]["merge"], 'labkit" report')
+    assert step["env"]["SHARD_JOBS"] == "${{ needs.shard.result }}"
+    merge_in(tmp_path, shards=3, previous=False, perf=False)
+    executable(tmp_path / "venv" / "bin" / "labkit", "exit 0\n")
+    done = run_step(step, tmp_path, {"SHARDS": "3", "SHARD_JOBS": "failure", "PAGE_URL": "", "RUNNER_TEMP": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert outputs(tmp_path)["complete"] == "false"
+
+
+def test_the_previous_night_is_never_this_runs_own(workflow):
+    fetch = next(s for s in workflow["jobs"]["merge"]["steps"] if s.get("name") == "fetch the previous night's history")
+    assert fetch["env"]["RUN_ID"] == "${{ github.run_id }}"
+    assert ".workflow_run.id != (env.RUN_ID | tonumber)" in fetch["run"]
 
 
 def test_the_page_goes_to_an_artifact_and_to_pages_even_on_new_failures(workflow):

@@ -9,7 +9,9 @@ what is new since the night before.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,11 +20,13 @@ from pathlib import Path
 
 from labkit.errors import LabError, LabInputError
 from labkit.nightly.shards import SHARDS_FILE, Shard, ShardPlan
+from reports.history import check_keep
+from reports.merge import NOTHING_SELECTED
 
 DEFAULT_ARGS = ("suites", "--stack", "all")
 SHARD_TIMEOUT = 90 * 60.0  # the CI job's bound: a shard that runs longer is a hang, and is ended
+STOP_GRACE = 60.0  # for an ended shard to stop its workers and sandboxes before it is killed
 CHECKS_FAILED = 1  # pytest's exit status when checks failed: the merge's verdict, not a broken shard
-NOTHING_SELECTED = 5  # a shard whose pieces the run's selection left empty (a narrowed nightly)
 
 
 def shard_argv(shard: Shard, out: Path, pytest_args: Sequence[str], workers: int, shards_file: Path) -> list[str]:
@@ -52,24 +56,27 @@ def run_shard(shard: Shard, argv: list[str], root: Path, log: Path | None) -> Pa
     results.unlink(missing_ok=True)
     results.parent.mkdir(parents=True, exist_ok=True)
     print(f"nightly: shard {shard.label} ({shard.name}): {' '.join(argv[3:])}", flush=True)
-    try:
-        if log is None:
-            done = subprocess.run(argv, cwd=root, stdin=subprocess.DEVNULL, timeout=SHARD_TIMEOUT)
-        else:
-            with open(log, "wb") as out:
-                done = subprocess.run(
-                    argv, cwd=root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=SHARD_TIMEOUT
-                )
-    except subprocess.TimeoutExpired:
-        raise LabError(
-            f"shard {shard.label} ran past {SHARD_TIMEOUT / 60:.0f} min and was ended" + (f"; its output: {log}" if log else "")
-        ) from None
-    if done.returncode not in (0, CHECKS_FAILED, NOTHING_SELECTED) or not results.is_file():
+    with open(log, "wb") if log is not None else contextlib.nullcontext() as out:
+        proc = subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None)
+        try:
+            status = proc.wait(SHARD_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # As Ctrl-C would: pytest ends its workers and the lab's janitor stops what they started;
+            # past the grace, the run is killed and the next run's reaper takes what is left.
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            where = f"; its output: {log}" if log else ""
+            raise LabError(f"shard {shard.label} ran past {SHARD_TIMEOUT / 60:.0f} min and was ended{where}") from None
+    if status not in (0, CHECKS_FAILED, NOTHING_SELECTED) or not results.is_file():
         where = f"; its output: {log}" if log else "; see its output above"
         raise LabError(
-            f"shard {shard.label} ended with pytest exit status {done.returncode} and {'no ' if not results.is_file() else ''}{results}{where}"
+            f"shard {shard.label} ended with pytest exit status {status} and {'no ' if not results.is_file() else ''}{results}{where}"
         )
-    print(f"nightly: shard {shard.label} done (pytest exit status {done.returncode})", flush=True)
+    print(f"nightly: shard {shard.label} done (pytest exit status {status})", flush=True)
     return results
 
 
@@ -83,6 +90,7 @@ def main(
     parallel: int = 0,
     shards_file: Path | None = None,
 ) -> int:
+    check_keep(keep)
     shards_file = shards_file or root / SHARDS_FILE
     plan = ShardPlan.load(shards_file)
     chosen = plan.shards(shards)
@@ -93,7 +101,9 @@ def main(
     workers = max(1, cpus // parallel)
     out.mkdir(parents=True, exist_ok=True)
     args = list(pytest_args) or list(DEFAULT_ARGS)
-    jobs = [(s, shard_argv(s, out, args, workers, shards_file), out / f"shard-{s.number}.log" if parallel > 1 else None) for s in chosen]
+    jobs = [
+        (s, shard_argv(s, out, args, workers, shards_file), out / f"shard-{s.number}.log" if parallel > 1 else None) for s in chosen
+    ]
     with ThreadPoolExecutor(parallel) as pool:
         results = list(pool.map(lambda job: run_shard(job[0], job[1], root, job[2]), jobs))
     from labkit.cli import parser

@@ -48,8 +48,7 @@ class Piece:
             return False
         if stack_id is None:
             return self.stackless
-        base = stack_id.split("@", 1)[0]  # a build of a driver is that driver's: "gvisor-*" claims gvisor@nightly
-        return any(stack_matches(stack_id, p) or ("@" not in p and stack_matches(base, p)) for p in self.stacks)
+        return any(stack_matches(stack_id, p) for p in self.stacks)  # "gvisor-*" claims gvisor@nightly too
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from labkit.nightly.shards import SHARDS_FILE, Shard, ShardPlan
 from labkit.pytest_plugin import order
 from labkit.stacks import StackSpec, default_specs, load_builds, resolve
 from labkit.testbed.isolation import MODES, Mode
+from reports.history import DEFAULT_KEEP, check_keep
 
 MANIFEST_NAME = "suites/deviations.toml"  # under the rootdir: the checkout's, or your own project's
 
@@ -38,7 +39,10 @@ def add_options(parser: pytest.Parser) -> None:
         help='a TOML file naming stack builds for --stack NAME@LABEL: [gvisor] nightly = "/opt/runsc-nightly/runsc"',
     )
     group.addoption(
-        "--deviations", metavar="PATH", default=None, help=f"known-deviation manifest (default: {MANIFEST_NAME} under the rootdir, if there)"
+        "--deviations",
+        metavar="PATH",
+        default=None,
+        help=f"known-deviation manifest (default: {MANIFEST_NAME} under the rootdir, if there)",
     )
     group.addoption("--lab-net4", metavar="PREFIX", default=None, help="IPv4 prefix of the standard topology (in 198.18.0.0/15)")
     group.addoption("--lab-net6", metavar="PREFIX", default=None, help="IPv6 prefix of the standard topology (in 2001:db8::/32)")
@@ -67,14 +71,22 @@ def add_options(parser: pytest.Parser) -> None:
         default=None,
         help=f"run only the K-th of N shards of the matrix ({SHARDS_FILE} packed into N by weight; the nightly's machines)",
     )
-    group.addoption("--lab-shards", metavar="PATH", default=None, help=f"the shard definition (default: {SHARDS_FILE} under the rootdir)")
+    group.addoption(
+        "--lab-shards", metavar="PATH", default=None, help=f"the shard definition (default: {SHARDS_FILE} under the rootdir)"
+    )
     group.addoption(
         "--lab-history",
         metavar="DIR",
         default=None,
         help="keep this run in DIR (the last --lab-keep nights) and draw the trends and flaky checks on the page (needs --lab-report)",
     )
-    group.addoption("--lab-keep", metavar="N", type=int, default=30, help="how many nights --lab-history keeps (default 30)")
+    group.addoption(
+        "--lab-keep",
+        metavar="N",
+        type=int,
+        default=DEFAULT_KEEP,
+        help=f"how many nights --lab-history keeps (default {DEFAULT_KEEP})",
+    )
     order.add_options(group)
     group.addoption(
         "--lab-isolation",
@@ -115,16 +127,19 @@ def read_settings(config: pytest.Config) -> LabSettings:
     manifest = Manifest.load(path) if path else (Manifest.load(default) if default.exists() else Manifest.empty())
     plan = AddressPlan.parse(config.getoption("lab_net4"), config.getoption("lab_net6"))
     evidence = config.getoption("lab_evidence")
-    isolation: Mode = config.getoption("lab_isolation") or ("canary" if os.environ.get("CI", "").lower() in ("1", "true") else "cheap")
+    isolation: Mode = config.getoption("lab_isolation") or (
+        "canary" if os.environ.get("CI", "").lower() in ("1", "true") else "cheap"
+    )
     shard, shard_plan = None, None
     if config.getoption("lab_shard"):
         shards_path = config.getoption("lab_shards") or config.rootpath / SHARDS_FILE
         shard_plan = ShardPlan.load(Path(shards_path))
         shard = shard_plan.select(config.getoption("lab_shard"))
     if config.getoption("lab_history") and not config.getoption("lab_report"):
-        raise LabInputError("--lab-history needs --lab-report: the history is kept with the run's results; allowed: both, or neither")
-    if config.getoption("lab_keep") < 1:
-        raise LabInputError(f"--lab-keep {config.getoption('lab_keep')}: allowed: 1 or more nights")
+        raise LabInputError(
+            "--lab-history needs --lab-report: the history is kept with the run's results; allowed: both, or neither"
+        )
+    check_keep(config.getoption("lab_keep"), "--lab-keep")
     return LabSettings(
         tuple(specs),
         manifest,

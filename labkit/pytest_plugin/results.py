@@ -23,6 +23,7 @@ import pytest
 from labkit.pytest_plugin import order
 from labkit.pytest_plugin.hooks import EVIDENCE_KINDS, stands_for, suite_of
 from labkit.testbed.evidence import totals as evidence_totals
+from reports.history import DEFAULT_KEEP
 from reports.results import CheckResult, load, write_results
 
 
@@ -130,7 +131,7 @@ class ResultsCollector:
             previous,
             support=support,
             history=Path(history) if history else None,
-            keep=int(session.config.getoption("lab_keep", 30) or 30),
+            keep=int(session.config.getoption("lab_keep", DEFAULT_KEEP) or DEFAULT_KEEP),
             load_dependent=_load_dependent(settings),
         )
 
@@ -144,12 +145,22 @@ class ResultsCollector:
             rec = self.records[nodeid]
             for cell_nodeid, stack in cells:
                 if rec.status in ("failed", "not run"):
-                    status, reason = "not run", f"not measured: {rec.stack}, which stands for it, {rec.status}; --full-matrix runs it"
+                    status, reason = (
+                        "not run",
+                        f"not measured: {rec.stack}, which stands for it, {rec.status}; --full-matrix runs it",
+                    )
                 else:
                     status, reason = rec.status, rec.reason
                 out.append(
                     replace(
-                        rec, nodeid=cell_nodeid, stack=stack, status=status, reason=reason, duration=0.0, evidence=[], carried_from=rec.stack
+                        rec,
+                        nodeid=cell_nodeid,
+                        stack=stack,
+                        status=status,
+                        reason=reason,
+                        duration=0.0,
+                        evidence=[],
+                        carried_from=rec.stack,
                     )
                 )
         return out
@@ -157,12 +168,7 @@ class ResultsCollector:
 
 def _load_dependent(settings: Any) -> Callable[[str, str], bool]:
     manifest = getattr(settings, "manifest", None)
-
-    def load_dependent(stack: str, check: str) -> bool:
-        deviation = manifest.lookup(stack, check) if manifest is not None and stack else None
-        return deviation is not None and not deviation.strict
-
-    return load_dependent
+    return manifest.load_dependent if manifest is not None else (lambda stack, check: False)
 
 
 def source_commit() -> str:
@@ -208,5 +214,3 @@ def describe_run(settings: Any) -> dict[str, Any]:
         "host": os.uname().nodename,
         "stacks": stacks,
     }
-
-
