@@ -28,6 +28,13 @@ RUNSC = shutil.which("runsc")
 needs_runsc = pytest.mark.skipif(RUNSC is None or not GVisorStack.availability().ok, reason="apt-get install -y runsc")
 
 
+def runsc_copy(directory: Path) -> Path:
+    """Debian's runsc copied under `directory`, keeping its file name: a build of its own."""
+    assert RUNSC is not None
+    directory.mkdir()
+    return Path(shutil.copy2(RUNSC, directory / "runsc"))
+
+
 def executable(path: Path, text: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if text is not None:
@@ -198,10 +205,7 @@ def test_flags_are_read_from_the_listing():
 
 @needs_runsc
 def test_a_copy_has_the_version_and_digest_of_its_file_and_no_package(tmp_path):
-    assert RUNSC is not None
-    copy = tmp_path / "copy" / "runsc"
-    copy.parent.mkdir()
-    shutil.copy2(RUNSC, copy)
+    copy = runsc_copy(tmp_path / "copy")
     debian, mine = GVisorStack.availability(), GVisorStack.availability(str(copy))
     assert mine.ok and mine.binary == str(copy) and debian.binary == RUNSC
     assert mine.version == debian.version and mine.version and mine.digest == debian.digest
@@ -265,10 +269,7 @@ PROBE = textwrap.dedent(
 
 @needs_runsc
 def test_a_copy_of_runsc_runs_as_its_own_column(tmp_path):
-    assert RUNSC is not None
-    copy = tmp_path / "runsc-copy" / "runsc"
-    copy.parent.mkdir()
-    shutil.copy2(RUNSC, copy)
+    copy = runsc_copy(tmp_path / "runsc-copy")
     probe = tmp_path / "probe"
     probe.mkdir()
     (probe / "test_probe.py").write_text(PROBE)
