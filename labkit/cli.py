@@ -12,17 +12,19 @@ from labkit.flake import DEFAULT_ARGS as DEFAULT_FLAKE_ARGS
 def cmd_doctor(args: argparse.Namespace) -> int:
     from labkit import doctor
 
+    groups = doctor.groups_of(args.groups)
     findings = doctor.examine()
-    missing = doctor.apt_packages(findings)
+    missing = doctor.apt_packages(findings, groups)
     if args.install and missing:
         print(f"installing: {' '.join(missing)}", flush=True)
         doctor.install(missing)
         findings = doctor.examine()
-        missing = doctor.apt_packages(findings)
+        missing = doctor.apt_packages(findings, groups)
     if not args.quiet or missing:
-        print(doctor.render(findings))
+        print(doctor.render(findings, groups))
     if missing:
-        print(f"\nto install what is missing: {doctor.APT_INSTALL} {' '.join(missing)}  (or: labkit doctor --install)")
+        again = "labkit doctor --install" + "".join(f" --for {g}" for g in groups if g != doctor.LAB)
+        print(f"\nto install what is missing: {doctor.APT_INSTALL} {' '.join(missing)}  (or: {again})")
     broken = [f.name for f in findings if f.required and not f.ok]
     if broken:
         print(f"labkit cannot run without: {', '.join(broken)}", file=sys.stderr)
@@ -121,16 +123,24 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="which stacks and tools are installed, and how to install the rest")
     d.add_argument("--install", action="store_true", help="install what is missing with apt-get (root)")
     d.add_argument("--quiet", action="store_true", help="print only when something is missing")
+    d.add_argument(
+        "--for",
+        dest="groups",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="also look after the tools of this group: tests (the browser labkit's own tests open the report in)",
+    )
     d.set_defaults(func=cmd_doctor)
     c = sub.add_parser("clean", help="remove namespaces, processes and files left by dead lab runs")
     c.add_argument("--run", help="also remove everything of this run id, even if its owner still runs")
     c.set_defaults(func=cmd_clean)
-    f = sub.add_parser(
-        "flake", help="run the suites several times in random orders; list every check whose outcome differed"
-    )
+    f = sub.add_parser("flake", help="run the suites several times in random orders; list every check whose outcome differed")
     f.add_argument("--runs", type=int, default=3, help="how many runs (default 3)")
     f.add_argument("--out", default="reports/flake", help="where each run's report and flake.json go (default reports/flake)")
-    f.add_argument("--deviations", help="the manifest that says which deviations are load-dependent (default suites/deviations.toml)")
+    f.add_argument(
+        "--deviations", help="the manifest that says which deviations are load-dependent (default suites/deviations.toml)"
+    )
     f.add_argument(
         "pytest_args", nargs=argparse.REMAINDER, help=f"after --: pytest arguments (default: {' '.join(DEFAULT_FLAKE_ARGS)})"
     )
@@ -154,15 +164,21 @@ def parser() -> argparse.ArgumentParser:
         "report", help="rebuild the HTML report from results.json, or merge shards' (--merge); history, summary, verdict"
     )
     r.add_argument("results", nargs="+", help="results.json of a conformance run (with --merge: one per shard)")
-    r.add_argument("--merge", action="store_true", help="merge the shards' results.json into one (a cell reported twice is refused)")
+    r.add_argument(
+        "--merge", action="store_true", help="merge the shards' results.json into one (a cell reported twice is refused)"
+    )
     r.add_argument("--previous", help="results.json of an earlier run to compare with (default: the newest night in --history)")
     r.add_argument("--out", help="where results.json (when merged) and index.html go (default: next to the results.json)")
-    r.add_argument("--history", metavar="DIR", help="keep this run in DIR (the last --keep nights) and draw trends and flaky checks")
+    r.add_argument(
+        "--history", metavar="DIR", help="keep this run in DIR (the last --keep nights) and draw trends and flaky checks"
+    )
     r.add_argument("--keep", type=int, default=30, help="nights kept in --history (default 30)")
     r.add_argument("--benchmarks", metavar="FILE", help="benchmarks.json of the perf job (./lab bench) to show with the run")
     r.add_argument("--summary", metavar="FILE", help="write a short markdown summary there (a CI job summary)")
     r.add_argument("--page-url", default="", help="where the page is published, for the summary's links (default: relative)")
-    r.add_argument("--deviations", help="the manifest that says which deviations are load-dependent (default suites/deviations.toml)")
+    r.add_argument(
+        "--deviations", help="the manifest that says which deviations are load-dependent (default suites/deviations.toml)"
+    )
     r.add_argument("--fail-on-new", action="store_true", help="exit 1 on new failures and unexpected passes (strict entries) only")
     r.set_defaults(func=cmd_report)
     return p

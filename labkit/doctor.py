@@ -1,4 +1,10 @@
-"""What this machine has for the lab, what it lacks, and the command that installs it."""
+"""What this machine has for the lab, what it lacks, and the command that installs it.
+
+Tools come in groups. The `lab` group is what labkit and its conformance runs use; it is always
+examined and installed. Others serve one purpose only, e.g. `tests`: the browser labkit's own
+tests open the report page in, which a machine that only runs conformance never needs. They are
+listed apart, and installed only when asked for (`labkit doctor --install --for tests`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,19 @@ import ctypes.util
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-from labkit.errors import LabError
+from labkit.errors import LabError, LabInputError
 from labkit.stacks import known_drivers
 
 APT_INSTALL = "apt-get install -y"
+LAB = "lab"
+GROUPS = {
+    LAB: "the lab and its conformance runs",
+    "tests": "labkit's own tests (tox -e tests)",
+}
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,7 @@ class Tool:
     binary: str | None = None
     version_argv: tuple[str, ...] = ()
     library: str | None = None
+    group: str = LAB
 
     def probe(self) -> tuple[bool, str]:
         """(present, version or what is missing)."""
@@ -55,6 +68,17 @@ TOOLS: tuple[Tool, ...] = (
     Tool("runsc", "runsc", "the gvisor stack", "runsc", ("--version",)),
     Tool("slirp4netns", "slirp4netns", "the slirp4netns stack", "slirp4netns", ("--version",)),
     Tool("pasta", "passt", "the pasta stack", "pasta", ("--version",)),
+    # The report page opened in a real browser (tests/test_report_browser.py, benchmarks/bench_report.py),
+    # driven by Selenium through Debian's driver: Selenium's own driver download cannot work here.
+    Tool("chromium", "chromium", "the browser tests of the report page", "chromium", ("--version",), group="tests"),
+    Tool(
+        "chromium-driver",
+        "chromium-driver",
+        "Selenium driving chromium in those tests",
+        "chromedriver",
+        ("--version",),
+        group="tests",
+    ),
 )
 
 
@@ -66,6 +90,7 @@ class Finding:
     needed_by: str
     install: str | None
     required: bool = False  # the lab cannot run without it (a missing stack is only a skip)
+    group: str = LAB
 
 
 def _package_version(name: str) -> tuple[bool, str]:
@@ -83,7 +108,15 @@ def examine() -> list[Finding]:
     for tool in TOOLS:
         ok, detail = tool.probe()
         found.append(
-            Finding(tool.name, ok, detail, tool.needed_by, None if ok else f"{APT_INSTALL} {tool.apt}", tool.library is not None)
+            Finding(
+                tool.name,
+                ok,
+                detail,
+                tool.needed_by,
+                None if ok else f"{APT_INSTALL} {tool.apt}",
+                tool.library is not None,
+                tool.group,
+            )
         )
     for kind, driver in known_drivers().items():
         a = driver.availability()
@@ -91,21 +124,49 @@ def examine() -> list[Finding]:
     return found
 
 
-def render(findings: list[Finding]) -> str:
+def groups_of(wanted: Iterable[str] = ()) -> tuple[str, ...]:
+    """The lab's group and the ones asked for, checked: a misspelt group must not pass as installed."""
+    unknown = sorted(set(wanted) - set(GROUPS))
+    if unknown:
+        raise LabInputError(f"unknown tool group {', '.join(unknown)}; allowed: {', '.join(g for g in GROUPS if g != LAB)}")
+    return (LAB, *sorted(set(wanted) - {LAB}))
+
+
+def render(findings: list[Finding], groups: Iterable[str] = (LAB,)) -> str:
+    """One line per finding; the lab's first, then each other group under a heading that says
+    what it is for and whether this command looks after it (a tool of a group not asked for is
+    "missing", not "MISSING": nothing the caller runs needs it)."""
     width = max(len(f.name) for f in findings)
+    wanted = set(groups)
     lines = []
-    for f in findings:
-        mark = "ok     " if f.ok else "MISSING"
-        line = f"{mark}  {f.name:<{width}}  {f.detail}"
-        if not f.ok:
-            line += f"  [needed by {f.needed_by}; install: {f.install}]"
-        lines.append(line)
+    for group, purpose in GROUPS.items():
+        mine = [f for f in findings if f.group == group]
+        if not mine:
+            continue
+        if group != LAB:
+            lacking = group not in wanted and not all(f.ok for f in mine)
+            how = f"; install with: labkit doctor --install --for {group}" if lacking else ""
+            lines.append(f"\nfor {purpose}{how}:")
+        for f in mine:
+            mark = "ok     " if f.ok else "MISSING" if group in wanted else "missing"
+            line = f"{mark}  {f.name:<{width}}  {f.detail}"
+            if not f.ok:
+                line += f"  [needed by {f.needed_by}; install: {f.install}]"
+            lines.append(line)
     return "\n".join(lines)
 
 
-def apt_packages(findings: list[Finding]) -> list[str]:
+def apt_packages(findings: list[Finding], groups: Iterable[str] = (LAB,)) -> list[str]:
+    """The Debian packages missing for the tools of these groups (the lab's alone by default)."""
     prefix = APT_INSTALL + " "
-    return sorted({f.install[len(prefix) :] for f in findings if not f.ok and f.install and f.install.startswith(prefix)})
+    wanted = set(groups)
+    return sorted(
+        {
+            f.install[len(prefix) :]
+            for f in findings
+            if not f.ok and f.group in wanted and f.install and f.install.startswith(prefix)
+        }
+    )
 
 
 def install(packages: list[str]) -> None:

@@ -55,6 +55,12 @@ class Deviation:
     unless: str = ""
     strict: bool = True
 
+    @property
+    def entry(self) -> str:
+        """The entry as a stable name (its stack and check patterns): what a finding on the report
+        page is named by, so a link to it survives a reworded reason."""
+        return f"{self.stack}{' unless ' + self.unless if self.unless else ''} :: {self.check}"
+
     def applies(self, stack_id: str, check_id: str) -> bool:
         """`check_id` may carry the check's own parameters (`FILE::TEST[ipv6]`): a manifest entry
         with brackets must match them exactly; one without matches every case (globs allowed)."""

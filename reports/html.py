@@ -1,23 +1,21 @@
-"""index.html: the conformance matrix of a results.json, one self-contained page.
+"""index.html: what a results.json says, as one self-contained page a stack engineer reads.
 
-Rows are checks, grouped by suite and by file (a feature); columns are the stacks and variants
-that ran; a cell is the status, coloured, linking to its detail (the failure's message with the
-field that differed, the deviation's reason, the pcap and logs). A missing stack's column says
-why and how to install it. Given the previous run's results, a section lists what changed.
-A cell whose verdict was carried over from another variant of its stack (`carried_from`) shows
-that verdict, marked, and links to the measured cell's detail. No external assets: it opens
-offline.
+From the top: the stacks with their versions; what changed since the previous run (outcomes and
+versions); the conformance matrix (reports.matrix: stacks and their variants across, checks
+down by suite and feature, filters and a search); the findings (reports.findings: one entry per
+distinct finding, opening onto each variant's evidence with its frames decoded, reports.frames);
+the rtnetlink support table (reports.support); flakiness, history and benchmarks. A cell links
+to its finding's stable anchor. No external assets and no request: it opens offline.
 
-This module shapes the data (grouping, anchors, what links where); templates/index.html.j2
-lays it out, autoescaped, so no reason, check or stack name can turn into markup.
+This module puts the parts together; templates/index.html.j2 lays them out, autoescaped, so no
+reason, check or stack name can turn into markup.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,14 @@ from urllib.parse import quote
 
 import jinja2
 
+from .findings import Finding, findings
+from .findings import links as finding_links
+from .frames import frame_views
+from .matrix import changed_cells, matrix
+from .support import support_table
+from .versions import version_changes
+
 TEMPLATES = Path(__file__).parent / "templates"
-DETAILED = ("failed", "known deviation", "unexpected pass")  # cells with a detail section to link to
 SHORT = {
     "passed": "pass",
     "failed": "FAIL",
@@ -36,7 +40,8 @@ SHORT = {
     "not run": "—",
 }
 CARRIED_MARK = "↳"
-SUPPORT_CSS = {"supported": "passed", "differs": "known-deviation", "unsupported": "failed"}
+FRAMES_PER_FINDING = 2  # distinct captures of one finding decoded on the page; the rest are linked
+FRAMES_SHOWN = 40  # frames per capture on the page (the marked ones and their neighbours first); the pcap has them all
 
 
 @cache
@@ -58,19 +63,6 @@ def _cls(status: str) -> str:
     return status.replace(" ", "-")
 
 
-def anchor(nodeid: str) -> str:
-    """A readable id, made unique by a short hash (`t[a.b]` and `t[a-b]` read alike)."""
-    return "d-" + re.sub(r"[^A-Za-z0-9]+", "-", nodeid).strip("-")[-80:] + "-" + hashlib.sha1(nodeid.encode()).hexdigest()[:8]
-
-
-def _check_name(check: str) -> str:
-    return check.split("::", 1)[1] if "::" in check else check
-
-
-def _feature(check: str) -> str:
-    return check.split("::", 1)[0].split("/")[-1]
-
-
 def changes(current: dict[str, Any], previous: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """What moved between two runs, keyed by (check, stack)."""
     before = {(r["check"], r["stack"]): r for r in previous.get("results", [])}
@@ -87,23 +79,6 @@ def changes(current: dict[str, Any], previous: dict[str, Any]) -> dict[str, list
         if r["status"] == "unexpected pass" and was != "unexpected pass":
             out["unexpected passes"].append({**r, "was": was})
     return out
-
-
-def detail_targets(results: list[dict[str, Any]]) -> dict[str, str]:
-    """The detail section each non-passing cell links to, by nodeid. A carried-over verdict goes
-    to the measured cell's section, where the evidence is; only if that cell has none (it is
-    missing, or its own status needs no detail) does the carried cell get a section of its own."""
-    by_cell = {(r["check"], r["stack"]): r for r in results}
-    targets = {}
-    for r in results:
-        if r["status"] not in DETAILED:
-            continue
-        source = by_cell.get((r["check"], r["carried_from"])) if r.get("carried_from") else None
-        if source is not None and not source.get("carried_from") and source["status"] in DETAILED:
-            targets[r["nodeid"]] = anchor(source["nodeid"])
-        else:
-            targets[r["nodeid"]] = anchor(r["nodeid"])
-    return targets
 
 
 def _link(path: str, out_dir: Path | None) -> dict[str, str]:
@@ -142,11 +117,12 @@ def _stacks(results: list[dict[str, Any]], stacks: list[str], run: dict[str, Any
 
 def _changes(data: dict[str, Any], previous: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
     groups = []
+    moved = version_changes(data.get("run", {}), previous.get("run", {}))
     for title, items in changes(data, previous).items():
         shaped = [
             {
                 "check": i["check"],
-                "href": f"#{targets[i['nodeid']]}" if i["nodeid"] in targets else "",  # only those have a section
+                "href": f"#{targets[i['nodeid']]}" if i["nodeid"] in targets else "",  # only findings have an entry
                 "stack": i["stack"] or "-",
                 "carried_from": i.get("carried_from") or "",
                 "was": "new check" if i["was"] is None else f"was {i['was']}",
@@ -155,99 +131,73 @@ def _changes(data: dict[str, Any], previous: dict[str, Any], targets: dict[str, 
             for i in items
         ]
         groups.append({"title": title, "entries": shaped})
-    return {"previous_date": previous.get("run", {}).get("date", "?"), "groups": groups}
+    return {"previous_date": previous.get("run", {}).get("date", "?"), "groups": groups, "versions": moved}
 
 
-def _cell(r: dict[str, Any] | None, stack: str, missing: bool, targets: dict[str, str]) -> dict[str, Any]:
-    if r is None:
-        return {"record": False, "missing": missing}
-    carried = r.get("carried_from") or ""
-    title = r.get("reason", "")[:300]
-    if carried:
-        title = f"carried over from {carried}" + (f": {title}" if title else "")
-    return {
-        "record": True,
-        "stack": stack,
-        "status": r["status"],
-        "cls": _cls(r["status"]),
-        "short": SHORT.get(r["status"], r["status"]),
-        "href": f"#{targets[r['nodeid']]}" if r["nodeid"] in targets else "",
-        "title": title,
-        "carried_from": carried,
-    }
-
-
-def _matrix(results: list[dict[str, Any]], stacks: list[str], run: dict[str, Any], targets: dict[str, str]) -> dict[str, Any]:
-    infos = run.get("stacks", {})
-    columns = []
-    for s in stacks:
-        info = infos.get(s, {})
-        hint = f"; install: {info['install']}" if info.get("install") else ""
-        columns.append({"name": s, "missing": not info.get("available", True), "title": info.get("why", "") + hint})
-    rows: dict[str, dict[str, dict[str, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
-    for r in results:
-        rows[r["suite"]][r["check"]][r["stack"]] = r
-    suites = []
-    for suite in sorted(rows):
-        features: list[dict[str, Any]] = []
-        for check in sorted(rows[suite]):
-            if not features or features[-1]["name"] != _feature(check):
-                features.append({"name": _feature(check), "rows": []})
-            missing = {s: bool(s) and not infos.get(s, {}).get("available", True) for s in ["", *stacks]}
-            cells = [_cell(rows[suite][check].get(s), s, missing[s], targets) for s in ["", *stacks]]
-            features[-1]["rows"].append({"check": check, "name": _check_name(check), "cells": cells})
-        suites.append({"name": suite, "features": features})
-    return {"columns": columns, "suites": suites, "width": len(stacks) + 2}
-
-
-def _details(results: list[dict[str, Any]], targets: dict[str, str], out_dir: Path | None) -> list[dict[str, Any]]:
-    carried_to: dict[str, list[str]] = defaultdict(list)
-    for r in results:
-        if r["nodeid"] in targets and targets[r["nodeid"]] != anchor(r["nodeid"]):
-            carried_to[targets[r["nodeid"]]].append(r["stack"])
-    details = []
-    for r in results:
-        if targets.get(r["nodeid"]) != anchor(r["nodeid"]):
-            continue  # passing, or carried over: its detail is the measured cell's
-        details.append(
-            {
-                "anchor": anchor(r["nodeid"]),
-                "cls": _cls(r["status"]),
-                "check": r["check"],
-                "stack": r["stack"] or "-",
-                "status": r["status"],
-                "reason": r.get("reason", ""),
-                "carried_from": r.get("carried_from") or "",
-                "carried_to": sorted(carried_to.get(anchor(r["nodeid"]), [])),
-                "nodeid": r["nodeid"],
-                "duration": f"{r.get('duration', 0.0):.2f}",
-                "evidence": [_link(p, out_dir) for p in r.get("evidence", [])],
-            }
-        )
-    return details
-
-
-def _support(support: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not support:
-        return None
-    stacks = sorted({s for cells in support["messages"].values() for s in cells})
-    rows = []
-    for msg, cells in support["messages"].items():
-        shaped: list[dict[str, Any] | None] = []
-        for s in stacks:
-            cell = cells.get(s)
-            shaped.append(
-                None
-                if cell is None
-                else {
-                    "cls": SUPPORT_CSS.get(cell["status"], ""),
-                    "status": cell["status"],
-                    "tip": "; ".join(cell.get("differences", [])[:5]),
-                    "attrs": len(cell.get("attrs", [])),
+def _findings(found: list[Finding], out_dir: Path | None) -> list[dict[str, Any]]:
+    """Each finding with its cells, and its evidence grouped: variants whose captures show the
+    same frames (up to addresses, ids and timings, which differ between any two sandboxes) share
+    one decoded view, so nine gvisor variants that deviate alike read as one capture."""
+    shaped = []
+    for f in found:
+        groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for c in f.measured:
+            captures = [p for p in c.get("evidence", []) if _is_capture(p)]
+            views = frame_views(captures, limit=FRAMES_SHOWN) if captures else []
+            key = _frames_signature(views)  # cells with no capture share one section of links
+            group = groups.setdefault(key, {"stacks": [], "cells": [], "frames": views})
+            group["stacks"].append(c["stack"] or "-")
+            group["cells"].append(
+                {
+                    "stack": c["stack"] or "-",
+                    "nodeid": c["nodeid"],
+                    "duration": f"{c.get('duration', 0.0):.2f}",
+                    "evidence": [_link(p, out_dir) for p in c.get("evidence", [])],
                 }
             )
-        rows.append({"message": msg, "cells": shaped, "kernel_attrs": ", ".join(support.get("kernel_attrs", {}).get(msg, []))})
-    return {"stacks": stacks, "rows": rows}
+        evidence = [
+            {"stacks": g["stacks"], "cells": g["cells"], "frames": g["frames"] if n < FRAMES_PER_FINDING else []}
+            for n, g in enumerate(groups.values())
+        ]
+        carried = [{"stack": c["stack"], "from": c["carried_from"]} for c in f.cells if c.get("carried_from") and f.measured]
+        shaped.append(
+            {
+                "anchor": f.anchor,
+                "cls": _cls(f.status),
+                "check": f.check,
+                "suite": f.suite,
+                "status": f.status,
+                "reason": f.reason,
+                "manifest": f.cells[0].get("manifest") or "",
+                "stacks": [c["stack"] or "-" for c in (f.measured or f.cells)],
+                "carried": carried,
+                "cells": len(f.cells),
+                "evidence": evidence,
+                "frames_left_out": max(0, len(groups) - FRAMES_PER_FINDING),
+            }
+        )
+    return shaped
+
+
+_VOLATILE = re.compile(r"(?:[0-9a-f]{2}:){5}[0-9a-f]{2}|0x[0-9a-f]+|\d+", re.I)
+
+
+def _frames_signature(views: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """What two cells' captures are compared by: per capture, each frame's direction and summary
+    with MACs, ids, sequence numbers and lengths blanked, and how each expectation came out."""
+    return tuple(
+        (
+            v.get("source"),
+            tuple((fr.get("direction"), _VOLATILE.sub("#", str(fr.get("summary", "")))) for fr in v.get("frames", [])),
+            tuple((e.get("outcome"), _VOLATILE.sub("#", str(e.get("differs") or ""))) for e in v.get("expectations", [])),
+        )
+        for v in views
+    )
+
+
+def _is_capture(path: str) -> bool:
+    name = Path(path).name
+    return name.endswith((".pcap", ".pcap.gz", ".expects.json"))
 
 
 def _benchmarks(figures: list[dict[str, Any]] | None, date: str) -> dict[str, Any] | None:
@@ -276,14 +226,17 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
     """Everything the template shows, already decided: the template has no logic to get wrong."""
     run, results = data.get("run", {}), data.get("results", [])
     stacks = sorted({r["stack"] for r in results if r["stack"]} | set(run.get("stacks", {})))
-    targets = detail_targets(results)
+    found = findings(results)
+    targets = finding_links(found)
     carried = sum(1 for r in results if r.get("carried_from"))
     exit_status = run.get("exit status")
+    changed = changed_cells(data, previous)
     return {
         "run": {
             k.replace(" ", "_"): str(run.get(k) or "")
             for k in ("date", "kernel", "labkit", "commit", "python", "order seed", "isolation")
         },
+        "packages": [{"name": k, "version": v} for k, v in sorted((run.get("packages") or {}).items())],
         "notes": run.get("notes", []) + [f"collection error: {e}" for e in run.get("collection errors", [])],
         "exit_status": None if exit_status in (None, 0, 1) else exit_status,
         "counts": [{"status": s, "cls": _cls(s), "n": n} for s, n in data.get("counts", {}).items()],
@@ -292,14 +245,23 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
         "stacks": _stacks(results, stacks, run),
         "changes": None if previous is None else _changes(data, previous, targets),
         "mark": CARRIED_MARK,
-        **_matrix(results, stacks, run, targets),
-        "details": _details(results, targets, out_dir),
-        "support": _support(data.get("rtnetlink_support")),
+        "matrix": matrix(results, stacks, run, {n: f"#{a}" for n, a in targets.items()}, changed),
+        "findings": _findings(found, out_dir),
+        "support": support_table(data.get("rtnetlink_support"), carried_in_suite(results, "rtnetlink")),
         "benchmarks": _benchmarks(data.get("benchmarks"), str(run.get("benchmarks date", "?"))),
         "flake": _flake(data.get("flake")),
         "history": _history(data.get("history"), targets_by_cell(results, targets)),
         "run_figures": _run_figures(run),
     }
+
+
+def carried_in_suite(results: list[dict[str, Any]], suite: str) -> dict[str, str]:
+    """Stack -> the variant most of its checks in `suite` were carried over from."""
+    sources: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in results:
+        if r.get("suite") == suite and r.get("carried_from"):
+            sources[r["stack"]][r["carried_from"]] += 1
+    return {stack: counts.most_common(1)[0][0] for stack, counts in sources.items()}
 
 
 def targets_by_cell(results: list[dict[str, Any]], targets: dict[str, str]) -> dict[tuple[str, str], str]:
@@ -418,14 +380,14 @@ def _flake(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     if not summary:
         return None
 
-    def entries(findings: list[dict[str, Any]]) -> list[dict[str, str]]:
+    def entries(flaky: list[dict[str, Any]]) -> list[dict[str, str]]:
         return [
             {
                 "check": f["check"],
                 "stack": f["stack"] or "-",
                 "outcomes": "; ".join(f"{o} in run {', '.join(map(str, runs))}" for o, runs in sorted(f["outcomes"].items())),
             }
-            for f in findings
+            for f in flaky
         ]
 
     return {

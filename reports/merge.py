@@ -19,7 +19,7 @@ from .results import STATUSES, load
 
 NOTHING_SELECTED = 5  # pytest's "no tests ran": a shard whose pieces a narrowed run left empty
 RECORD_KEYS = {"nodeid", "check", "suite", "stack", "status"}
-RUN_FIELDS = ("date", "kernel", "python", "labkit", "commit", "host", "order seed", "isolation", "exit status")
+RUN_FIELDS = ("date", "kernel", "python", "packages", "labkit", "commit", "host", "order seed", "isolation", "exit status")
 
 
 def read_shards(paths: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
@@ -111,7 +111,7 @@ def _merged_run(runs: list[dict[str, Any]], paths: list[Path]) -> dict[str, Any]
             if stack not in stacks or (about.get("available") and not stacks[stack].get("available")):
                 stacks[stack] = dict(about)
     run["stacks"] = stacks
-    for key in ("commit", "kernel", "labkit"):
+    for key in ("commit", "kernel", "labkit", "python", "packages"):
         values = sorted({str(r.get(key, "")) for r in runs})
         if len(values) > 1:
             run["notes"].append(f"shards ran different {key}s: {', '.join(values)}")

@@ -32,6 +32,7 @@ class CheckResult:
     duration: float = 0.0
     evidence: list[str] = field(default_factory=list)
     carried_from: str | None = None  # the variant whose run stands for this cell (None: measured)
+    manifest: str | None = None  # the manifest entry that applies (labkit.manifest.Deviation.entry)
 
 
 def write_results(

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .html import changes, detail_targets
+from .findings import findings, links
+from .html import changes
+from .versions import version_changes
 
 LIMIT = 25  # entries per list in the summary; the page has them all
 COUNTED = ("passed", "known deviation", "failed", "unexpected pass", "skipped")
@@ -41,7 +43,7 @@ def markdown(
     results = data.get("results", [])
     page = page_url.rstrip("/") + "/index.html" if page_url else "index.html"
 
-    targets = detail_targets(results)  # a carried cell's section is the measured cell's, as on the page
+    targets = links(findings(results))  # each cell's finding, whose anchor stays the same from night to night
 
     def link(r: dict[str, Any]) -> str:
         name = f"`{r['check']}` on {r['stack'] or 'no stack'}"
@@ -67,6 +69,9 @@ def markdown(
     if moved is not None:
         sections += [("Fixed", moved["fixed"]), ("New deviations", moved["new deviations"])]
     history = data.get("history") or {}
+    if previous is not None and (versions := version_changes(run, previous.get("run", {}))):
+        lines += ["", f"## Versions changed: {len(versions)}"]
+        lines += [f"- {v['name']}: {v['was']} -> {v['now']}" for v in versions]
     for title, items in sections:
         lines += ["", f"## {title}: {len(items)}"]
         lines += [f"- {link(r)}" for r in items[:LIMIT]]

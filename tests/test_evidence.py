@@ -22,6 +22,7 @@ from labkit.testbed.evidence import (
     gzipped,
     log_piece,
     normalised_log,
+    note_piece,
     pcap_frames,
     pcap_piece,
     read_window,
@@ -119,6 +120,15 @@ def test_a_big_pcap_is_gzipped_and_a_small_one_is_not():
     assert pcap_piece("", small).name == "pcap" and pcap_piece("", small).data == small
     piece = pcap_piece("uplink", big)
     assert piece.name == "uplink.pcap.gz" and gzip.decompress(piece.data) == big and len(piece.data) < len(big) / 10
+
+
+def test_the_stacks_side_is_named_after_the_wires_pcap_and_a_note_compares_without_noise():
+    assert pcap_piece("sandbox", pcap((1.0, ARP))).name == "sandbox.pcap"
+    assert pcap_piece("netstack", pcap(*[(1.0, bytes(1500))] * 1000)).name == "netstack.pcap.gz"
+    a = note_piece("sandbox.drops", "dropped 12 frame(s) at 23:01:02.5 on labkit-0a0a0a-77-3-sb\n")
+    b = note_piece("sandbox.drops", "dropped 12 frame(s) at 07:00:00.1 on labkit-1b1b1b-88-4-sb\n")
+    assert a.name == "sandbox.drops.txt" and a.key == b.key and a.data != b.data
+    assert a.key != note_piece("sandbox.drops", "dropped 13 frame(s)\n").key
 
 
 # -- stored once ----------------------------------------------------------------------------
@@ -311,8 +321,9 @@ def test_two_variants_that_deviate_alike_share_the_pcap_and_expectations(real_ru
     kept = {
         s: {Path(p).name.split(".", 1)[1]: p for p in cells[("test_b_deviates", s)]["evidence"]} for s in ("gvisor", "gvisor-ch2")
     }
-    for piece in ("pcap", "expects.json"):
+    for piece in ("pcap", "expects.json", "sandbox.pcap"):
         assert kept["gvisor-ch2"][piece] == kept["gvisor"][piece], (piece, kept)
     folder = folder_of(evidence, "test_b_deviates")
     assert not (folder / "gvisor-ch2.pcap").exists() and not (folder / "gvisor-ch2.expects.json").exists()
+    assert not (folder / "gvisor-ch2.sandbox.pcap").exists()
     assert (folder / "linux.pcap").exists() or kept["gvisor"]["pcap"] in cells[("test_b_deviates", "linux")]["evidence"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -200,7 +201,11 @@ def test_the_verdict_fails_on_new_failures_and_strict_unexpected_passes_only(tmp
         "## New failures: 1" in summary
         and "## Unexpected passes (a deviation stopped happening: update the manifest): 1" in summary
     )
-    assert "[`linkdispatch/n.py::new` on gvisor](https://lab.example/nightly/index.html#d-" in summary
+    anchor = re.search(
+        r"\[`linkdispatch/n.py::new` on gvisor\]\(https://lab.example/nightly/index.html#(finding-[\w-]+)\)", summary
+    )
+    assert anchor, summary
+    assert f'id="{anchor.group(1)}"' in (tmp_path / "n3" / "index.html").read_text(), "the summary links to no finding"
     assert "FAILED: 1 new failures, 1 unexpected passes" in summary
 
 

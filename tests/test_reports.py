@@ -13,7 +13,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from reports.html import CARRIED_MARK, anchor, environment, render
+from reports.findings import findings, links
+from reports.html import CARRIED_MARK, environment, render
 
 from .conftest import ROOT, run_pytest
 
@@ -37,6 +38,7 @@ class Page(HTMLParser):
         self.images: list[str] = []
         self.cells: dict[tuple[str, str], str] = {}
         self.anchors: set[str] = set()
+        self.findings: list[str] = []
         self.links: list[str] = []
         self.changes: dict[str, int] = {}
         self.cell_attrs: dict[tuple[str, str], dict[str, str]] = {}
@@ -58,7 +60,9 @@ class Page(HTMLParser):
         if tag == "tr":
             self._row = a.get("data-check")
             self._stack_row = a.get("data-stack")
-        if tag == "td" and "data-status" in a and self._row:
+        if tag == "details" and "finding" in a.get("class", "").split():
+            self.findings.append(a["id"])
+        if tag == "td" and a.get("data-status") not in (None, "n/a") and self._row:
             self._cell = (self._row, a["data-stack"])
             self.cells[self._cell] = a["data-status"]
             self.cell_attrs[self._cell] = a
@@ -78,7 +82,7 @@ class Page(HTMLParser):
                 self.links.append(a[key])
         if tag == "img":
             self.images.append(a.get("src", ""))
-        if tag == "th" and a.get("class") == "missing":
+        if tag == "th" and "missing" in a.get("class", "").split() and "data-stack" in a:
             self.missing_columns.append(a.get("title", ""))
         if tag == "ul" and "data-kind" in a:
             self._changes = a["data-kind"]
@@ -176,9 +180,12 @@ def test_html_matrix_matches_the_results_and_needs_nothing_online(small_run):
     page = parse(small_run / "index.html")
     assert page.cells == {(r["check"], r["stack"]): r["status"] for r in data["results"]}
     failing = [r for r in data["results"] if r["status"] in ("failed", "known deviation", "unexpected pass")]
-    assert {anchor(r["nodeid"]) for r in failing} <= page.anchors, "a non-passing cell has no detail section"
-    details = [a for a in page.anchors if a.startswith("d-")]
-    assert len(details) == len(failing), f"{len(details)} detail sections for {len(failing)} non-passing cells"
+    targets = links(findings(data["results"]))
+    assert set(targets) == {r["nodeid"] for r in failing} and set(targets.values()) <= page.anchors, (
+        "a non-passing cell has no finding"
+    )
+    assert {page.cell_links[(r["check"], r["stack"])] for r in failing} == {f"#{targets[r['nodeid']]}" for r in failing}
+    assert sorted(page.findings) == sorted(set(targets.values())), "one entry per finding"
     assert not [link for link in page.links if link.startswith(("http:", "https:", "//"))], "external assets"
     dangling = [link for link in page.links if link.startswith("#") and link[1:] not in page.anchors]
     assert not dangling, f"links to no section: {dangling}"
@@ -277,22 +284,23 @@ def test_carried_over_cells_are_marked_and_link_to_the_measured_cell():
     carried = {(r["check"], r["stack"]) for r in results if r.get("carried_from")}
     for key, attrs in page.cell_attrs.items():
         if key in carried:
-            assert "carried" in attrs["class"].split() and attrs["data-carried-from"] == "gvisor", attrs
+            assert attrs["data-carried-from"] == "gvisor", attrs
             assert page.cell_text[key].startswith(CARRIED_MARK), key
             assert attrs["title"].startswith("carried over from gvisor"), attrs
         else:
-            assert "carried" not in attrs["class"].split() and "data-carried-from" not in attrs, attrs
+            assert "data-carried-from" not in attrs, attrs
             assert CARRIED_MARK not in page.cell_text[key]
-    # Same status colour as the measured cell, and the same detail: the measured cell's.
-    assert page.cell_attrs[(CHECK_A, "gvisor-ch2")]["class"].split()[:2] == page.cell_attrs[(CHECK_A, "gvisor")]["class"].split()
-    measured = "#" + anchor(f"suites/{CHECK_A}[gvisor]")
+    # Same status as the measured cell, and the same finding: one entry for the three cells.
+    assert page.cell_attrs[(CHECK_A, "gvisor-ch2")]["data-status"] == page.cell_attrs[(CHECK_A, "gvisor")]["data-status"]
+    targets = links(findings(results))
+    measured = "#" + targets[f"suites/{CHECK_A}[gvisor]"]
     assert {page.cell_links[(CHECK_A, s)] for s in ("gvisor", "gvisor-ch2", "gvisor-ch4")} == {measured}
     assert (CHECK_B, "gvisor-ch2") not in page.cell_links, "a passed cell links nowhere"
-    own = anchor(f"suites/{CHECK_B}[gvisor-ch4]")
+    own = targets[f"suites/{CHECK_B}[gvisor-ch4]"]
     assert page.cell_links[(CHECK_B, "gvisor-ch4")] == "#" + own
-    assert {a for a in page.anchors if a.startswith("d-")} == {measured[1:], own}, "carried cells got detail sections of their own"
-    section = re.search(rf'<div id="{measured[1:]}" class="detail">(.*?)</div>', text, re.S)
-    assert section and "carried over to: gvisor-ch2, gvisor-ch4" in section.group(1)
+    assert sorted(page.findings) == sorted({measured[1:], own}), "carried cells got findings of their own"
+    section = re.search(rf'<details class="finding [^"]*" id="{measured[1:]}"(.*?)</details>\n', text, re.S)
+    assert section and "carried over to: gvisor-ch2 (from gvisor), gvisor-ch4 (from gvisor)" in section.group(1)
 
     assert page.cell_counts == {"measured": "4", "carried": "4"}
     assert "cells measured: 4 · carried over: 4" in text
@@ -323,13 +331,13 @@ def test_script_in_a_reason_or_a_stack_name_is_shown_not_run(tmp_path):
     data["run"]["notes"] = ["<script>alert('note')</script>"]
     text = render(data, synthetic([], stacks), tmp_path)
     page = parse_text(text)
-    assert "<script" not in text.lower() and "&lt;script&gt;" in text
-    assert "script" not in page.tags
+    assert text.lower().count("<script") == 1 and "&lt;script&gt;" in text, "a script other than the page's own"
+    assert "<script>alert" not in text
     assert not {a for a in page.attr_names if a.startswith("on")}, page.attr_names
     # Escaped, not mangled: the values read back as they were.
     assert page.cells[(CHECK_A, evil)] == "failed" and page.cell_attrs[(CHECK_A, evil)]["title"] == reason
     assert page.cell_attrs[(CHECK_B, evil)]["data-carried-from"] == "<script>x</script>"
-    assert page.missing_columns == ["<script>why</script>; install: ' onclick='alert(2)"]
+    assert page.missing_columns == ["missing: <script>why</script>; install: ' onclick='alert(2)"]
 
 
 def test_the_template_refuses_a_missing_field():
@@ -342,7 +350,12 @@ def test_labkit_flakes_verdict_has_its_section_and_none_without_it():
     data = synthetic([record(CHECK_A, "gvisor", "passed")], stacks)
     assert 'id="flaky"' not in render(data)
     flaky = {"check": CHECK_A, "stack": "gvisor", "outcomes": {"passed": [1, 3], "failed": [2]}, "load_dependent": False}
-    load = {"check": CHECK_A, "stack": "gvisor-ch2", "outcomes": {"known deviation": [1], "unexpected pass": [2, 3]}, "load_dependent": True}
+    load = {
+        "check": CHECK_A,
+        "stack": "gvisor-ch2",
+        "outcomes": {"known deviation": [1], "unexpected pass": [2, 3]},
+        "load_dependent": True,
+    }
     data["flake"] = {"runs": ["a", "b", "c"], "seeds": [1, 2, 3], "cells": 2, "flaky": [flaky], "load_dependent": [load]}
     page = render(data)
     assert "3 runs in random orders (seeds 1, 2, 3), 2 check x stack cells compared" in page

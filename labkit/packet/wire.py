@@ -44,6 +44,8 @@ class Expectation:
     outcome: str  # "matched", "timeout", "absent", "present", or "N frame(s)" for listen
     frame: int | None  # index in `Wire.frames` (and the pcap) of the frame that matched or came
     closest: str | None = None  # on a timeout: the field in which the nearest frame differed
+    # On a timeout: that nearest frame's index, as `frame` (so a report can point at it in the pcap).
+    closest_frame: int | None = None
 
 
 class Wire:
@@ -74,6 +76,12 @@ class Wire:
 
     def __repr__(self) -> str:
         return f"Wire({self.ns.name}:{self.ifname})"
+
+    @property
+    def since(self) -> float:
+        """When the current window began (the last `forget`; 0.0 before any): a capture beside
+        the Wire keeps the same window."""
+        return self._since
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -207,14 +215,19 @@ class Wire:
         """Like `expect`, but the Frame: kernel timestamp and auxdata (checksum state) included."""
         started = time.time()
         near: list[tuple[Verdict, Frame]] = []
+        indices: list[int] = []  # each near frame's index in `frames`
         for frame in self._incoming(timeout):
             verdict = compare(template, frame.packet)
             if verdict.matched:
                 self._log("expect", template, timeout, started, "matched", self._cursor - 1)
                 return frame
             near.append((verdict, frame))
-        closest = max(near, key=lambda vf: vf[0].score)[0].diff if near else None
-        self._log("expect", template, timeout, started, "timeout", None, closest)
+            indices.append(self._cursor - 1)
+        if near:
+            best = max(range(len(near)), key=lambda i: near[i][0].score)  # the first of the best, as _explain
+            self._log("expect", template, timeout, started, "timeout", None, near[best][0].diff, indices[best])
+        else:
+            self._log("expect", template, timeout, started, "timeout", None)
         raise ExpectTimeout(self._explain(template, timeout, near, started))
 
     def expect_none(self, template: Packet, timeout: float = 0.5) -> None:
@@ -239,10 +252,18 @@ class Wire:
         return heard
 
     def _log(
-        self, kind: str, template: Packet | None, timeout: float, started: float, outcome: str, frame: int | None, diff: str | None = None
+        self,
+        kind: str,
+        template: Packet | None,
+        timeout: float,
+        started: float,
+        outcome: str,
+        frame: int | None,
+        diff: str | None = None,
+        closest_frame: int | None = None,
     ) -> None:
         what = describe(template) if template is not None else "any frame"
-        self.expectations.append(Expectation(kind, what, timeout, started, outcome, frame, diff))
+        self.expectations.append(Expectation(kind, what, timeout, started, outcome, frame, diff, closest_frame))
 
     def send_and_expect(self, pkt: Packet | bytes, template: Packet, timeout: float = 1.0) -> Packet:
         self.drain()
@@ -289,7 +310,8 @@ class Wire:
 
     def write_expectations(self, path: str | os.PathLike[str]) -> Path:
         """What each expect looked for and which frame answered it (`frame`: its index in the pcap
-        that `write_pcap` writes, from 0), as JSON: the evidence that goes with the pcap."""
+        that `write_pcap` writes, from 0; on a timeout `closest_frame`, the nearest miss), as JSON:
+        the evidence that goes with the pcap."""
         path = Path(path)
         path.write_text(json.dumps([asdict(e) for e in self.expectations], indent=1))
         return path

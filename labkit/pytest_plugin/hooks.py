@@ -123,6 +123,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if deviation is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {deviation.reason}", strict=deviation.strict))
             item.user_properties.append(("deviation", deviation.reason))
+            item.user_properties.append(("manifest entry", deviation.entry))
     if settings.shard is not None:
         _keep_shard(config, items)
     runs = _runs_by_check(items)

@@ -25,6 +25,7 @@ from labkit.pytest_plugin.hooks import EVIDENCE_KINDS, stands_for, suite_of
 from labkit.testbed.evidence import totals as evidence_totals
 from reports.history import DEFAULT_KEEP
 from reports.results import CheckResult, load, write_results
+from reports.versions import installed_packages
 
 
 def failure_text(report: pytest.TestReport, limit: int = 40) -> str:
@@ -59,7 +60,10 @@ class ResultsCollector:
         if report.nodeid not in self.records:
             props = dict(report.user_properties)
             check, stack = str(props.get("check", report.nodeid)), str(props.get("stack", ""))
-            self.records[report.nodeid] = CheckResult(report.nodeid, check, suite_of(report.nodeid), stack)
+            entry = props.get("manifest entry")
+            self.records[report.nodeid] = CheckResult(
+                report.nodeid, check, suite_of(report.nodeid), stack, manifest=str(entry) if entry else None
+            )
         return self.records[report.nodeid]
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -209,6 +213,7 @@ def describe_run(settings: Any) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "packages": installed_packages(),
         "labkit": labkit_version,
         "commit": source_commit(),
         "host": os.uname().nodename,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,10 +19,20 @@ from labkit.net import layouts
 from labkit.net.layouts import End, TapEnd
 from labkit.net.plan import AddressPlan
 from labkit.net.topology import Link, Topology
+from labkit.packet.sandbox_capture import SandboxCapture
 from labkit.packet.wire import Wire
 from labkit.stacks import Stack, StackSpec
 from labkit.testbed import isolation
-from labkit.testbed.evidence import EvidenceStore, Piece, commands_piece, expectations_piece, log_piece, pcap_piece, read_window
+from labkit.testbed.evidence import (
+    EvidenceStore,
+    Piece,
+    commands_piece,
+    expectations_piece,
+    log_piece,
+    note_piece,
+    pcap_piece,
+    read_window,
+)
 from labkit.testbed.outside import Outside
 
 # A layout declares a topology from an address plan: (topology, the stack's end, the Wire's end).
@@ -65,6 +76,9 @@ class Testbed:
         self.stack_end: End | None = None  # a Link, or a TapEnd for a stack that makes its own link
         self.peer_end: End | None = None
         self.outside: Outside | None = None  # a tap stack's world behind it (labkit.testbed.outside)
+        # The stack's end of the veth, recorded from inside its namespace (none for a tap stack:
+        # the Wire already sits on the tap the stack reads).
+        self.sandbox: SandboxCapture | None = None
         # What the driver read inside when the pool first handed the testbed out (the full look).
         self.inside_at_handout: dict[str, frozenset[str]] = {}
 
@@ -89,8 +103,11 @@ class Testbed:
         self.stack_end, self.peer_end = stack_end, peer_end
         self.topology.up()
         assert peer_end.ns.netns is not None and peer_end.mac is not None
-        # The Wire listens before the stack starts, so the pcap has the stack's first frames.
+        # The Wire listens before the stack starts, so the pcap has the stack's first frames;
+        # so does the capture on the stack's end.
         self.wire = Wire(peer_end.ns.netns, peer_end.name, mac=peer_end.mac, far_mac=stack_end.mac)
+        if stack_end.ns.netns is not None:
+            self.sandbox = SandboxCapture(stack_end.ns.netns, stack_end.name)
         self._own_peer_addresses()
         self.stack = self.spec.create()
         self.stack.start(self.topology, stack_end)  # if this fails, down() still stops it
@@ -138,6 +155,8 @@ class Testbed:
         if self.outside is not None:
             self.outside.reset()
         self.wire.forget()
+        if self.sandbox is not None:
+            self.sandbox.forget()
         self._own_peer_addresses()
         return self
 
@@ -157,8 +176,10 @@ class Testbed:
 
     def save_evidence(self, store: EvidenceStore, check: str, since_start: bool = False) -> list[Path]:
         """Keep what a person needs to debug `check`'s failure on this testbed, in `store`: the
-        Wire's pcap and what the check expected of it, the uplink's pcaps, the stack's options and
-        command lines, and the lines its logs got in the check's window (labkit.testbed.evidence).
+        Wire's pcap and what the check expected of it, the stack's side of the link (the capture on
+        its end of the veth, and its own capture where it keeps one), the uplink's pcaps, the
+        stack's options and command lines, and the lines its logs got in the check's window
+        (labkit.testbed.evidence).
 
         The window begins where the stack's logs were marked: at the pool's handout (a reused or
         newly started pooled stack: its boot is the pool's, not the check's), or, `since_start`,
@@ -166,6 +187,7 @@ class Testbed:
         made itself, one that is never pooled)."""
         spec = self.spec.id
         pieces: list[Piece] = []
+        until = time.time()  # the stack's side is cut where the Wire's pcap is read: the same window
         if self.wire is not None:
             pieces.append(pcap_piece("", self._pcap(store, check, self.wire)))
             if self.wire.expectations:
@@ -174,6 +196,7 @@ class Testbed:
                     pieces.append(expectations_piece(self.wire.write_expectations(tmp).read_bytes()))
                 finally:
                     tmp.unlink(missing_ok=True)
+        pieces += self._stack_side(since_start, until)
         if self.outside is not None:  # what the stack's host sockets put on the uplink
             for n, watch in enumerate(self.outside.watches):
                 pieces.append(pcap_piece(f"uplink{n or ''}", self._pcap(store, check, watch)))
@@ -184,6 +207,31 @@ class Testbed:
                 if window:
                     pieces.append(log_piece(name, window))
         return store.keep(check, spec, pieces)
+
+    def _stack_side(self, since_start: bool, until: float) -> list[Piece]:
+        """The link as the stack's side saw it in the Wire's window (from the Wire's last forget,
+        also one the check asked for, to when its pcap was read): the capture on the stack's end
+        of the veth, with a note of what the kernel dropped there, and the stack's own capture
+        where it keeps one (from `since` on: it may write a record late)."""
+        since = self.wire.since if self.wire is not None else 0.0
+        pieces = []
+        if self.sandbox is not None:
+            pieces.append(pcap_piece("sandbox", self.sandbox.pcap(since, until)))
+            if lost := self.sandbox.dropped():
+                pieces.append(
+                    note_piece(
+                        "sandbox.drops",
+                        f"The kernel dropped {lost} frame(s) at the lab's capture on {self.sandbox.ifname} (its receive "
+                        "buffer was full; PACKET_STATISTICS): sandbox.pcap misses them. They reached the stack's end of "
+                        "the link all the same; the capture is the lab's, not the stack's.\n",
+                    )
+                )
+        own = getattr(self.stack, "own_capture", None)
+        if own is not None:
+            data = own(since, since_start)
+            if data is not None:
+                pieces.append(pcap_piece("netstack", data))
+        return pieces
 
     def _pcap(self, store: EvidenceStore, check: str, wire: Wire) -> bytes:
         tmp = store.scratch(check, self.spec.id, "pcap")
@@ -205,6 +253,7 @@ class Testbed:
         for step in (
             self.outside.close if self.outside else None,
             self.wire.close if self.wire else None,
+            self.sandbox.close if self.sandbox else None,
             self.stack.stop if self.stack else None,
             self.topology.down if self.topology else None,
         ):
@@ -215,6 +264,7 @@ class Testbed:
             except Exception as exc:  # finish the teardown, then report the first failure
                 errors.append(exc)
         self.wire = self.stack = None
+        self.sandbox = None
         self.outside = None
         self.topology = None
         if errors:

@@ -10,6 +10,11 @@ deviation on every variant is the same evidence many times over. So:
 - Logs hold only what the stack wrote in the check's window (`Stack.mark_logs`) and are gzipped
   deterministically (mtime 0, no name), so equal windows give equal bytes. A window beyond
   `LOG_LIMIT` keeps its head and tail, with a line that says how much was left out.
+- Beside the Wire's pcap (`<stack>.pcap`, the peer end of the veth), the stack's side of the
+  link: `<stack>.sandbox.pcap`, recorded on the stack's end inside its namespace (with
+  `<stack>.sandbox.drops.txt` when the kernel dropped frames of it), and `<stack>.netstack.pcap`,
+  the stack's own capture where its build keeps one (runsc `--pcap-log`). Together they say
+  whether a frame was lost before or after the stack.
 - pcaps stay plain (a failed check's frames are a few KB; tcpdump, Wireshark and a browser open
   them as they are); one over `PCAP_GZIP_OVER` (a bulk transfer) is stored as `.pcap.gz`, which
   Wireshark opens directly.
@@ -164,6 +169,12 @@ def pcap_piece(name: str, data: bytes) -> Piece:
 
 def expectations_piece(data: bytes) -> Piece:
     return Piece("expects.json", data, expectations_key(data))
+
+
+def note_piece(name: str, text: str) -> Piece:
+    """A line or two the lab says about another piece (`<stack>.<name>.txt`), e.g. what a capture misses."""
+    data = text.encode()
+    return Piece(f"{name}.txt", data, normalised_log(data))
 
 
 def commands_piece(text: str) -> Piece:

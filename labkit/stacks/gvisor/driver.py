@@ -23,9 +23,10 @@ from labkit.errors import LabError
 from labkit.lifecycle.pids import alive
 from labkit.lifecycle.process import LabProcess, kill_pids, run_in
 from labkit.net.netns import NetNS
+from labkit.packet import pcapfile
 from labkit.packet.sockets import PacketSocket, packet_sockets, packet_statistics
 from labkit.stacks import base, programs
-from labkit.stacks.gvisor import bundle
+from labkit.stacks.gvisor import bundle, pcaplog
 from labkit.stacks.gvisor import flags as runsc_flags
 from labkit.stacks.gvisor.runsc import Runsc
 from labkit.stacks.gvisor.variants import DEFAULTS, VARIANTS, needed_flags, network_flags, options
@@ -56,6 +57,9 @@ class GVisorStack(base.Stack):
     start_timeout = 30.0
     program = "runsc"
     install = INSTALL
+    # netstack's own capture (`--pcap-log`, labkit.stacks.gvisor.pcaplog): None when the build
+    # writes one (probed once per build), True always (the probe's own sandbox), False never.
+    pcap_log: bool | None = None
 
     def __init__(self, variant: str = "", binary: str | None = None) -> None:
         super().__init__(variant, binary)
@@ -64,6 +68,8 @@ class GVisorStack(base.Stack):
         self.cid: str | None = None
         self.sandbox_pid: int | None = None
         self.started_in = 0.0
+        self.netstack_pcap: Path | None = None  # the sandbox's --pcap-log, when its build writes one
+        self._pcap_mark = 0  # where the current check's records begin in it (a record boundary)
 
     @classmethod
     def capabilities_for(cls, variant: str) -> frozenset[str]:
@@ -101,6 +107,8 @@ class GVisorStack(base.Stack):
             f"--debug-command={LOGGED_COMMANDS}",
             *network_flags(self.options),
         ]
+        if self.netstack_pcap is not None:
+            wanted.append(f"--{pcaplog.FLAG}={self.netstack_pcap}")
         path = programs.locate(self.binary)
         listed = runsc_flags.known(path) if path is not None else None
         if path is None or listed is None:
@@ -113,6 +121,9 @@ class GVisorStack(base.Stack):
         assert self.workdir is not None and self.link is not None and self.link.ns.netns is not None
         netns: NetNS = self.link.ns.netns
         (self.workdir / "logs").mkdir()
+        self._pcap_mark = 0
+        if self._keeps_pcap():
+            self.netstack_pcap = self.workdir / pcaplog.FILE
         self.runsc = Runsc(self.workdir / "root", self.flags(), binary=self.binary)
         visible = [Path(sys.prefix), Path(sys.executable).parent, _repo_root()]
         spec_dir = bundle.write(self.workdir / "bundle", bundle.spec(str(netns.path), ["sleep", "infinity"], visible))
@@ -123,6 +134,15 @@ class GVisorStack(base.Stack):
         self.runsc.start(self.cid, netns, log, self.start_timeout)
         self.started_in = time.perf_counter() - began  # for the benchmark: runsc's own share
         self.sandbox_pid = int(self.runsc.state(self.cid)["pid"])
+
+    def _keeps_pcap(self) -> bool:
+        """Whether this sandbox gets `--pcap-log`: on a build that writes it, with a link to capture."""
+        if self.pcap_log is not None:
+            return self.pcap_log
+        if self.options.get("network") == "none":
+            return False
+        path = programs.locate(self.binary)
+        return path is not None and pcaplog.writes(path)
 
     def _processes(self) -> list[int]:
         """The sandbox and its gofer: every host process started for this bundle."""
@@ -142,6 +162,7 @@ class GVisorStack(base.Stack):
         # SIGKILL and a bounded wait beat `runsc delete -force` (which also polls); the state
         # root lives in the workdir and goes with it, so nothing may outlive this.
         self.runsc = self.cid = self.sandbox_pid = None
+        self.netstack_pcap = None
         if self.workdir is None:
             return
         # A zombie sandbox (dead, waiting for its parent to reap it) is gone; a sandbox whose
@@ -196,6 +217,20 @@ class GVisorStack(base.Stack):
             if path.stat().st_size:
                 found[name] = path
         return found
+
+    def mark_logs(self) -> None:
+        """The logs' marks, and where the next check's records begin in netstack's capture."""
+        super().mark_logs()
+        if self.netstack_pcap is not None:
+            self._pcap_mark = pcapfile.records_end(self.netstack_pcap, self._pcap_mark)
+
+    def own_capture(self, since: float, since_start: bool = False) -> bytes | None:
+        """netstack's capture (`--pcap-log`) in the check's window: the records written since
+        the logs were marked (or, `since_start`, all of them) and stamped at or after `since`.
+        None when the sandbox keeps none (its build writes nothing)."""
+        if self.netstack_pcap is None:
+            return None
+        return pcapfile.window(self.netstack_pcap, 0 if since_start else self._pcap_mark, since)
 
     def command_lines(self) -> list[list[str]]:
         """`runsc create` and `runsc start` with the sandbox's global flags (the start runs

@@ -1,0 +1,115 @@
+"""The rtnetlink support table as the page shows it (templates/support.html.j2, macro `support`).
+
+The table in results.json (labkit.rtnetlink.support.merge) is message type x stack. Read as it
+comes it repeats itself: the variants of one stack mostly answer every message alike, so a
+reader scans eight identical columns to learn one thing. Here stacks whose answers are the same
+on every row share one column, headed by their names. An attribute count means something only
+against what the kernel returned for that message, so a cell says "k of the kernel's n
+attributes" and lists the missing ones on demand; where the kernel returned no attribute (the
+DEL messages, the malformed requests) there is nothing to count and the cell says nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+STATUS_CSS = {"supported": "passed", "differs": "known-deviation", "unsupported": "failed"}
+SHOWN_NAMES = 2  # a merged column's header names this many stacks, then "… (n)"; its title names all
+
+
+def _answer(cell: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What a column shows for one message: two stacks with the same answer on every row merge.
+    Differences are compared as a set: the rows of a cell arrive in whatever order the workers
+    finished, and the order is not an answer."""
+    if cell is None:
+        return None
+    return cell["status"], tuple(sorted(set(cell.get("attrs", [])))), tuple(sorted(set(cell.get("differences", []))))
+
+
+def _label(stacks: list[str]) -> str:
+    if len(stacks) <= SHOWN_NAMES + 1:
+        return ", ".join(stacks)
+    return f"{', '.join(stacks[:SHOWN_NAMES])}, … ({len(stacks)})"
+
+
+def _attributes(n: int) -> str:
+    return f"{n} attribute" + ("" if n == 1 else "s")
+
+
+def _coverage(attrs: list[str], kernel: list[str]) -> dict[str, Any] | None:
+    """The attributes a stack returned, read against the kernel's; None when there is nothing to count."""
+    mine, theirs = set(attrs), set(kernel)
+    if not mine and not theirs:
+        return None
+    if not theirs:
+        return {"text": f"{_attributes(len(mine))}; the kernel returned none", "missing": [], "extra": sorted(mine)}
+    return {
+        "text": f"{len(mine & theirs)} of the kernel's {_attributes(len(theirs))}",
+        "missing": sorted(theirs - mine),
+        "extra": sorted(mine - theirs),
+    }
+
+
+def _cell(cell: dict[str, Any] | None, kernel: list[str]) -> dict[str, Any] | None:
+    if cell is None:
+        return None
+    differences = sorted(set(cell.get("differences", [])))
+    carried = f"carried over from {cell['carried_from']}\n" if cell.get("carried_from") else ""
+    return {
+        "status": cell["status"],
+        "cls": STATUS_CSS.get(cell["status"], ""),
+        "tip": carried + "\n".join(differences),
+        "differences": len(differences),
+        "coverage": _coverage(cell.get("attrs", []), kernel),
+    }
+
+
+def columns(messages: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The stacks, grouped by identical answers over every message; groups in the order of their
+    first stack, the stacks of a group sorted."""
+    stacks = sorted({s for cells in messages.values() for s in cells})
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for s in stacks:
+        key = tuple(_answer(messages[m].get(s)) for m in sorted(messages))
+        groups.setdefault(key, []).append(s)
+    return list(groups.values())
+
+
+def with_carried(messages: dict[str, dict[str, Any]], carried: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """The table with the answers of variants that ran no rtnetlink check of their own filled in
+    from the variant whose run stood for theirs (the matrix rule): that is the answer they give,
+    and without it they read as blank columns."""
+    out = {}
+    for msg, cells in messages.items():
+        filled = dict(cells)
+        for stack, source in carried.items():
+            if stack not in filled and source in cells:
+                filled[stack] = {**cells[source], "carried_from": source}
+        out[msg] = filled
+    return out
+
+
+def support_table(table: dict[str, Any] | None, carried: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The context the `support` macro lays out; None when the run asked no rtnetlink question.
+    `carried`: stack -> the variant its rtnetlink checks were carried over from."""
+    if not table or not table.get("messages"):
+        return None
+    messages: dict[str, dict[str, Any]] = with_carried(table["messages"], carried or {})
+    kernel_attrs: dict[str, list[str]] = table.get("kernel_attrs", {})
+    groups = columns(messages)
+    rows = []
+    for msg in sorted(messages):
+        kernel = sorted(kernel_attrs.get(msg, []))
+        rows.append(
+            {
+                "message": msg,
+                "cells": [_cell(messages[msg].get(group[0]), kernel) for group in groups],
+                "kernel": kernel,
+            }
+        )
+    return {
+        "columns": [{"label": _label(g), "stacks": g, "title": ", ".join(g)} for g in groups],
+        "rows": rows,
+        "stacks": sum(len(g) for g in groups),
+    }
