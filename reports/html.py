@@ -26,20 +26,11 @@ import jinja2
 from .findings import Finding, findings
 from .findings import links as finding_links
 from .frames import frame_views
-from .matrix import changed_cells, matrix
+from .matrix import SHORT, changed_cells, matrix
 from .support import support_table
 from .versions import version_changes
 
 TEMPLATES = Path(__file__).parent / "templates"
-SHORT = {
-    "passed": "pass",
-    "failed": "FAIL",
-    "known deviation": "dev",
-    "unexpected pass": "XPASS",
-    "skipped": "skip",
-    "not run": "—",
-}
-CARRIED_MARK = "↳"
 FRAMES_PER_FINDING = 2  # distinct captures of one finding decoded on the page; the rest are linked
 FRAMES_SHOWN = 40  # frames per capture on the page (the marked ones and their neighbours first); the pcap has them all
 
@@ -244,7 +235,6 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
         "statuses": list(SHORT),
         "stacks": _stacks(results, stacks, run),
         "changes": None if previous is None else _changes(data, previous, targets),
-        "mark": CARRIED_MARK,
         "matrix": matrix(results, stacks, run, {n: f"#{a}" for n, a in targets.items()}, changed),
         "findings": _findings(found, out_dir),
         "support": support_table(data.get("rtnetlink_support"), carried_in_suite(results, "rtnetlink")),

@@ -14,7 +14,8 @@ import jinja2
 import pytest
 
 from reports.findings import findings, links
-from reports.html import CARRIED_MARK, environment, render
+from reports.html import environment, render
+from reports.matrix import CARRIED_MARK
 
 from .conftest import ROOT, run_pytest
 
