@@ -77,10 +77,10 @@ def run(results: Path | None = None, loads: int = LOADS) -> list[Figure]:
             problems = browser.severe() + browser.outside()
     median = statistics.median(times)
     what = f"{cells} cells, {size_mb:.2f} MB"
-    if problems:
+    if problems:  # a fast page that errs or reaches out is no page to be proud of: the goal is missed
         print(f"report page: console errors or requests leaving the file: {problems[:5]}")
     return [
-        Figure(f"{NAME}, median of {loads} ({what})", median, "ms", f"<= {GOAL_MS:g} ms", median <= GOAL_MS),
+        Figure(f"{NAME}, median of {loads} ({what})", median, "ms", f"<= {GOAL_MS:g} ms", median <= GOAL_MS and not problems),
         Figure(f"{NAME}, slowest of {loads}", max(times), "ms"),
         Figure(f"report page rendered by reports.html ({what})", render_ms, "ms"),
     ]

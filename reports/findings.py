@@ -41,19 +41,31 @@ _NOISE = [
 ]
 
 
-def failure_signature(reason: str) -> str:
-    """A failure's message as it would read in any run: its first line, with addresses, ports,
-    timings, numbers and got/want values taken out."""
-    first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+# The field a near frame differed in, as the Wire explains a timeout (`-- TCP.flags: want ..., got ...`).
+_DIFFERED = re.compile(
+    r"--\s*([A-Za-z0-9_]+\.[A-Za-z0-9_]+|payload|missing layer [A-Za-z0-9_]+|layer [A-Za-z0-9_]+|no [A-Za-z0-9_]+ layer)"
+)
+
+
+def failure_signature(reason: str, stack: str = "") -> str:
+    """A failure's message as it would read in any run and on any variant: its first line, with
+    the stack's name, addresses, ports, timings, numbers and got/want values taken out, and the
+    fields the nearest frames differed in (without their values): a stack that answered RST and
+    one that answered with the wrong window fail the same expect differently."""
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    for name in sorted({stack, stack.partition("@")[0], stack.split("-", 1)[0]} - {""}, key=len, reverse=True):
+        first = first.replace(name, "<stack>")
     for pattern, replacement in _NOISE:
         first = pattern.sub(replacement, first)
-    return re.sub(r"\s+", " ", first)
+    fields = sorted({m.group(1) for line in lines[1:] for m in [_DIFFERED.search(line)] if m})
+    return re.sub(r"\s+", " ", first) + (f" [differs in: {', '.join(fields)}]" if fields else "")
 
 
 def basis(record: dict[str, Any]) -> str:
     """What tells this cell's finding apart from another of the same check and outcome."""
     if record["status"] == "failed":
-        return failure_signature(record.get("reason", ""))
+        return failure_signature(record.get("reason", ""), record.get("stack", ""))
     return record.get("manifest") or record.get("reason", "")
 
 

@@ -144,6 +144,8 @@ def _findings(found: list[Finding], out_dir: Path | None) -> list[dict[str, Any]
                     "nodeid": c["nodeid"],
                     "duration": f"{c.get('duration', 0.0):.2f}",
                     "evidence": [_link(p, out_dir) for p in c.get("evidence", [])],
+                    # the finding shows its first cell's message; another cell's, where it reads otherwise
+                    "reason": c.get("reason", "") if c.get("reason", "") != f.reason else "",
                 }
             )
         evidence = [

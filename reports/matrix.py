@@ -93,12 +93,17 @@ def columns(stacks: Iterable[str], run: Mapping[str, Any]) -> tuple[list[dict[st
             )
         shaped[-1]["edge"] = True  # the group's last column: a heavier line after it
         all_missing = all(c["missing"] for c in shaped)
+        versions = sorted(
+            {str(infos.get(s, {}).get("version") or "") for s in members if infos.get(s, {}).get("available", True)} - {""}
+        )
         heads.append(
             {
                 "name": f"{driver}@{build}" if build else driver,
                 "span": len(shaped),
                 "missing": all_missing,
                 "title": shaped[0]["title"] if all_missing else "",
+                # the variants of a group run one binary: its version, under the group's name
+                "version": " / ".join(versions),
             }
         )
         cols.extend(shaped)

@@ -76,6 +76,14 @@ def columns(messages: dict[str, dict[str, Any]]) -> list[list[str]]:
     return list(groups.values())
 
 
+def _shown(cells: dict[str, Any], group: list[str]) -> dict[str, Any] | None:
+    """The cell a merged column shows: a measured stack's where the group has one (all answer
+    alike; a carried one would label the whole column "carried over")."""
+    present = [cells[s] for s in group if s in cells]
+    measured = [c for c in present if not c.get("carried_from")]
+    return (measured or present or [None])[0]
+
+
 def with_carried(messages: dict[str, dict[str, Any]], carried: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """The table with the answers of variants that ran no rtnetlink check of their own filled in
     from the variant whose run stood for theirs (the matrix rule): that is the answer they give,
@@ -104,7 +112,7 @@ def support_table(table: dict[str, Any] | None, carried: Mapping[str, str] | Non
         rows.append(
             {
                 "message": msg,
-                "cells": [_cell(messages[msg].get(group[0]), kernel) for group in groups],
+                "cells": [_cell(_shown(messages[msg], group), kernel) for group in groups],
                 "kernel": kernel,
             }
         )

@@ -77,16 +77,23 @@ class Browser:
                 self.requests.append(message["params"]["request"]["url"])
 
     def open(self, page: Path, timeout: float = 15) -> None:
-        """Open a file as a reader would (a file: URL), after a blank page whose logs are thrown
-        away: what the browser fetched for itself at start is not the page's doing. What was
-        gathered on the page before is dropped too: the checks are of this page."""
+        """Open a file as a reader would (a file: URL)."""
+        self.open_url(page.resolve().as_uri(), timeout)
+
+    def open_url(self, url: str, timeout: float = 15) -> None:
+        """Open `url` (a file: URL, perhaps with a #fragment) after a blank page whose logs are
+        thrown away: what the browser fetched for itself at start is not the page's doing. What
+        was gathered on the page before is dropped too: the checks are of this page. A page that
+        does not finish loading within `timeout` fails."""
         self.driver.get("about:blank")
         self.driver.get_log("browser")
         self.driver.get_log("performance")
         self.console, self.requests = [], []
-        self.driver.get(page.resolve().as_uri())  # returns at DOMContentLoaded (page load strategy "eager")
+        self.driver.get(url)  # returns at DOMContentLoaded (page load strategy "eager")
         deadline = time.monotonic() + timeout
-        while self.driver.execute_script("return document.readyState") != "complete" and time.monotonic() < deadline:
+        while self.driver.execute_script("return document.readyState") != "complete":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not finish loading within {timeout:g} s")
             time.sleep(0.05)
         self._drain()
 

@@ -227,3 +227,58 @@ def test_the_browser_is_debians_and_selenium_manager_is_not_used(browser: Browse
     assert not (Path.home() / ".cache" / "selenium").exists() or not list(
         (Path.home() / ".cache" / "selenium").rglob("chromedriver*")
     )
+
+
+def test_a_cell_link_a_shared_link_and_the_changed_filter_lead_to_the_finding(arp_run, browser: Browser, tmp_path):
+    """What a reader does with a link: a matrix cell opens its finding; a link someone sent
+    (`index.html#finding-...`) opens on that finding; "changed" shows the cells that moved since
+    the previous run. And the failing check's finding shows the stack's end of the veth too."""
+    import json
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    data = json.loads((arp_run / "results.json").read_text())
+    previous = json.loads(json.dumps(data))
+    for r in previous["results"]:
+        if r["check"] == IGNORES and r["status"] == "failed":
+            r["status"] = "passed"  # last night it passed: the one changed cell
+    (tmp_path / "previous.json").write_text(json.dumps(previous))
+    out = tmp_path / "page"
+    done = subprocess.run(
+        [sys.executable, "-m", "labkit", "report", str(arp_run / "results.json"), "--previous", str(tmp_path / "previous.json"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    driver = browser.driver
+    browser.open(out / "index.html")
+
+    changed = driver.find_element(By.CSS_SELECTOR, 'button.filter[data-filter="changed"]')
+    changed.click()
+    assert _settles_on(browser, {IGNORES}) == {IGNORES}
+    assert _shown_count(browser) == "1 of 2 checks"
+    browser.screenshot("changed")
+
+    failed_cell = driver.find_element(By.CSS_SELECTOR, f'tr.check[data-check="{IGNORES}"] td[data-status="failed"] a')
+    target = failed_cell.get_attribute("href").split("#", 1)[1]
+    assert target.startswith("finding-")
+    failed_cell.click()
+    finding = driver.find_element(By.ID, target)
+    deadline = time.monotonic() + 3
+    while not finding.get_property("open") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert finding.get_property("open"), "the cell's link did not open its finding"
+    assert finding.get_attribute("data-status") == "failed"
+    assert finding.find_elements(By.CSS_SELECTOR, 'div.frames[data-source="sandbox"] details.frame'), (
+        "no capture of the stack's end"
+    )
+    browser.screenshot("cell-link")
+
+    deviation = driver.find_element(By.CSS_SELECTOR, 'details.finding[data-status="known deviation"]').get_attribute("id")
+    browser.open_url(f"{(out / 'index.html').as_uri()}#{deviation}")
+    shared = driver.find_element(By.ID, deviation)
+    assert shared.get_property("open"), "a link to a finding did not open it"
+    top = driver.execute_script("return arguments[0].getBoundingClientRect().top", shared)
+    assert 0 <= top < driver.execute_script("return window.innerHeight"), "the finding is not in view"
+    browser.screenshot("shared-link")
+    browser.assert_clean()

@@ -99,3 +99,23 @@ def test_outcomes_are_ordered_failures_first():
         rec(CHECK, "linux-x", "skipped", "lacks capabilities: agent"),
     ]
     assert [f.status for f in findings(cells)] == ["failed", "unexpected pass", "known deviation"]
+
+
+def test_variants_that_name_themselves_in_the_message_are_one_finding():
+    """Many checks say which stack failed ("no ARP reply came from gvisor-nogso"): the name is the
+    cell, not the finding."""
+    cells = [
+        rec(CHECK, s, "failed", f"no ARP reply came from {s} within 1s")
+        for s in ("gvisor", "gvisor-nogso", "gvisor-txcsum@nightly")
+    ]
+    assert len(findings(cells)) == 1
+
+
+def test_a_timeout_that_came_close_in_another_field_is_another_finding():
+    head = "Wire(labkit-1-2-3:peer0): no frame matched TCP(flags='R') within 1s; 2 incoming frame(s) seen, closest:"
+    rst = f"{head}\n  +0.010s Ether / IP / TCP 198.18.0.2:80 > 198.18.0.1:4000 SA  -- TCP.flags: want 'R', got 'SA'"
+    window = f"{head}\n  +0.012s Ether / IP / TCP 198.18.0.2:80 > 198.18.0.1:4000 R  -- TCP.window: want 0, got 512"
+    rst_again = f"{head}\n  +0.300s Ether / IP / TCP 198.18.0.2:81 > 198.18.0.1:4001 A  -- TCP.flags: want 'R', got 'A'"
+    assert failure_signature(rst) == failure_signature(rst_again), "the values differ, the field does not"
+    assert failure_signature(rst) != failure_signature(window)
+    assert "TCP.flags" in failure_signature(rst) and "'SA'" not in failure_signature(rst)

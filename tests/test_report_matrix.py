@@ -109,6 +109,7 @@ def test_columns_group_variants_under_their_driver_and_builds_apart():
     assert [c["missing"] for c in cols] == [False] * 7 + [True]
     assert [c["stack"] for c in cols if c["edge"]] == ["linux-txcsum", "gvisor-ch4", "gvisor-ch4@nightly", "slirp4netns", "pasta"]
     assert sum(h["span"] for h in heads) == len(cols)
+    assert [h["version"] for h in heads] == ["1.0", "1.0", "1.0", "1.0", ""], "every installed group says its version"
 
 
 def test_rows_are_grouped_by_suite_then_feature(shaped):

@@ -32,6 +32,10 @@ from labkit.uapi import PACKET_STATISTICS, SO_RCVBUFFORCE, SOL_PACKET
 BUFFER = 1 << 20  # SO_RCVBUFFORCE (the kernel doubles it): a few thousand small frames
 
 
+PULL_PASSES = 8  # batches of READ_BATCH frames read at most per pull (the buffer holds far fewer)
+PULL_SECONDS = 1.0
+
+
 class SandboxCapture:
     """Frames on `ifname` in `ns` (the stack's end), both directions, recorded by the kernel."""
 
@@ -55,14 +59,18 @@ class SandboxCapture:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def _pull(self) -> None:
-        while True:
+    def _pull(self, keep: bool = True) -> None:
+        """Read what is queued. Bounded: a stack still sending (a bulk check cut short) refills
+        the queue as it is read, so this stops after PULL_PASSES batches or PULL_SECONDS, the
+        frames that came later being no part of the window being saved or dropped."""
+        deadline = time.monotonic() + PULL_SECONDS
+        for _ in range(PULL_PASSES):
             n = 0
             for frame in read_frames(self._sock):
                 n += 1
-                if frame.ts >= self._since:
+                if keep and frame.ts >= self._since:
                     self._frames.append(frame)
-            if n < READ_BATCH:
+            if n < READ_BATCH or time.monotonic() > deadline:
                 return
 
     def _statistics(self) -> tuple[int, int]:
@@ -74,7 +82,7 @@ class SandboxCapture:
         """Drop what was recorded so far (the queue is read dry, the drop count reset): a reused
         testbed's next check starts a capture of its own."""
         self._since = time.time()
-        self._pull()
+        self._pull(keep=False)
         self._frames.clear()
         self._statistics()
         self._dropped = 0

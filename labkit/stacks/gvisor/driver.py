@@ -57,8 +57,9 @@ class GVisorStack(base.Stack):
     start_timeout = 30.0
     program = "runsc"
     install = INSTALL
-    # netstack's own capture (`--pcap-log`, labkit.stacks.gvisor.pcaplog): None when the build
-    # writes one (probed once per build), True always (the probe's own sandbox), False never.
+    # netstack's own capture (`--pcap-log`, labkit.stacks.gvisor.pcaplog): None when asked for
+    # (LABKIT_NETSTACK_PCAP=1) and the build writes one (probed once per build), True always (the
+    # probe's own sandbox), False never.
     pcap_log: bool | None = None
 
     def __init__(self, variant: str = "", binary: str | None = None) -> None:
@@ -139,7 +140,7 @@ class GVisorStack(base.Stack):
         """Whether this sandbox gets `--pcap-log`: on a build that writes it, with a link to capture."""
         if self.pcap_log is not None:
             return self.pcap_log
-        if self.options.get("network") == "none":
+        if not pcaplog.wanted() or self.options.get("network") == "none":
             return False
         path = programs.locate(self.binary)
         return path is not None and pcaplog.writes(path)

@@ -8,6 +8,11 @@ with the flag answers one echo, and the file must then hold a pcap header and a 
 build that wrote one gets the flag on the sandboxes that checks run on; a build that does not
 runs exactly as before.
 
+It is asked for, not on by default (`LABKIT_NETSTACK_PCAP=1`): a sandbox with `--pcap-log` wraps
+its link in netstack's sniffer, which writes every frame to a file for the sandbox's whole life,
+and a lab must not run a stack other than the one its verdicts are about without being told.
+The flag is then in the sandbox's command line, kept with each cell's evidence (commands.txt).
+
 The answer is kept per file version, in memory and under the lab's state directory (it lives
 until reboot), so the probe costs a machine about 2 s per build once (most of it the probe
 sandbox's death after SIGKILL), not every run or every worker. The probe is torn down before it
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from pathlib import Path
 
 from labkit.lifecycle import owner
@@ -30,7 +36,15 @@ from labkit.stacks.gvisor import flags as runsc_flags
 FLAG = "pcap-log"
 FILE = "netstack.pcap"  # in the sandbox's workdir
 WAIT = 2.0  # seconds the probe waits for its echo
-GRACE = 0.2  # seconds it then waits for the record (runsc writes each as the packet passes)
+GRACE = 2.0  # seconds it then waits for the record before it says "writes nothing" (until reboot)
+OPT_IN = "LABKIT_NETSTACK_PCAP"
+
+
+def wanted() -> bool:
+    """Whether this run asked for netstack's own capture."""
+    return os.environ.get(OPT_IN, "").lower() in ("1", "true", "yes")
+
+
 _YES, _NO = "writes", "writes nothing"
 
 
@@ -101,5 +115,7 @@ def probe(binary: str) -> bool | None:
     finally:
         try:
             bed.down()
-        except Exception:
-            pass  # what outlives its kill is `labkit clean`'s, named after this process
+        except Exception as exc:  # the answer stands; what outlives its kill is `labkit clean`'s
+            warnings.warn(
+                f"the --pcap-log probe's sandbox did not come down cleanly: {exc}; `labkit clean` removes it", stacklevel=2
+            )
