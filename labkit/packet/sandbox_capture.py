@@ -78,6 +78,10 @@ class SandboxCapture:
         packets, drops = struct.unpack_from("II", self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         return packets, drops
 
+    def keep_from(self, since: float) -> None:
+        """Keep only frames stamped from `since` on (the moment the Wire began to listen)."""
+        self._since = since
+
     def forget(self) -> None:
         """Drop what was recorded so far (the queue is read dry, the drop count reset): a reused
         testbed's next check starts a capture of its own."""

@@ -104,10 +104,14 @@ class Testbed:
         self.topology.up()
         assert peer_end.ns.netns is not None and peer_end.mac is not None
         # The Wire listens before the stack starts, so the pcap has the stack's first frames;
-        # so does the capture on the stack's end.
-        self.wire = Wire(peer_end.ns.netns, peer_end.name, mac=peer_end.mac, far_mac=stack_end.mac)
+        # so does the capture on the stack's end. That one opens first and keeps what came from
+        # when the Wire listens: the kernel's own frames on the link just brought up (an MLD
+        # report) are then in both captures or in neither, whenever they come.
         if stack_end.ns.netns is not None:
             self.sandbox = SandboxCapture(stack_end.ns.netns, stack_end.name)
+        self.wire = Wire(peer_end.ns.netns, peer_end.name, mac=peer_end.mac, far_mac=stack_end.mac)
+        if self.sandbox is not None:
+            self.sandbox.keep_from(time.time())
         self._own_peer_addresses()
         self.stack = self.spec.create()
         self.stack.start(self.topology, stack_end)  # if this fails, down() still stops it
