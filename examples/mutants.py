@@ -17,10 +17,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from labkit.errors import LabError
+from labkit.lifecycle.process import LabProcess
 from labkit.net.ethtool import set_tso
 from labkit.stacks import LinuxStack, PastaStack, Slirp4netnsStack
 from labkit.stacks.forwarding import PortForward
@@ -617,3 +620,101 @@ class WrongPortSlirp(Slirp4netnsStack):
 
     def _add_forward(self, forward: PortForward) -> list[int]:
         return super()._add_forward(dataclasses.replace(forward, container_port=forward.container_port + 1))
+
+
+# -- suites/perf (tests/test_perf_mutants.py) --
+
+
+_SHAPER = "lkshape"  # the ifb that carries the link's incoming traffic through a tbf
+_MEASURING_TOOLS = frozenset({"iperf3", "sockperf", "wrk"})
+
+
+def _tbf(rate_mbit: int) -> dict[str, Any]:
+    """tbf parameters for `rate_mbit`: a bucket of a few milliseconds at that rate (at least 64 KiB,
+    so a GSO super-frame fits and a fast setting is not held back by the timer tick) and a queue
+    of 50 ms, so the rate is what a bulk transfer sees and latency stays bounded."""
+    return {"rate": f"{rate_mbit}mbit", "burst": max(65536, rate_mbit * 125_000 // 250), "latency": "50ms"}
+
+
+class _ShapedLinux(LinuxStack):
+    """A Linux whose link is a slow NIC both ways: a tbf qdisc on its egress, and its ingress
+    redirected (tc mirred) through an ifb with a second tbf, all inside the stack's namespace
+    (the peer's end is the lab's and stays untouched). Set with pyroute2's tc calls, as
+    ReorderingLinux does: no `tc` subprocess."""
+
+    rate_mbit: ClassVar[int]
+
+    def _start(self) -> None:
+        super()._start()
+        assert self.link is not None
+        with self._ns.iproute() as ipr:
+            ipr.link("add", ifname=_SHAPER, kind="ifb")
+            shaper = ipr.link_lookup(ifname=_SHAPER)[0]
+            ipr.link("set", index=shaper, state="up")
+            link = ipr.link_lookup(ifname=self.link.name)[0]
+            ipr.tc("add", "tbf", link, 0x10000, **_tbf(self.rate_mbit))
+            ipr.tc("add", "tbf", shaper, 0x10000, **_tbf(self.rate_mbit))
+            ipr.tc("add", "ingress", link, "ffff:")
+            # Every IPv4 and IPv6 packet (a u32 key matching anything); ARP stays unshaped.
+            for prio, protocol in enumerate((0x0800, 0x86DD), start=1):
+                ipr.tc(
+                    "add-filter",
+                    "u32",
+                    link,
+                    parent=0xFFFF0000,
+                    prio=prio,
+                    protocol=protocol,
+                    keys=["0x0/0x0+0"],
+                    target=0x1,
+                    action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": shaper},
+                )
+
+    def set_rate(self, rate_mbit: int) -> None:
+        """Change both tbfs to `rate_mbit` in place (tc change: the queues and filters stay)."""
+        assert self.link is not None
+        with self._ns.iproute() as ipr:
+            for name in (self.link.name, _SHAPER):
+                ipr.tc("change", "tbf", ipr.link_lookup(ifname=name)[0], 0x10000, **_tbf(rate_mbit))
+
+
+class SlowLinux(_ShapedLinux):
+    """Moves no more than 50 Mbit/s each way (a tbf on its link), where the kernel on a veth moves
+    tens of Gbit/s: its bulk throughput misses any sensible gate."""
+
+    kind = "linux-slow"
+    rate_mbit = 50
+
+
+class SwitchingLinux(_ShapedLinux):
+    """A link whose rate switches between 20 and 400 Mbit/s from one measurement to the next, so
+    its repetitions of a cell differ by far more than 3x: the erratic flag must say so.
+
+    The switch is deterministic and bounded: each time the stack is asked to run a measuring tool
+    (iperf3, sockperf, wrk, by `run` or `spawn`), the count of that exact command (ports left
+    out, as they may differ between repetitions) picks the rate: odd counts slow, even counts
+    fast. One command per cell and repetition, so a cell's repetitions alternate, whatever other
+    cells run in between, and so do its confirming re-measurements."""
+
+    kind = "linux-switching"
+    rate_mbit = 20
+    rates: ClassVar[tuple[int, int]] = (20, 400)
+    _port_flags: ClassVar[frozenset[str]] = frozenset({"-p", "--port", "--cport", "-B", "--bind"})
+
+    def _start(self) -> None:
+        self._asked: dict[tuple[str, ...], int] = {}
+        super()._start()
+
+    def _switch_for(self, argv: Sequence[str]) -> None:
+        if not argv or Path(argv[0]).name not in _MEASURING_TOOLS:
+            return
+        key = tuple("" if i and argv[i - 1] in self._port_flags else word for i, word in enumerate(argv))
+        count = self._asked[key] = self._asked.get(key, 0) + 1
+        self.set_rate(self.rates[0] if count % 2 else self.rates[1])
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
+        self._switch_for(argv)
+        return super().run(argv, timeout=timeout)
+
+    def spawn(self, argv: Sequence[str]) -> LabProcess:
+        self._switch_for(argv)
+        return super().spawn(argv)

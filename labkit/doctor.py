@@ -68,6 +68,11 @@ TOOLS: tuple[Tool, ...] = (
     Tool("runsc", "runsc", "the gvisor stack", "runsc", ("--version",)),
     Tool("slirp4netns", "slirp4netns", "the slirp4netns stack", "slirp4netns", ("--version",)),
     Tool("pasta", "passt", "the pasta stack", "pasta", ("--version",)),
+    # The perf suite's measuring tools (suites/perf, labkit/perf/tools.py), run inside the stacks and on their far end.
+    Tool("iperf3", "iperf3", "the perf suite: TCP and UDP throughput (tox -e perf)", "iperf3", ("--version",)),
+    Tool("sockperf", "sockperf", "the perf suite: TCP request/response latency (tox -e perf)", "sockperf", ("--version",)),
+    Tool("wrk", "wrk", "the perf suite: connect+request+close rate (tox -e perf)", "wrk", ("--version",)),
+    Tool("busybox", "busybox-static", "the perf suite: the HTTP server wrk connects to (busybox httpd)", "busybox"),
     # The report page opened in a real browser (tests/test_report_browser.py, benchmarks/bench_report.py),
     # driven by Selenium through Debian's driver: Selenium's own driver download cannot work here.
     Tool("chromium", "chromium", "the browser tests of the report page", "chromium", ("--version",), group="tests"),

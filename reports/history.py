@@ -9,6 +9,11 @@ uses, across nights instead of across orders); one that changed with a new build
 is that build's change, and one that changed with new labkit code or a new kernel the lab's,
 each listed apart; a deviation the manifest marks `strict = false` is the
 stack's own nondeterminism, listed apart too.
+
+A night of a perf run (results.json with "perf") also keeps each perf cell's median, as
+[stack, metric, mtu, median] rounded to PERF_DIGITS significant digits: a trend is read by eye,
+and the figures themselves stay in that night's results.json. The page draws each cell's median
+over the nights that measured perf (reports.perf), skipping the nights that did not.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ DEFAULT_KEEP = 30
 NO_VERDICT = {"S", "N"}
 VERSION_PARTS = ("labkit", "kernel", "version", "digest")  # Night.version's order
 TRENDS = ("passed", "known deviation", "failed", "unexpected pass")
+PERF_DIGITS = 4  # significant digits of a perf median kept per night
 
 
 @dataclass
@@ -47,6 +54,14 @@ class Night:
         """stack -> check -> letter."""
         return self.data["cells"]
 
+    @property
+    def perf(self) -> dict[tuple[str, str, int | None], float | None] | None:
+        """(stack, metric, mtu) -> median, or None when this night measured no perf."""
+        rows = self.data.get("perf")
+        if rows is None:
+            return None
+        return {(r[0], r[1], r[2]): r[3] for r in rows}
+
     def version(self, stack: str) -> tuple[str, ...]:
         """What must be the same for a change of outcome to be called flaky."""
         run = self.data["run"]
@@ -61,13 +76,44 @@ def night_of(data: dict[str, Any]) -> dict[str, Any]:
     for r in data.get("results", []):
         cells[r["stack"]][r["check"]] = LETTER.get(r["status"], "N")
     stacks = {s: {k: a.get(k, "") for k in ("version", "digest", "available")} for s, a in run.get("stacks", {}).items()}
-    return {
+    night: dict[str, Any] = {
         "run": {
             **{k: run.get(k, "") for k in ("date", "labkit", "commit", "kernel", "host", "duration s", "evidence bytes")},
             "stacks": stacks,
         },
         "cells": {s: dict(sorted(c.items())) for s, c in sorted(cells.items())},
     }
+    perf = perf_medians(data.get("perf"))
+    if perf is not None:  # a night without perf stays as it was (and hashes as it did)
+        night["perf"] = perf
+    return night
+
+
+def _kept(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(f"{value:.{PERF_DIGITS}g}")
+
+
+def perf_medians(perf: dict[str, Any] | None) -> list[list[Any]] | None:
+    """A perf run's cells as a night keeps them: [stack, metric, mtu, median], sorted; None when
+    the run measured no perf. A median that is not a finite number is kept as null."""
+    if not perf or not perf.get("cells"):
+        return None
+    rows = {(c["stack"], c["metric"], c.get("mtu")): _kept(c.get("median")) for c in perf["cells"]}
+    return [[s, m, mtu, v] for (s, m, mtu), v in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0))]
+
+
+def _perf_rows_ok(rows: Any) -> bool:
+    return isinstance(rows, list) and all(
+        isinstance(r, list)
+        and len(r) == 4
+        and isinstance(r[0], str)
+        and isinstance(r[1], str)
+        and (r[2] is None or isinstance(r[2], int))
+        and (r[3] is None or isinstance(r[3], int | float))
+        for r in rows
+    )
 
 
 def check_keep(keep: int, option: str = "--keep") -> int:
@@ -106,6 +152,8 @@ def load(directory: Path) -> list[Night]:
             data = json.loads(path.read_text())
             if not isinstance(data.get("cells"), dict) or not isinstance(data.get("run"), dict):
                 raise ValueError("no run and cells")
+            if "perf" in data and not _perf_rows_ok(data["perf"]):
+                raise ValueError("perf is not a list of [stack, metric, mtu, median]")
         except (OSError, ValueError, AttributeError) as exc:
             raise LabInputError(f"history night {path}: {exc}; allowed: night-*.json files written by labkit") from None
         nights.append(Night(path.name, data))
@@ -178,6 +226,21 @@ def summarize(nights: list[Night], load_dependent: Callable[[str, str], bool] = 
         "builds": builds,
         "lab": lab,
         "load_dependent": load,
+        "perf": perf_trends(nights),
+    }
+
+
+def perf_trends(nights: list[Night]) -> dict[str, Any]:
+    """Each perf cell's median over the nights that measured perf (a conformance-only night is no
+    gap in a perf trend): {"dates": [...], "cells": [{"stack", "metric", "mtu", "medians": [...]}]},
+    a median null where that night did not measure the cell."""
+    measured = [(n, perf) for n in nights if (perf := n.perf) is not None]
+    keys = sorted({k for _, perf in measured for k in perf}, key=lambda k: (k[0], k[1], k[2] or 0))
+    return {
+        "dates": [n.date for n, _ in measured],
+        "cells": [
+            {"stack": s, "metric": m, "mtu": mtu, "medians": [perf.get((s, m, mtu)) for _, perf in measured]} for s, m, mtu in keys
+        ],
     }
 
 

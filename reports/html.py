@@ -27,6 +27,7 @@ from .findings import Finding, findings
 from .findings import links as finding_links
 from .frames import frame_views
 from .matrix import SHORT, changed_cells, matrix
+from .perf import shape as perf_shape
 from .support import support_table
 from .versions import version_changes
 
@@ -243,6 +244,7 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
         "benchmarks": _benchmarks(data.get("benchmarks"), str(run.get("benchmarks date", "?"))),
         "flake": _flake(data.get("flake")),
         "history": _history(data.get("history"), targets_by_cell(results, targets)),
+        "perf": perf_shape(data.get("perf"), data.get("history")),
         "run_figures": _run_figures(run),
     }
 

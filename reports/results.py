@@ -45,6 +45,7 @@ def write_results(
     history: Path | None = None,
     keep: int = 30,
     load_dependent: Callable[[str, str], bool] | None = None,
+    perf: dict[str, Any] | None = None,
 ) -> Path:
     """results.json and index.html. `support` is the rtnetlink support table this run gathered
     (the plugin hands it over; none when no rtnetlink check ran); benchmark figures carry the
@@ -61,6 +62,8 @@ def write_results(
     }
     if support:
         data["rtnetlink_support"] = support
+    if perf:  # suites/perf's figures (labkit.perf): the page's Performance section, a night's perf trend
+        data["perf"] = perf
     bench = out_dir / BENCHMARKS_FILE
     if bench.exists():  # `./lab bench` writes it (tox -e bench)
         data["benchmarks"] = _optional_json(bench, run)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from labkit.perf import PERF_STASH
 from labkit.pytest_plugin import order
 from labkit.pytest_plugin.hooks import EVIDENCE_KINDS, stands_for, suite_of
 from labkit.testbed.evidence import totals as evidence_totals
@@ -116,6 +117,7 @@ class ResultsCollector:
         run["collection errors"] = self.collection_errors
         previous = load(self.previous) if self.previous is not None else None
         support = session.config.stash.get(SUPPORT, None)  # the rtnetlink plugin's, stored before this runs
+        perf = session.config.stash.get(PERF_STASH, None)  # suites/perf's campaign, when it ran
         run["full matrix"] = bool(getattr(settings, "full_matrix", False))
         run["order seed"] = order.seed_of(session.config)
         run["isolation"] = getattr(settings, "isolation", "")
@@ -137,6 +139,7 @@ class ResultsCollector:
             history=Path(history) if history else None,
             keep=int(session.config.getoption("lab_keep", DEFAULT_KEEP) or DEFAULT_KEEP),
             load_dependent=_load_dependent(settings),
+            perf=perf,
         )
 
     def carried(self) -> list[CheckResult]:
