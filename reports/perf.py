@@ -34,7 +34,7 @@ METRICS = {  # the campaign's metric names (the results contract) -> what the ch
     "tcp_rx_1": "TCP bulk, peer → stack, 1 connection",
     "tcp_rx_4": "TCP bulk, peer → stack, 4 connections",
     "udp_tx": "UDP at a fixed offered rate, stack → peer: received",
-    "tcp_rr": "TCP 1-byte request/response latency, p50 (p99 as a tick)",
+    "tcp_rr": "TCP request/response latency with the smallest message sockperf sends (14 bytes), p50 (p99 as a tick)",
     "tcp_crr": "TCP connect + request + close rate",
 }
 UNITS = {"usec": "µs", "us": "µs"}  # how a unit is written on the page
