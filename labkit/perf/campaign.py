@@ -86,22 +86,14 @@ def metrics_named(names: Sequence[str]) -> list[Metric]:
 
 # Flags a driver starts its stack with for the conformance evidence, which cost throughput:
 # runsc's --log-packets writes a debug-log line for every packet (and --debug everything else).
-EVIDENCE_FLAGS = ("--log-packets", "--debug")
-
-
 def measured(spec: StackSpec) -> StackSpec:
-    """`spec` as the campaign runs it: a driver whose `flags()` (gVisor's runsc flags) would log
-    every packet runs without its evidence flags, so the figures are the stack's, not its
-    logger's. Same id, variant and build: the cells are the stack's own."""
+    """`spec` as the campaign runs it: a driver that keeps evidence logs (gVisor's runsc debug log,
+    every packet in it) runs without them, so the figures are the stack's, not its logger's.
+    Same id, variant and build: the cells are the stack's own."""
     driver = spec.driver
-    flags = getattr(driver, "flags", None)
-    if not callable(flags):
+    if not getattr(driver, "evidence_logs", False):
         return spec
-
-    def quiet_flags(self: Any) -> list[str]:
-        return [f for f in flags(self) if not f.startswith(EVIDENCE_FLAGS)]
-
-    quiet = type(f"Measured{driver.__name__}", (driver,), {"flags": quiet_flags, "__module__": __name__})
+    quiet = type(f"Measured{driver.__name__}", (driver,), {"evidence_logs": False, "__module__": __name__})
     return replace(spec, driver=quiet)
 
 

@@ -39,8 +39,6 @@ FIXED_FLAGS = (
     "--ignore-cgroups",
     "--net-raw",
     "--TESTONLY-allow-packet-endpoint-write",
-    "--debug",
-    "--log-packets",
 )
 
 
@@ -61,6 +59,10 @@ class GVisorStack(base.Stack):
     # (LABKIT_NETSTACK_PCAP=1) and the build writes one (probed once per build), True always (the
     # probe's own sandbox), False never.
     pcap_log: bool | None = None
+    # runsc's debug log with every packet in it: a failed check's evidence. It costs netstack most
+    # of its speed (tcp_tx_1 about 0.25 Gbit/s with it), so a speed measurement (labkit.perf)
+    # runs the stack without it.
+    evidence_logs: bool = True
 
     def __init__(self, variant: str = "", binary: str | None = None) -> None:
         super().__init__(variant, binary)
@@ -85,7 +87,7 @@ class GVisorStack(base.Stack):
         if listed is None:
             return None
         needed = dict.fromkeys(map(runsc_flags.name_of, FIXED_FLAGS), "the lab's sandbox setup")
-        needed.update(dict.fromkeys(("root", "debug-log", "debug-command"), "the lab's sandbox setup"))
+        needed.update(dict.fromkeys(("root", "debug", "log-packets", "debug-log", "debug-command"), "the lab's sandbox setup"))
         overrides = cls.variant_options(variant)
         for flag, key in needed_flags(overrides).items():
             needed[flag] = f"variant {cls.id_for(variant)} ({key}={overrides.get(key, DEFAULTS.get(key))!r})"
@@ -102,12 +104,8 @@ class GVisorStack(base.Stack):
         out when this binary does not list it; one the variant needs is refused (a LabError), as
         the check would have skipped had it asked `availability` first."""
         assert self.workdir is not None
-        wanted = [
-            *FIXED_FLAGS,
-            f"--debug-log={self.workdir / 'logs'}/",
-            f"--debug-command={LOGGED_COMMANDS}",
-            *network_flags(self.options),
-        ]
+        logs = ["--debug", "--log-packets", f"--debug-log={self.workdir / 'logs'}/", f"--debug-command={LOGGED_COMMANDS}"]
+        wanted = [*FIXED_FLAGS, *(logs if self.evidence_logs else []), *network_flags(self.options)]
         if self.netstack_pcap is not None:
             wanted.append(f"--{pcaplog.FLAG}={self.netstack_pcap}")
         path = programs.locate(self.binary)
