@@ -18,6 +18,7 @@ import dataclasses
 import ipaddress
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -718,3 +719,85 @@ class SwitchingLinux(_ShapedLinux):
     def spawn(self, argv: Sequence[str]) -> LabProcess:
         self._switch_for(argv)
         return super().spawn(argv)
+
+
+# -- the robustness suite (suites/robustness): a stack that dies on one frame, one that leaks --
+
+
+class MarkedFrameDeathLinux(_NftLinux):
+    """Dies, as far as anyone on the link can tell, on one marked frame: the first frame whose
+    bytes at `offset` are `marker` puts the link in a set, and from then on everything arriving
+    on the link is dropped (ARP, echo, TCP: the liveness oracle's probes). A fresh stack has an
+    empty set. The test names the frame (`marked`) from the fuzzer's own stream for its seed.
+
+    It carries no TCP, so the campaign holds no live connection: the frames of a seed are then
+    the same in every run, whatever the stack's sequence numbers."""
+
+    kind = "linux-marked"
+    capabilities = LinuxStack.capabilities - {"tcp"}
+    hook = "ingress"
+    offset: ClassVar[int] = 14
+    marker: ClassVar[bytes] = b"\xde\xad\xbe\xef\x00\x01"
+
+    @classmethod
+    def marked(cls, offset: int, marker: bytes) -> type[MarkedFrameDeathLinux]:
+        """This mutant, dying on `marker` at byte `offset` of a frame."""
+        if offset < 0 or not 1 <= len(marker) <= 16:
+            raise LabError(f"bad marker {marker.hex()} at {offset}; allowed: 1 to 16 bytes at offset >= 0")
+        return type("MarkedFrameDeathLinux", (cls,), {"offset": offset, "marker": marker})
+
+    @classmethod
+    def _rules(cls) -> str:
+        bits = len(cls.marker) * 8
+        return f"iifname @dead drop; @ll,{cls.offset * 8},{bits} 0x{cls.marker.hex()} add @dead {{ iifname }} drop;"
+
+    def _start(self) -> None:
+        LinuxStack._start(self)
+        chains = (
+            "set dead { type ifname; flags dynamic; }\n"
+            f'chain in {{ type filter hook ingress device "DEV" priority 0; {self._rules()} }}'
+        )
+        _load_nft(self, "marked", chains)
+
+
+_HOARDER = """
+import select, socket, sys
+link, pad = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((link, 0))
+kept = []
+print("ready", flush=True)
+while True:
+    ready = select.select([s, sys.stdin], [], [])[0]
+    if sys.stdin in ready and not sys.stdin.buffer.read1(1):
+        break
+    if s in ready:
+        kept.append(s.recv(65535) + bytes(pad))
+"""
+
+
+class LeakyLinux(LinuxStack):
+    """A Linux with a process of its own that keeps every frame the link brings, and `pad` bytes
+    more: a user-space stack that never frees what a frame made it allocate. Its memory grows
+    by about 16 KB per frame, 1.6 GB per 100,000 (the limit is 20 MB)."""
+
+    kind = "linux-leaky"
+    pad: ClassVar[int] = 16384
+
+    def _start(self) -> None:
+        super()._start()
+        assert self.link is not None
+        self._hoarder = self.spawn([sys.executable, "-c", _HOARDER, self.link.name, str(self.pad)])
+        line = self._hoarder.read_line(10.0)
+        if line is None or line.strip() != "ready":
+            raise LabError(f"{self.kind}: its frame hoarder did not start (said {line!r})")
+
+    def own_pids(self) -> list[int]:
+        hoarder = getattr(self, "_hoarder", None)
+        return [hoarder.pid] if hoarder is not None and hoarder.running() else []
+
+    def _stop(self) -> None:
+        hoarder = getattr(self, "_hoarder", None)
+        if hoarder is not None:
+            hoarder.close()
+        super()._stop()

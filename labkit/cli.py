@@ -1,4 +1,4 @@
-"""`labkit`: the lab's command line (doctor, clean, report, flake, shards, nightly)."""
+"""`labkit`: the lab's command line (doctor, clean, report, flake, shards, nightly, replay)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,15 @@ def cmd_flake(args: argparse.Namespace) -> int:
     pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
     deviations = Path(args.deviations) if args.deviations else root / "suites" / "deviations.toml"
     return flake.main(args.runs, Path(args.out).resolve(), pytest_args, deviations, root)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Send a robustness reproducer to a fresh stack and say whether it still breaks it."""
+    from pathlib import Path
+
+    from labkit.fuzz.cli import replay_file
+
+    return replay_file(Path(args.pcap), args.stack, args.times)
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
@@ -160,6 +169,13 @@ def parser() -> argparse.ArgumentParser:
     n.add_argument("--file", help="the shard definition (default .ci/shards.toml)")
     n.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest arguments (default: suites --stack all)")
     n.set_defaults(func=cmd_nightly)
+    rp = sub.add_parser(
+        "replay", help="send a robustness reproducer (a pcap) to a fresh stack; exit 1 when it still breaks the stack"
+    )
+    rp.add_argument("pcap", help="the reproducer: <stack>.reproducer.pcap of a robustness finding, or any Ethernet pcap")
+    rp.add_argument("--stack", required=True, help="the stack to send it to (a stack id, as --stack takes it: linux, gvisor-ch4)")
+    rp.add_argument("--times", type=int, default=1, help="replay it on this many fresh stacks (default 1; at most 20)")
+    rp.set_defaults(func=cmd_replay)
     r = sub.add_parser(
         "report", help="rebuild the HTML report from results.json, or merge shards' (--merge); history, summary, verdict"
     )

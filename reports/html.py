@@ -4,8 +4,9 @@ From the top: the stacks with their versions; what changed since the previous ru
 versions); the conformance matrix (reports.matrix: stacks and their variants across, checks
 down by suite and feature, filters and a search); the findings (reports.findings: one entry per
 distinct finding, opening onto each variant's evidence with its frames decoded, reports.frames);
-the rtnetlink support table (reports.support); flakiness, history and benchmarks. A cell links
-to its finding's stable anchor. No external assets and no request: it opens offline.
+the rtnetlink support table (reports.support); what malformed frames did to each stack
+(reports.robustness); flakiness, history and benchmarks. A cell links to its finding's stable
+anchor. No external assets and no request: it opens offline.
 
 This module puts the parts together; templates/index.html.j2 lays them out, autoescaped, so no
 reason, check or stack name can turn into markup.
@@ -28,6 +29,7 @@ from .findings import links as finding_links
 from .frames import frame_views
 from .matrix import SHORT, changed_cells, matrix
 from .perf import shape as perf_shape
+from .robustness import shape as robustness_shape
 from .support import support_table
 from .versions import version_changes
 
@@ -240,6 +242,7 @@ def context(data: dict[str, Any], previous: dict[str, Any] | None = None, out_di
         "changes": None if previous is None else _changes(data, previous, targets),
         "matrix": matrix(results, stacks, run, {n: f"#{a}" for n, a in targets.items()}, changed),
         "findings": _findings(found, out_dir),
+        "robustness": robustness_shape(results, targets, lambda path: _link(path, out_dir)),
         "support": support_table(data.get("rtnetlink_support"), carried_in_suite(results, "rtnetlink")),
         "benchmarks": _benchmarks(data.get("benchmarks"), str(run.get("benchmarks date", "?"))),
         "flake": _flake(data.get("flake")),

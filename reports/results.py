@@ -33,6 +33,7 @@ class CheckResult:
     evidence: list[str] = field(default_factory=list)
     carried_from: str | None = None  # the variant whose run stands for this cell (None: measured)
     manifest: str | None = None  # the manifest entry that applies (labkit.manifest.Deviation.entry)
+    fuzz: dict[str, Any] | None = None  # a robustness campaign's seed, frames and finding (labkit.fuzz)
 
 
 def write_results(

@@ -13,6 +13,7 @@ from typing import Any
 
 from .findings import findings, links
 from .html import changes
+from .robustness import summary_lines as robustness_lines
 from .versions import version_changes
 
 LIMIT = 25  # entries per list in the summary; the page has them all
@@ -77,6 +78,10 @@ def markdown(
         lines += [f"- {link(r)}" for r in items[:LIMIT]]
         if len(items) > LIMIT:
             lines.append(f"- and {len(items) - LIMIT} more on the page")
+    if fuzzed := robustness_lines(results, link):  # suites/robustness: what broke a stack, and its reproducer
+        lines += ["", f"## Robustness findings: {len(fuzzed)}", *fuzzed[:LIMIT]]
+        if len(fuzzed) > LIMIT:
+            lines.append(f"- and {len(fuzzed) - LIMIT} more on the page")
     for title, key in (
         ("Flaky over the nights", "flaky"),
         ("Changed with a new build", "builds"),

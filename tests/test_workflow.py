@@ -95,7 +95,9 @@ def test_a_shard_runs_the_readme_conformance_command_in_a_privileged_debian_12_c
     assert shard["container"]["image"] == "debian:12"
     assert "--privileged" in shard["container"]["options"]
     step = only_step_running(shard, "./lab conformance")
-    assert re.search(r'^\s*\./lab conformance --lab-shard "\$SHARD" "\$\{extra\[@\]\}" \|\| status=\$\?$', step["run"], re.M)
+    assert re.search(
+        r'^\s*\./lab conformance --lab-shard "\$SHARD" --fuzz-seconds 120 "\$\{extra\[@\]\}" \|\| status=\$\?$', step["run"], re.M
+    )
     assert step["env"]["SHARD"] == "${{ matrix.shard }}"
     upload = next(s for s in shard["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert upload["with"]["path"] == "reports/out"
@@ -114,7 +116,7 @@ def test_a_shard_fails_on_infrastructure_errors_only(workflow, tmp_path, status,
     write = "mkdir -p reports/out && echo '{}' > reports/out/results.json\n" if writes_results else ""
     executable(tmp_path / "lab", f'echo "$@" > lab.args\n{write}exit {status}\n')
     done = run_step(step, tmp_path, {"SHARD": "2/3"})
-    assert (tmp_path / "lab.args").read_text().split() == ["conformance", "--lab-shard", "2/3"]
+    assert (tmp_path / "lab.args").read_text().split() == ["conformance", "--lab-shard", "2/3", "--fuzz-seconds", "120"]
     assert (done.returncode != 0) == fails, done.stdout + done.stderr
 
 
@@ -130,7 +132,7 @@ def test_a_fetched_runsc_build_is_one_more_column_of_the_gvisor_shards(workflow,
     executable(tmp_path / "lab", "echo \"$@\" > lab.args\nmkdir -p reports/out && echo '{}' > reports/out/results.json\n")
     done = run_step(step, tmp_path, {"SHARD": "1/3", "BUILD": build})
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "lab.args").read_text().split() == ["conformance", "--lab-shard", "1/3", *args]
+    assert (tmp_path / "lab.args").read_text().split() == ["conformance", "--lab-shard", "1/3", "--fuzz-seconds", "120", *args]
 
 
 def test_perf_runs_in_a_job_of_its_own(workflow):

@@ -101,3 +101,19 @@ def count(data: bytes) -> int:
     """How many whole records a pcap held in memory has (0 for anything that is not a pcap)."""
     layout = _layout(data)
     return 0 if layout is None else sum(1 for _ in _records(data, HEADER, *layout))
+
+
+def linktype(data: bytes) -> int | None:
+    """The file's link type (1: Ethernet), None for anything that is not a pcap."""
+    layout = _layout(data)
+    if layout is None:
+        return None
+    return int(struct.unpack_from(f"{layout[0]}I", data, 20)[0])
+
+
+def read(data: bytes) -> list[tuple[float, bytes]]:
+    """(timestamp, frame) of every whole record; raises ValueError for what is not a pcap."""
+    layout = _layout(data)
+    if layout is None:
+        raise ValueError("not a pcap file (no pcap magic in its first 4 bytes)")
+    return [(ts, data[start + RECORD : end]) for start, end, ts in _records(data, HEADER, *layout)]

@@ -323,6 +323,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"labkit: run {owner.run_id()} (pid {os.getpid()}), stacks: {ids}, deviations: {len(settings.manifest.deviations)}, "
         f"{order.describe(config)}, isolation: {settings.isolation}"
     ]
+    lines.append(
+        f"labkit: fuzz seed {settings.fuzz_seed} (--fuzz-seed replays it), {settings.fuzz_seconds:g}s per stack (suites/robustness)"
+    )
     if settings.shard is not None:
         lines.append(f"labkit: shard {settings.shard.label} of {settings.shard_plan.path if settings.shard_plan else '?'}: {settings.shard.name}")
     reaped = config.stash.get(REAPED, None)

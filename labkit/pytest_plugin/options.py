@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from labkit.errors import LabInputError
+from labkit.lifecycle import owner
 from labkit.manifest import Manifest
 from labkit.net.plan import AddressPlan
 from labkit.nightly.shards import SHARDS_FILE, Shard, ShardPlan
@@ -17,6 +18,9 @@ from labkit.stacks import StackSpec, default_specs, load_builds, resolve
 from labkit.testbed.isolation import MODES, Mode
 from reports.history import DEFAULT_KEEP, check_keep
 
+FUZZ_SMOKE_SECONDS = 8.0  # per stack in the conformance run: a smoke, not a campaign (tox -e fuzz)
+FUZZ_SHRINK_SECONDS = 300.0
+FUZZ_MAX_SECONDS = 24 * 3600.0
 MANIFEST_NAME = "suites/deviations.toml"  # under the rootdir: the checkout's, or your own project's
 
 
@@ -89,6 +93,28 @@ def add_options(parser: pytest.Parser) -> None:
     )
     order.add_options(group)
     group.addoption(
+        "--fuzz-seed",
+        metavar="N",
+        type=int,
+        default=None,
+        help="robustness suite: the run's seed (each stack's campaign derives its own from it; printed and in "
+        "results.json); default: from the run id",
+    )
+    group.addoption(
+        "--fuzz-seconds",
+        metavar="S",
+        type=float,
+        default=FUZZ_SMOKE_SECONDS,
+        help=f"robustness suite: seconds of fuzzing per stack (default {FUZZ_SMOKE_SECONDS:g}: the conformance run's smoke)",
+    )
+    group.addoption(
+        "--fuzz-shrink-seconds",
+        metavar="S",
+        type=float,
+        default=FUZZ_SHRINK_SECONDS,
+        help=f"robustness suite: the most a finding's shrinking may take (default {FUZZ_SHRINK_SECONDS:g})",
+    )
+    group.addoption(
         "--lab-isolation",
         choices=MODES,
         default=None,
@@ -115,6 +141,9 @@ class LabSettings:
     isolation: Mode = "cheap"
     shard: Shard | None = None
     shard_plan: ShardPlan | None = None
+    fuzz_seed: int = 0
+    fuzz_seconds: float = FUZZ_SMOKE_SECONDS
+    fuzz_shrink_seconds: float = FUZZ_SHRINK_SECONDS
 
 
 def read_settings(config: pytest.Config) -> LabSettings:
@@ -140,6 +169,14 @@ def read_settings(config: pytest.Config) -> LabSettings:
             "--lab-history needs --lab-report: the history is kept with the run's results; allowed: both, or neither"
         )
     check_keep(config.getoption("lab_keep"), "--lab-keep")
+    fuzz_seed = config.getoption("fuzz_seed")
+    if fuzz_seed is not None and not 0 <= fuzz_seed < 2**32:
+        raise LabInputError(f"bad --fuzz-seed {fuzz_seed}; allowed: 0 to {2**32 - 1}")
+    for name in ("fuzz_seconds", "fuzz_shrink_seconds"):
+        value = config.getoption(name)
+        if not 0 < value <= FUZZ_MAX_SECONDS:
+            flag = "--" + name.replace("_", "-")
+            raise LabInputError(f"bad {flag} {value:g}; allowed: more than 0, at most {FUZZ_MAX_SECONDS:g}")
     return LabSettings(
         tuple(specs),
         manifest,
@@ -149,4 +186,7 @@ def read_settings(config: pytest.Config) -> LabSettings:
         isolation,
         shard,
         shard_plan,
+        int(owner.run_id(), 16) % 2**32 if fuzz_seed is None else fuzz_seed,
+        float(config.getoption("fuzz_seconds")),
+        float(config.getoption("fuzz_shrink_seconds")),
     )

@@ -8,6 +8,7 @@ process), so `-n auto` needs nothing special. The records are handed to the repo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -77,6 +78,9 @@ class ResultsCollector:
         if others := stands_for(report):
             self.stands_for[report.nodeid] = others
         rec.duration += report.duration
+        for key, value in report.user_properties:
+            if key == "fuzz" and isinstance(value, str):
+                rec.fuzz = json.loads(value)
         # The evidence is added to user_properties after the call report was made, so it
         # arrives with the teardown report: keep the union over the phases.
         rec.evidence = sorted({str(v) for k, v in report.user_properties if k in EVIDENCE_KINDS} | set(rec.evidence))

@@ -386,6 +386,11 @@ class Stack(abc.ABC):
         """Commands running inside the stack other than its own (none for a driver that cannot tell)."""
         return frozenset()
 
+    def own_pids(self) -> list[int]:
+        """The host processes that are the stack itself (runsc's sandbox and gofer, slirp4netns,
+        pasta): whose memory the robustness suite watches. None for the kernel."""
+        return []
+
     def link_sockets(self) -> list[PacketSocket]:
         """The AF_PACKET sockets through which the stack reaches its link (none for a kernel stack)."""
         return []

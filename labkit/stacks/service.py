@@ -87,6 +87,20 @@ class Service:
                 return came
         raise ExpectTimeout(f"service {self.kind}: no matching event within {timeout:g}s; events so far: {self.events[-5:]}")
 
+    def discard(self) -> int:
+        """Read and drop the events waiting in the pipe; how many. For a service that lives long
+        and whose events nobody wants (the robustness oracle's echo): a pipe nobody reads fills
+        up, and the service then blocks on its next event, which looks like a stack that died."""
+        dropped = 0
+        while True:
+            try:
+                line = self.process.read_line(0.001)
+            except ExpectTimeout:
+                return dropped
+            if line is None:
+                return dropped
+            dropped += 1
+
     def close(self) -> None:
         self.process.close()
 

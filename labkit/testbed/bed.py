@@ -81,6 +81,8 @@ class Testbed:
         self.sandbox: SandboxCapture | None = None
         # What the driver read inside when the pool first handed the testbed out (the full look).
         self.inside_at_handout: dict[str, frozenset[str]] = {}
+        # What a check adds to this testbed's evidence (a robustness finding's reproducer).
+        self.extra_evidence: list[Piece] = []
 
     def up(self) -> Testbed:
         if self.topology is not None:
@@ -210,6 +212,7 @@ class Testbed:
                 window = read_window(path, 0 if since_start else self.stack.log_offset(path))
                 if window:
                     pieces.append(log_piece(name, window))
+        pieces += self.extra_evidence
         return store.keep(check, spec, pieces)
 
     def _stack_side(self, since_start: bool, until: float) -> list[Piece]:

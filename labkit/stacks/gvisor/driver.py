@@ -157,6 +157,9 @@ class GVisorStack(base.Stack):
                     continue
         return pids
 
+    def own_pids(self) -> list[int]:
+        return self._processes() if self.workdir is not None else []
+
     def _stop(self) -> None:
         # SIGKILL and a bounded wait beat `runsc delete -force` (which also polls); the state
         # root lives in the workdir and goes with it, so nothing may outlive this.

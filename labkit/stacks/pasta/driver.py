@@ -99,5 +99,8 @@ class PastaStack(TapStack):
             return None
         return f"ended; its log: {self.pasta.log_tail()}"
 
+    def own_pids(self) -> list[int]:
+        return [self.pasta.pid] if self.pasta is not None and self.pasta.pid is not None else []
+
     def command_lines(self) -> list[list[str]]:
         return [self.pasta.argv] if self.pasta is not None and self.pasta.argv else []

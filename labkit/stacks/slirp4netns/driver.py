@@ -175,5 +175,9 @@ class Slirp4netnsStack(TapStack):
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
         return f"{how}; its log: {self.slirp.log_tail()}"
 
+    def own_pids(self) -> list[int]:
+        process = self.slirp.process if self.slirp is not None else None
+        return [process.pid] if process is not None and process.running() else []
+
     def command_lines(self) -> list[list[str]]:
         return [self.slirp.argv] if self.slirp is not None and self.slirp.argv else []
