@@ -16,8 +16,9 @@ from labkit.fuzz import memory
 from labkit.fuzz.campaign import cell_seed
 from labkit.fuzz.draws import Drawn, Stop, draw_batch, draw_reduced, reduced_example, run_hypothesis, stream
 from labkit.fuzz.frames import Target
-from labkit.fuzz.oracle import PANIC
+from labkit.fuzz.oracle import PANIC, Verdict
 from labkit.fuzz.replay import LINKTYPE_VNET, Sent, read_reproducer, write_reproducer
+from labkit.fuzz.shrink import Shrinker
 from labkit.net.plan import AddressPlan
 from labkit.packet import pcapfile
 
@@ -179,3 +180,152 @@ def test_inputs_cut_from_a_batch_replay_in_the_reduced_form_exactly() -> None:
     assert replayed, "hypothesis did not replay the reduced example"
     assert [d.fuzzed.frames for d in replayed[0]] == [d.fuzzed.frames for d in kept]
     assert [d.choices for d in replayed[0]] == [d.choices for d in kept]
+
+
+STREAM_DIGEST = """
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+for name in sys.argv[2:]:
+    __import__(name)
+from labkit.fuzz.draws import stream
+from labkit.fuzz.frames import Target
+t = Target(wire_mac="02:00:00:00:00:01", stack_mac="02:00:00:00:00:02", peer4="198.18.0.1", stack4="198.18.0.2",
+           peer6="2001:db8::1", stack6="2001:db8::2", net4="198.18.0.0/24", net6="2001:db8::/64")
+print(hashlib.sha256(b"".join(f for batch in stream(t, 20261202, 40) for d in batch for f in d.frames)).hexdigest())
+"""
+
+
+def test_a_seed_sends_the_same_frames_whatever_else_the_process_imported() -> None:
+    """Hypothesis draws literals it finds in the project's own modules: unless the lab turns that
+    off, a pytest worker that imported more of the project would send other frames for a seed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    def digest(*modules: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", STREAM_DIGEST, str(ROOT), *modules], capture_output=True, text=True, timeout=120, cwd=ROOT
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    plain = digest()
+    assert plain == digest("examples.mutants", "tests.test_fuzz_mutants", "reports.html", "labkit.agent")
+
+
+# -- the shrinker, on a pretend stack: it breaks when given the frames the test says -------------
+
+
+class FakeBed:
+    def __init__(self) -> None:
+        self.up = True
+
+    def down(self) -> None:
+        self.up = False
+
+
+class FakeProbe:
+    def check(self) -> Verdict:
+        return Verdict()
+
+
+class FakeBench:
+    """A "stack" that breaks (wedged) when the frames it is given contain `needs` in that order,
+    anywhere; `trouble`: the numbers (from 1) of the testbeds the lab fails to bring up."""
+
+    def __init__(self, needs: list[bytes], trouble: frozenset[int] = frozenset()) -> None:
+        self.needs, self.trouble = needs, trouble
+        self.beds: list[FakeBed] = []
+
+    def testbed(self) -> tuple[FakeBed, FakeProbe]:
+        if len(self.beds) + 1 in self.trouble:
+            self.beds.append(FakeBed())
+            raise LabError("the testbed did not come up")
+        bed = FakeBed()
+        self.beds.append(bed)
+        return bed, FakeProbe()
+
+    def replay(self, bed: FakeBed, probe: FakeProbe, frames: list[Sent]) -> tuple[Verdict, Verdict]:
+        sent = iter(f.frame for f in frames)
+        broken = all(any(f == want for f in sent) for want in self.needs)
+        return Verdict(), Verdict(problems=["echo: no echo reply"] if broken else [])
+
+    def send_reduced(self, *args: object) -> tuple[list[Drawn], Verdict]:
+        raise AssertionError("not in these tests: hypothesis's step needs the real strategies")
+
+
+def items(*frames: bytes) -> list[Drawn]:
+    from labkit.fuzz.frames import Fuzzed
+
+    return [Drawn(Fuzzed("udp.datagram", (f,)), 0, (n,)) for n, f in enumerate(frames)]
+
+
+def shrinker(bench: FakeBench) -> Shrinker:
+    return Shrinker(bench, 1, InMemoryExampleDatabase(), seconds=30)  # type: ignore[arg-type]
+
+
+def test_bisection_finds_the_one_input_among_equal_ones() -> None:
+    batch = items(*[b"A"] * 20, b"X", *[b"A"] * 11)
+    bench = FakeBench([b"X"])
+    done = shrinker(bench).shrink([items(b"B") * 3, batch], Verdict(problems=["echo: no echo reply"]))
+    assert [f.frame for f in done.frames] == [b"X"]
+    assert done.history_needed == 0 and done.replays
+    assert done.stats["after_bisection"] == 1 and done.stats["candidates"] <= 16, done.stats
+    assert all(not bed.up for bed in bench.beds if bed is not done.evidence)
+    assert done.evidence is not None and done.evidence.up
+
+
+def test_bisection_finds_the_earlier_batch_a_finding_needs_and_cuts_it_too() -> None:
+    history = [items(b"C", b"D"), items(b"E", b"P", b"F"), items(b"G"), items(b"H", b"X", b"I")]
+    bench = FakeBench([b"P", b"X"])
+    done = shrinker(bench).shrink(history, Verdict(problems=["echo: no echo reply"]))
+    assert done.history_needed == 2
+    assert [f.frame for f in done.frames] == [b"P", b"X"]
+
+
+def test_the_lab_failing_on_a_candidate_is_not_the_stack_breaking() -> None:
+    batch = items(b"A", b"B", b"X", b"C")
+    bench = FakeBench([b"X"], trouble=frozenset({2, 3}))  # the first halves: [A, B] and [X, C]
+    done = shrinker(bench).shrink([batch], Verdict(problems=["echo: no echo reply"]))
+    assert [f.frame for f in done.frames] == [b"X"]  # found by the quarters
+    assert done.stats["lab_errors"] == 2
+
+
+def test_a_finding_no_fresh_stack_repeats_is_reported_as_not_reproduced() -> None:
+    bench = FakeBench([b"never sent"])
+    done = shrinker(bench).shrink([items(b"A"), items(b"B")], Verdict(problems=["echo: no echo reply"]))
+    assert done.frames == [] and done.history_needed is None and done.stats["reproduced"] is False
+    assert all(not bed.up for bed in bench.beds)
+
+
+def test_replay_refuses_a_pcap_with_an_address_outside_the_lab_in_one_line() -> None:
+    from scapy.layers.inet import ICMP, IP, UDP, IPerror, UDPerror
+    from scapy.layers.l2 import ARP, Ether
+
+    good = bytes(Ether() / IP(src="198.18.0.1", dst="198.18.0.2") / UDP())
+    quoted = bytes(
+        Ether() / IP(src="198.18.0.1", dst="198.18.0.2") / ICMP(type=3) / IPerror(src="198.18.0.2", dst="8.8.8.8") / UDPerror()
+    )
+    arp = bytes(Ether() / ARP(psrc="10.0.0.1", pdst="198.18.0.2"))
+    assert [s.frame for s in read_reproducer(write_reproducer([Sent(good)]))] == [good]
+    for bad, address in ((quoted, "8.8.8.8"), (arp, "10.0.0.1")):
+        with pytest.raises(
+            LabError, match=rf"^r.pcap: frame 1 carries {address}, not a lab address; allowed: 198\.18\.0\.0/15"
+        ) as err:
+            read_reproducer(write_reproducer([Sent(good), Sent(bad)]), "r.pcap")
+        assert "\n" not in str(err.value)
+
+
+def test_a_gzipped_reproducer_reads_as_the_plain_one() -> None:
+    import gzip
+
+    frames = [Sent(bytes(Ether_frame())), Sent(bytes(Ether_frame()) + b"x")]
+    assert read_reproducer(gzip.compress(write_reproducer(frames))) == [Sent(f.frame) for f in frames]
+
+
+def Ether_frame() -> bytes:
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+
+    return bytes(Ether() / IP(src="198.18.0.1", dst="198.18.0.2"))

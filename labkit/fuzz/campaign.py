@@ -24,13 +24,14 @@ from typing import Any
 from hypothesis import Phase
 from hypothesis import strategies as st
 from hypothesis.database import InMemoryExampleDatabase
+from scapy.layers.inet import TCP as TCPLayer
 
 from labkit.errors import LabError
 from labkit.fuzz import memory
 from labkit.fuzz.draws import BATCH, Drawn, Stop, draw_batch, draw_reduced, run_hypothesis, sent_of
 from labkit.fuzz.frames import Live, Target
 from labkit.fuzz.oracle import Liveness, Verdict
-from labkit.fuzz.replay import Injector, Sent
+from labkit.fuzz.replay import Injector, Sent, replay
 from labkit.fuzz.shrink import Shrinker
 from labkit.net.plan import AddressPlan
 from labkit.packet.testbench import TcpConnection
@@ -41,6 +42,9 @@ from labkit.testbed import Layout, Testbed, standard_layout
 SHRINK_SECONDS = 300.0  # per finding: bisection and hypothesis's shrinking together
 LIVE_PORT = 47000  # the Wire's port of the live connection (+ batch number): replays use the same
 LIVE_ISN = 0x4C41424B  # and its initial sequence number ("LABK")
+# Batches kept for the shrinker's bisection over the history (~5,000-10,000 frames): a finding
+# that needs more of what came before is reported as not reproduced, with its seed to run again.
+HISTORY = 200
 
 
 def cell_seed(master: int, stack: str) -> int:
@@ -82,8 +86,9 @@ class FuzzResult:
     stack: str
     seed: int
     seconds_asked: float
-    seconds: float = 0.0
-    frames: int = 0  # sent and taken by the kernel
+    seconds: float = 0.0  # fuzzing (the shrinking's time is the finding's)
+    total_seconds: float = 0.0  # with the shrinking
+    frames: int = 0  # sent: taken by the lab's kernel
     batches: int = 0
     refused: Counter[str] = field(default_factory=Counter)  # frames the lab's kernel would not send, by kind and errno
     kinds: Counter[str] = field(default_factory=Counter)  # draws by Fuzzed.kind
@@ -101,6 +106,7 @@ class FuzzResult:
             "seed": self.seed,
             "seconds_asked": self.seconds_asked,
             "seconds": round(self.seconds, 1),
+            "total_seconds": round(self.total_seconds, 1),
             "frames": self.frames,
             "batches": self.batches,
             "refused": dict(self.refused),
@@ -210,7 +216,7 @@ class FuzzCampaign:
             conn.ends.family, conn.ends.peer, conn.ends.stack, conn.local_port, int(conn.port or 0), conn.snd_nxt, conn.rcv_nxt
         )
 
-    def _send(self, bed: Testbed, probe: Liveness, frames: Sequence[Sent], conn: TcpConnection | None) -> Verdict:
+    def _send(self, bed: Testbed, probe: Liveness, frames: Sequence[Sent], conn: TcpConnection | None) -> tuple[Injector, Verdict]:
         injector = Injector(bed)
         try:
             injector.send(frames)
@@ -218,17 +224,39 @@ class FuzzCampaign:
             injector.close()
         if conn is not None:
             try:
-                conn.reset()
+                self._abort(bed, conn)
             except OSError:
                 pass  # the link went with the stack: the oracle says so
-        self.result.refused.update(injector.refused)
-        return probe.check()
+        return injector, probe.check()
 
-    def send_batch(self, data: st.DataObject, bed: Testbed, probe: Liveness, number: int) -> tuple[list[Drawn], Verdict]:
+    @staticmethod
+    def _abort(bed: Testbed, conn: TcpConnection) -> None:
+        """Reset the live connection where the stack now expects the Wire's next byte: a fuzzed
+        segment it accepted moved that on, and a RST anywhere else only gets a challenge ACK
+        (RFC 5961), leaving the connection (and its echo's thread) behind for the next batch."""
+        assert bed.wire is not None
+        expected = conn.snd_nxt
+        for frame in bed.wire.drain():
+            if frame.outgoing:
+                continue
+            tcp = frame.packet.getlayer(TCPLayer)
+            if tcp is not None and tcp.sport == conn.port and tcp.dport == conn.local_port and int(tcp.flags) & 0x10:
+                expected = int(tcp.ack)
+        conn.send(flags="R", seq=expected)
+        if expected != conn.snd_nxt:
+            conn.send(flags="R")
+
+    def send_batch(self, data: st.DataObject, bed: Testbed, probe: Liveness, number: int) -> tuple[list[Drawn], int, Verdict]:
+        """Draw and send one batch, then look: (the inputs, how many frames the kernel took, the verdict)."""
         target = self._target(bed, probe)
         conn = self._live(bed, probe, number)
         items = draw_batch(data, target, self.batch, self._live_of(conn), self.gso)
-        return items, self._send(bed, probe, sent_of(items), conn)
+        injector, verdict = self._send(bed, probe, sent_of(items), conn)
+        self.result.refused.update(injector.refused)
+        return items, injector.sent, verdict
+
+    def replay(self, bed: Testbed, probe: Liveness, frames: Sequence[Sent]) -> tuple[Verdict, Verdict]:
+        return replay(bed, frames, probe)
 
     def send_reduced(
         self, data: st.DataObject, bed: Testbed, probe: Liveness, preamble: Sequence[Sent], live: bool
@@ -239,9 +267,9 @@ class FuzzCampaign:
             injector.send(preamble)
         finally:
             injector.close()
-        conn = self._live(bed, probe, len(self._history) - 1) if live else None
+        conn = self._live(bed, probe, self.result.batches - 1) if live else None
         items = draw_reduced(data, self._target(bed, probe), self._live_of(conn), self.gso)
-        return items, self._send(bed, probe, sent_of(items), conn)
+        return items, self._send(bed, probe, sent_of(items), conn)[1]
 
     # -- the campaign ---------------------------------------------------------------------------------
 
@@ -258,9 +286,13 @@ class FuzzCampaign:
             self.result.seconds = time.monotonic() - started
             if self._broken is not None:
                 self.say(
-                    f"{self.spec.id}: broke after batch {len(self._history) - 1}: {'; '.join(self._broken.problems)}; shrinking"
+                    f"{self.spec.id}: broke after batch {self.result.batches - 1}: {'; '.join(self._broken.problems)}; shrinking"
                 )
-                self.result.finding, evidence = self._shrink(self._broken)
+                try:
+                    self.result.finding, evidence = self._shrink(self._broken)
+                except Exception as exc:  # the finding stands unshrunk; the broken stack is its evidence
+                    self.result.finding = self._unshrunk(self._broken)
+                    self.result.finding.shrink = {"error": f"{type(exc).__name__}: {exc}"}
                 if evidence is None:  # nothing reproduced it: the broken stack itself is the evidence
                     evidence, bed = bed, None
             else:
@@ -270,10 +302,14 @@ class FuzzCampaign:
                         "leak", [f"its memory grew {self.result.growth.describe()}"], self.result.batches - 1, self.result.frames
                     )
                     evidence, bed = bed, None
+        except BaseException:
+            if evidence is not None and evidence is not bed:
+                evidence.down()
+            raise
         finally:
+            self.result.total_seconds = time.monotonic() - started
             if bed is not None:
                 bed.down()
-            self.result.seconds = time.monotonic() - started
         self.result.evidence_bed = evidence
         return self.result
 
@@ -287,36 +323,37 @@ class FuzzCampaign:
                 self._stop = Stop("time is up")
                 raise self._stop
             try:
-                items, verdict = self.send_batch(data, bed, probe, len(self._history))
+                items, taken, verdict = self.send_batch(data, bed, probe, self.result.batches)
             except Exception as exc:  # the lab's side failed, not the stack: stop, and say so after
                 self._stop = exc
                 raise
             self._history.append(items)
-            sent = sent_of(items)
+            del self._history[:-HISTORY]
             self.result.batches += 1
-            self.result.frames += len(sent)
+            self.result.frames += taken
             self.result.kinds.update(item.fuzzed.kind for item in items)
             self.result.flaws.update(flaw for item in items for flaw in item.fuzzed.flaws)
             if verdict.rss is not None:
                 self.result.samples.append((self.result.frames, verdict.rss))
+            if not verdict.alive:  # the Wire keeps this batch and the failed probes: the evidence
+                self._broken = verdict
+                self._stop = Stop("the stack broke")
+                raise self._stop
             assert bed.wire is not None
             bed.wire.forget()  # the Wire's memory stays bounded; the history has what was sent
             if bed.sandbox is not None:
                 bed.sandbox.forget()
-            if not verdict.alive:
-                self._broken = verdict
-                self._stop = Stop("the stack broke")
-                raise self._stop
 
         run_hypothesis(generate, [Phase.generate], self.seed, self._db)
         if self._stop is not None and not isinstance(self._stop, Stop):
             raise self._stop
 
+    def _unshrunk(self, broken: Verdict) -> Finding:
+        frames_before = self.result.frames - len(sent_of(self._history[-1]))
+        return Finding(broken.kind(), list(broken.problems), self.result.batches - 1, frames_before, panic=broken.panic)
+
     def _shrink(self, broken: Verdict) -> tuple[Finding, Testbed | None]:
-        before = self._history[:-1]
-        finding = Finding(
-            broken.kind(), list(broken.problems), len(before), sum(len(sent_of(b)) for b in before), panic=broken.panic
-        )
+        finding = self._unshrunk(broken)
         shrunk = Shrinker(self, self.seed, self._db, self.shrink_seconds).shrink(self._history, broken)
         finding.shrink = shrunk.stats
         finding.history_needed = shrunk.history_needed

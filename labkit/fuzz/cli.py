@@ -9,16 +9,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from labkit.errors import LabInputError
-from labkit.fuzz.replay import read_reproducer, replay
+from labkit.errors import LabError, LabInputError
+from labkit.fuzz.replay import Injector, read_reproducer, replay
 from labkit.stacks import resolve
 from labkit.testbed import Testbed
 
 MAX_TIMES = 20
 
 
+LAB_FAILED = 3  # neither "survived" nor "broke": the testbed did not come up, or the stack was not alive to begin with
+
+
 def replay_file(path: Path, stack: str, times: int = 1) -> int:
-    """0: the stack survived every replay; 1: it broke at least once (each outcome printed)."""
+    """0: the stack survived every replay; 1: it broke at least once (each outcome printed);
+    3: the lab could not tell; 2: bad input (LabInputError, one line)."""
     if not 1 <= times <= MAX_TIMES:
         raise LabInputError(f"bad --times {times}; allowed: 1 to {MAX_TIMES}")
     try:
@@ -38,16 +42,23 @@ def replay_file(path: Path, stack: str, times: int = 1) -> int:
         raise LabInputError(f"{spec.id} unavailable: {available.reason}{hint}")
     broke = 0
     for n in range(times):
-        with Testbed(spec) as bed:
-            before, after = replay(bed, frames)
+        try:
+            with Testbed(spec) as bed:
+                injector = Injector(bed)
+                before, after = replay(bed, frames, injector=injector)
+        except LabError as exc:
+            print(f"replay {n + 1}: the lab failed, so nothing is known: {exc}", file=sys.stderr)
+            return LAB_FAILED
         if not before.alive:
             print(f"replay {n + 1}: {spec.id} was not alive before the frames: {'; '.join(before.problems)}", file=sys.stderr)
-            return 2
+            return LAB_FAILED
+        refused = ", ".join(f"{k} x{v}" for k, v in sorted(injector.refused.items()))
+        sent = f"{injector.sent} of {len(frames)} frame(s) sent" + (f" (refused by the lab's kernel: {refused})" if refused else "")
         if after.alive:
-            print(f"replay {n + 1}: {spec.id} survived {len(frames)} frame(s)")
+            print(f"replay {n + 1}: {spec.id} survived; {sent}")
         else:
             broke += 1
-            print(f"replay {n + 1}: {spec.id} BROKE after {len(frames)} frame(s) ({after.kind()}): {'; '.join(after.problems)}")
+            print(f"replay {n + 1}: {spec.id} BROKE ({after.kind()}); {sent}: {'; '.join(after.problems)}")
             if after.panic:
                 print(after.panic)
     return 1 if broke else 0

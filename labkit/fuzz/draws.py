@@ -11,8 +11,10 @@ simplifying the ones left, with every candidate a valid draw of the same strateg
 
 from __future__ import annotations
 
+import functools
 import unittest
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.database import InMemoryExampleDatabase, choices_to_bytes
 from hypothesis.errors import Flaky
+from hypothesis.internal.conjecture import providers
 from hypothesis.strategies import SearchStrategy
 
 from labkit.fuzz.frames import Fuzzed, Live, Target, frames, gso_superframes, live_segments
@@ -59,9 +62,13 @@ def sent_of(items: Sequence[Drawn]) -> list[Sent]:
 
 def run_hypothesis(body: Callable[[st.DataObject], None], phases: list[Phase], seed_: int, db: InMemoryExampleDatabase) -> None:
     """Run `body` as hypothesis's test function under `seed_`. The function is the same code for
-    every run, so a shrinking run finds what was saved for it in `db` under its key."""
+    every run, so a shrinking run finds what was saved for it in `db` under its key. The settings
+    start from hypothesis's defaults, not a profile the user loaded, and its habit of drawing
+    literals found in the project's own modules is off: both would make a seed's frames depend
+    on more than the seed (which modules a pytest worker happened to import first)."""
 
     @settings(
+        settings.get_profile("default"),
         database=db,
         phases=phases,
         max_examples=MAX_EXAMPLES,
@@ -76,25 +83,60 @@ def run_hypothesis(body: Callable[[st.DataObject], None], phases: list[Phase], s
     def fuzz_batch(data: st.DataObject) -> None:
         body(data)
 
+    with _no_local_constants():
+        try:
+            fuzz_batch()
+        except (Stop, Flaky):
+            pass
+        except unittest.SkipTest:  # a shrinking run whose example was not there to replay: nothing to do
+            pass
+
+
+@contextmanager
+def _no_local_constants() -> Iterator[None]:
+    """Hypothesis (6.1xx) mixes literals it finds in every local module in sys.modules into what
+    it draws, and rescans as modules are imported: the same seed would draw other frames in a
+    process that imported more of the project. Its internal hook is swapped for an empty set
+    while the lab runs it (labkit pins hypothesis below 7 for this and `conjecture_data`)."""
+    hook = getattr(providers, "_get_local_constants", None)
+    if hook is None:
+        yield
+        return
+    empty = providers.Constants(
+        integers=providers.SortedSet(),
+        floats=providers.SortedSet(key=providers.float_to_int),
+        bytes=providers.SortedSet(),
+        strings=providers.SortedSet(),
+    )
+    providers._get_local_constants = lambda: empty
     try:
-        fuzz_batch()
-    except (Stop, Flaky):
-        pass
-    except unittest.SkipTest:  # a shrinking run whose example was not there to replay: nothing to do
-        pass
+        yield
+    finally:
+        providers._get_local_constants = hook
 
 
 def _one(data: st.DataObject, strategy: SearchStrategy[Fuzzed], source: int) -> Drawn:
-    record = data.conjecture_data  # hypothesis's record of this example (internal, pinned <7)
+    # Straight from hypothesis's record of the example (internal, pinned below 7): DataObject.draw
+    # would also describe every strategy and value for a report of a failing test, which costs
+    # more than the frame.
+    record = data.conjecture_data
     start = len(record.choices)
-    fuzzed = data.draw(strategy)
+    fuzzed = record.draw(strategy)
     return Drawn(fuzzed, source, tuple(record.choices[start:]))
+
+
+@functools.lru_cache(maxsize=16)
+def _frames(target: Target) -> SearchStrategy[Fuzzed]:
+    """frames(target), built once per target: hypothesis validates a strategy the first time it
+    draws from it, and a new one per input would cost more than the input."""
+    return frames(target)
 
 
 def draw_batch(data: st.DataObject, target: Target, size: int, live: Live | None, gso: bool) -> list[Drawn]:
     """`size` malformed frames; then, where there is a live connection, up to LIVE_DRAWS
     segments into it, and for a stack that reads virtio_net_hdr up to GSO_DRAWS super-frames."""
-    items = [_one(data, frames(target), FRAMES) for _ in range(size)]
+    anything = _frames(target)
+    items = [_one(data, anything, FRAMES) for _ in range(size)]
     if live is not None:
         items += [_one(data, live_segments(target, live), LIVE) for _ in range(data.draw(st.integers(0, LIVE_DRAWS)))]
     if gso:
@@ -108,7 +150,7 @@ def draw_reduced(data: st.DataObject, target: Target, live: Live | None, gso: bo
     items: list[Drawn] = []
     while len(items) < MAX_REDUCED and data.draw(st.booleans()):
         source = data.draw(st.integers(FRAMES, GSO))
-        strategy = frames(target)
+        strategy = _frames(target)
         if source == LIVE and live is not None:
             strategy = live_segments(target, live)
         elif source == GSO and gso:

@@ -206,7 +206,9 @@ class Liveness:
                     data = f.read()
             except OSError:
                 continue
-            self._log_seen[path] = start + len(data)
+            whole = data.rfind(b"\n") + 1  # a line still being written is read whole next time
+            data = data[:whole]
+            self._log_seen[path] = start + whole
             found = PANIC.search(data)
             if found is not None:
                 lo = max(0, found.start() - PANIC_CONTEXT // 4)

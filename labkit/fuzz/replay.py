@@ -10,14 +10,22 @@ plain frame: no offload), which `labkit replay` sends the same way.
 from __future__ import annotations
 
 import errno
+import gzip
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from labkit.errors import LabError
+from scapy.layers.inet import IP, IPerror
+from scapy.layers.inet6 import IPerror6, IPv6
+from scapy.layers.l2 import ARP, Ether
+from scapy.packet import NoPayload, Packet
+
+from labkit.errors import LabInputError
 from labkit.fuzz.oracle import Liveness, Verdict
+from labkit.fuzz.target import is_lab_address
 from labkit.packet import pcapfile
+from labkit.packet.layers.virtio_net import VirtioNetHdr
 from labkit.packet.vnet import VnetSocket
 from labkit.testbed import Testbed
 
@@ -79,29 +87,62 @@ def write_reproducer(frames: Sequence[Sent]) -> bytes:
 
 
 def read_reproducer(data: bytes, name: str = "the file") -> list[Sent]:
-    """The frames of a reproducer pcap; raises LabError naming what is wrong with it."""
+    """The frames of a reproducer pcap (gzipped or not), each checked against the lab's address
+    policy; raises LabInputError naming what is wrong with it."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise LabInputError(f"{name}: a broken gzip file ({exc}); allowed: a pcap, or a pcap.gz") from None
     try:
         records = pcapfile.read(data)
     except ValueError as exc:
-        raise LabError(f"{name}: {exc}; allowed: a pcap written by the robustness suite or any Ethernet pcap") from None
+        raise LabInputError(f"{name}: {exc}; allowed: a pcap written by the robustness suite or any Ethernet pcap") from None
     kind = pcapfile.linktype(data)
     if kind == pcapfile.LINKTYPE_ETHERNET:
-        return [Sent(frame) for _, frame in records]
-    if kind == LINKTYPE_VNET:
+        frames = [Sent(frame) for _, frame in records]
+    elif kind == LINKTYPE_VNET:
         if any(len(frame) < VNET_HDR for _, frame in records):
-            raise LabError(f"{name}: a record is shorter than its {VNET_HDR}-byte virtio_net_hdr")
-        return [Sent(frame[VNET_HDR:]) if frame[:VNET_HDR] == PLAIN_HDR else Sent(frame, vnet=True) for _, frame in records]
-    raise LabError(f"{name}: link type {kind}; allowed: 1 (Ethernet) or {LINKTYPE_VNET} (virtio_net_hdr + Ethernet)")
+            raise LabInputError(f"{name}: a record is shorter than its {VNET_HDR}-byte virtio_net_hdr")
+        frames = [Sent(frame[VNET_HDR:]) if frame[:VNET_HDR] == PLAIN_HDR else Sent(frame, vnet=True) for _, frame in records]
+    else:
+        raise LabInputError(f"{name}: link type {kind}; allowed: 1 (Ethernet) or {LINKTYPE_VNET} (virtio_net_hdr + Ethernet)")
+    for number, sent in enumerate(frames):
+        for address in addresses_in(sent):
+            if not is_lab_address(address):
+                raise LabInputError(
+                    f"{name}: frame {number} carries {address}, not a lab address; allowed: 198.18.0.0/15, 2001:db8::/32 "
+                    "(and broadcast, link-scope multicast, the unspecified address)"
+                )
+    return frames
 
 
-def replay(bed: Testbed, frames: Sequence[Sent], liveness: Liveness | None = None) -> tuple[Verdict, Verdict]:
+def addresses_in(sent: Sent) -> list[str]:
+    """Every IP address a frame carries where scapy finds one: IP and IPv6 headers (also those an
+    ICMP error quotes), ARP's sender and target."""
+    layer: Packet = VirtioNetHdr(sent.frame) if sent.vnet else Ether(sent.frame)
+    found = []
+    while layer is not None and not isinstance(layer, NoPayload):
+        for field in ("src", "dst", "psrc", "pdst"):
+            if isinstance(layer, (IP, IPv6, IPerror, IPerror6, ARP)) and field in layer.fields:
+                value = layer.getfieldval(field)
+                if isinstance(value, str) and ("." in value or ":" in value):
+                    found.append(value)
+        layer = layer.payload
+    return found
+
+
+def replay(
+    bed: Testbed, frames: Sequence[Sent], liveness: Liveness | None = None, injector: Injector | None = None
+) -> tuple[Verdict, Verdict]:
     """Look at the stack, send `frames`, look again: (before, after). A stack that is not alive
-    before is no evidence either way; the caller says so."""
+    before is no evidence either way; the caller says so. `injector` (one of `bed`'s) counts
+    what was sent and what the lab's kernel refused, for a caller that reports it."""
     probe = liveness or Liveness(bed).start()
     before = probe.check()
     if not before.alive:
         return before, before
-    injector = Injector(bed)
+    injector = injector or Injector(bed)
     try:
         injector.send(frames)
     finally:

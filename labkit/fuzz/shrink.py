@@ -31,18 +31,26 @@ from hypothesis.database import InMemoryExampleDatabase
 from labkit.errors import LabError
 from labkit.fuzz.draws import LIVE, Drawn, Stop, reduced_example, run_hypothesis, sent_of
 from labkit.fuzz.oracle import Liveness, Verdict
-from labkit.fuzz.replay import Sent, replay
+from labkit.fuzz.replay import Sent
 from labkit.testbed import Testbed
 
 
 class Bench(Protocol):
-    """What the shrinker needs of a campaign: new testbeds, and a batch sent on one."""
+    """What the shrinker needs of a campaign: new testbeds, frames replayed on one, and a
+    reduced batch drawn and sent on one."""
 
     def testbed(self) -> tuple[Testbed, Liveness]: ...
+
+    def replay(self, bed: Testbed, probe: Liveness, frames: Sequence[Sent]) -> tuple[Verdict, Verdict]: ...
 
     def send_reduced(
         self, data: st.DataObject, bed: Testbed, probe: Liveness, preamble: Sequence[Sent], live: bool
     ) -> tuple[list[Drawn], Verdict]: ...
+
+
+# What a candidate may fail with on the lab's side (a testbed that did not come up, a probe's
+# service that did not start): the candidate then did not break the stack, and is counted.
+LAB_TROUBLE = (LabError, AssertionError, OSError)
 
 
 @dataclass
@@ -60,6 +68,7 @@ class Shrinker:
         self.bench, self.seed, self.db, self.seconds = bench, seed, db, seconds
         self.deadline = 0.0
         self.candidates = 0
+        self.lab_errors = 0  # candidates the lab failed on (counted as not breaking the stack)
         self.kind = ""
         self._kept: Testbed | None = None
         self._preamble: list[Sent] = []
@@ -88,9 +97,16 @@ class Shrinker:
         self._hypothesis(kept)
         stats["hypothesis_candidates"] = self.candidates - before_hypothesis
         if self._best is None:
-            stats.update(seconds=round(time.monotonic() - started, 1), candidates=self.candidates, reproduced=False)
+            stats.update(
+                seconds=round(time.monotonic() - started, 1),
+                candidates=self.candidates,
+                reproduced=False,
+                lab_errors=self.lab_errors,
+            )
             return Shrunk([], broken, None, stats=stats, evidence=self._take_kept())
         frames, verdict = self._best
+        if needed is None:  # hypothesis reproduced what the raw frames did not (a live connection): the batch alone
+            needed = 0
         replays = self._confirm(frames)
         stats.update(
             seconds=round(time.monotonic() - started, 1),
@@ -98,6 +114,7 @@ class Shrinker:
             capped=time.monotonic() > self.deadline,
             to_frames=len(frames),
             reproduced=True,
+            lab_errors=self.lab_errors,
         )
         return Shrunk(frames, verdict, needed, replays, stats, self._take_kept())
 
@@ -116,24 +133,38 @@ class Shrinker:
         return not verdict.alive and verdict.kind() == self.kind
 
     def _breaks(self, frames: list[Sent], keep: bool = False) -> Verdict | None:
-        """The verdict when `frames` break a fresh stack the same way; None when they do not (or
-        it was not alive to begin with: no evidence either way)."""
+        """The verdict when `frames` break a fresh stack the same way; None when they do not, it
+        was not alive to begin with, or the lab failed on the way (no evidence either way).
+        `keep`: a testbed it broke is kept as the evidence."""
         if time.monotonic() > self.deadline and not keep:
             return None
         self.candidates += 1
-        bed, probe = self.bench.testbed()
+        try:
+            bed, probe = self.bench.testbed()
+        except LAB_TROUBLE:
+            self.lab_errors += 1
+            return None
         kept = False
         try:
-            before, after = replay(bed, frames, probe)
+            before, after = self.bench.replay(bed, probe, frames)
             if before.alive and self._same(after):
                 if keep:
                     self._keep(bed)
                     kept = True
                 return after
             return None
+        except LAB_TROUBLE:
+            self.lab_errors += 1
+            return None
         finally:
             if not kept:
-                bed.down()
+                self._down(bed)
+
+    def _down(self, bed: Testbed) -> None:
+        try:
+            bed.down()
+        except LAB_TROUBLE:
+            self.lab_errors += 1
 
     # -- 1. which batches ---------------------------------------------------------------------------
 
@@ -155,26 +186,33 @@ class Shrinker:
 
     def _ddmin(self, items: list[Drawn], breaks: Callable[[list[Drawn]], bool]) -> list[Drawn]:
         """The classic delta debugging over inputs: a chunk alone, else everything but a chunk,
-        at finer and finer chunks, until no single input can go (or the budget is spent)."""
-        keep = list(items)
+        at finer and finer chunks, until no single input can go (or the budget is spent).
+        Chunks are by position (a batch holds equal inputs more than once) and no subset is
+        tried twice."""
+        keep = list(range(len(items)))
+        tried: set[tuple[int, ...]] = set()
+
+        def test(subset: list[int]) -> bool:
+            key = tuple(subset)
+            if not subset or key in tried:
+                return False
+            tried.add(key)
+            return breaks([items[i] for i in subset])
+
         n = 2
         while len(keep) >= 2 and time.monotonic() < self.deadline:
-            chunks = [c for c in (keep[i * len(keep) // n : (i + 1) * len(keep) // n] for i in range(n)) if c]
-            for chunk in chunks:
-                if breaks(chunk):
-                    keep, n = chunk, 2
-                    break
+            bounds = [(i * len(keep) // n, (i + 1) * len(keep) // n) for i in range(n)]
+            chunks = [keep[lo:hi] for lo, hi in bounds if hi > lo]
+            rests = [keep[:lo] + keep[hi:] for lo, hi in bounds if hi > lo] if n > 2 else []
+            if (found := next((c for c in chunks if test(c)), None)) is not None:
+                keep, n = found, 2
+            elif (found := next((r for r in rests if test(r)), None)) is not None:
+                keep, n = found, max(n - 1, 2)
+            elif n >= len(keep):
+                break
             else:
-                for chunk in chunks:
-                    rest = [item for item in keep if item not in chunk]
-                    if rest and breaks(rest):
-                        keep, n = rest, max(n - 1, 2)
-                        break
-                else:
-                    if n >= len(keep):
-                        break
-                    n = min(len(keep), 2 * n)
-        return keep
+                n = min(len(keep), 2 * n)
+        return [items[i] for i in keep]
 
     # -- 3. hypothesis --------------------------------------------------------------------------------
 
@@ -196,21 +234,25 @@ class Shrinker:
             return  # out of budget: no more candidates break, the smallest so far stands
         try:
             bed, probe = self.bench.testbed()
-        except LabError:
+        except LAB_TROUBLE:
+            self.lab_errors += 1
             return
         self.candidates += 1
         try:
             if not probe.check().alive:
                 return
             items, verdict = self.bench.send_reduced(data, bed, probe, self._preamble, self._live)
-            if not self._same(verdict):
-                return
-            frames = self._preamble + sent_of(items)
-            if self._best is None or _size(frames) < _size(self._best[0]):
-                self._best = (frames, verdict)
-            raise Stop()
+        except LAB_TROUBLE:  # the lab's trouble is not the stack's: this candidate did not break it
+            self.lab_errors += 1
+            return
         finally:
-            bed.down()
+            self._down(bed)
+        if not self._same(verdict):
+            return
+        frames = self._preamble + sent_of(items)
+        if self._best is None or _size(frames) < _size(self._best[0]):
+            self._best = (frames, verdict)
+        raise Stop()
 
     def _confirm(self, frames: list[Sent]) -> bool:
         try:

@@ -31,7 +31,7 @@ from labkit.pytest_plugin.hooks import check_id, evidence_store
 from labkit.pytest_plugin.options import LabSettings
 from labkit.stacks import StackSpec
 from labkit.testbed import Testbed
-from labkit.testbed.evidence import Piece, note_piece, pcap_piece
+from labkit.testbed.evidence import Piece, note_piece, pcap_frames
 
 # GSO super-frames reach a stack that reads virtio_net_hdr: its verdict may differ with it.
 pytestmark = [pytest.mark.varies_with("gso")]
@@ -53,6 +53,8 @@ def test_survives_malformed_frames(
         stack_spec, plan, seed=seed, seconds=lab_settings.fuzz_seconds, shrink_seconds=lab_settings.fuzz_shrink_seconds
     )
     result = campaign.run()
+    if result.evidence_bed is not None:  # from here on the fixture takes it down, whatever happens
+        keep_evidence(result.evidence_bed, [])
     record = {**result.as_dict(), "run_seed": lab_settings.fuzz_seed}
     request.node.user_properties.append(("fuzz", json.dumps(record)))
     print(result.summary())
@@ -70,7 +72,7 @@ def test_survives_malformed_frames(
     if result.evidence_bed is not None:
         pieces = [note_piece("fuzz", json.dumps({**record, "rss_samples": result.samples}, indent=1) + "\n")]
         if finding.frames:
-            pieces += [pcap_piece("reproducer", write_reproducer(finding.frames)), note_piece("replay", f"{replay}\n{again}\n")]
+            pieces += [reproducer_piece(stack_spec.id, finding.frames), note_piece("replay", f"{replay}\n{again}\n")]
         keep_evidence(result.evidence_bed, pieces)
     pytest.fail(describe(result, finding, replay, again), pytrace=False)
 
@@ -106,6 +108,14 @@ def describe(result: FuzzResult, finding: Finding, replay: str, again: str) -> s
     if finding.panic:
         lines.append("panic: " + finding.panic[:600])
     return "\n".join(lines)
+
+
+def reproducer_piece(stack: str, frames: list[Sent]) -> Piece:
+    """The reproducer as `<stack>.reproducer.pcap`, never gzipped and never shared with another
+    stack's equal one (the evidence store keeps equal pieces once): the failure message names
+    this very file for `labkit replay`."""
+    data = write_reproducer(frames)
+    return Piece("reproducer.pcap", data, stack.encode() + b"\0" + pcap_frames(data))
 
 
 def decoded(sent: Sent) -> str:
