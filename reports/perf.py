@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from .anchors import unique_anchor
 from .matrix import DRIVER_ORDER, split_stack
 
 KERNEL = "linux"  # the stack every ratio is taken against
@@ -108,13 +109,7 @@ def group_of(stack: str) -> str:
 
 def anchor_of(cell: Mapping[str, Any], taken: set[str]) -> str:
     """A stable id for a cell's row, so a chart's bar and the summary can link to it."""
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"perf-{cell['stack']}-{cell['metric']}-{cell.get('mtu') or 'default'}")
-    out, n = base, 1
-    while out in taken:
-        n += 1
-        out = f"{base}-{n}"
-    taken.add(out)
-    return out
+    return unique_anchor(f"perf-{cell['stack']}-{cell['metric']}-{cell.get('mtu') or 'default'}", taken)
 
 
 def _why_erratic(cell: Mapping[str, Any]) -> str:

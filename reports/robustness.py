@@ -19,13 +19,13 @@ autoescaped, so no problem text a stack or the oracle wrote becomes markup.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from labkit.fuzz.memory import FLOOR, LIMIT, MB, PER_FRAMES
 
+from .anchors import unique_anchor
 from .perf import finite, order_key
 
 CHECK = "robustness/test_malformed_frames.py::test_survives_malformed_frames"
@@ -63,13 +63,7 @@ def plural(n: int, word: str, words: str = "") -> str:
 
 def anchor_of(stack: str, taken: set[str]) -> str:
     """The row's id: `robustness-<stack>`, so summary.md and a bug report can point at a stack's campaign."""
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"robustness-{stack or 'no-stack'}")
-    out, n = base, 1
-    while out in taken:
-        n += 1
-        out = f"{base}-{n}"
-    taken.add(out)
-    return out
+    return unique_anchor(f"robustness-{stack or 'no-stack'}", taken)
 
 
 def _refused(refused: Any) -> dict[str, Any]:
