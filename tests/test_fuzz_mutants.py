@@ -27,26 +27,28 @@ MARKER_BYTES = 6
 
 
 def choose_marker(plan: AddressPlan) -> tuple[int, int, bytes, bytes]:
-    """A frame of the seed's stream and bytes of it found at that offset in no other frame of
-    the stream: (batch, offset, marker, the frame)."""
+    """A frame of the seed's stream, from batch MARKED_BATCH on, and bytes of it that no frame
+    sent up to it has at that offset: (batch, offset, marker, the frame). Hypothesis may draw a
+    batch twice in a row; such a batch has no bytes of its own, and the next one is taken."""
     target = Target(
         wire_mac="02:00:00:00:00:01", stack_mac="02:00:00:00:00:02",
         peer4=plan.peer4, stack4=plan.stack4, peer6=plan.peer6, stack6=plan.stack6,
         net4=str(plan.endpoints("ipv4").network), net6=str(plan.endpoints("ipv6").network), mtu=plan.mtu,
     )  # fmt: skip
-    drawn = stream(target, SEED, MARKED_BATCH + 1)  # all the campaign sends before it breaks
-    everything = [f for batch in drawn for d in batch for f in d.frames]
-    for candidate in drawn[MARKED_BATCH]:
-        if len(candidate.frames) != 1:
-            continue
-        frame = candidate.frames[0]
-        for offset in range(14, len(frame) - MARKER_BYTES):
-            marker = frame[offset : offset + MARKER_BYTES]
-            if len(set(marker)) < 4:  # zeroes and fill bytes are everywhere
+    drawn = stream(target, SEED, MARKED_BATCH + 20)
+    for batch in range(MARKED_BATCH, len(drawn)):
+        sent = [f for b in drawn[: batch + 1] for d in b for f in d.frames]  # all the campaign sends until it breaks
+        for candidate in drawn[batch]:
+            if len(candidate.frames) != 1:
                 continue
-            if sum(1 for f in everything if f[offset : offset + MARKER_BYTES] == marker) == 1:
-                return MARKED_BATCH, offset, marker, frame
-    raise AssertionError(f"no frame of batch {MARKED_BATCH} has bytes of its own; the stream: {len(everything)} frames")
+            frame = candidate.frames[0]
+            for offset in range(14, len(frame) - MARKER_BYTES):
+                marker = frame[offset : offset + MARKER_BYTES]
+                if len(set(marker)) < 4:  # zeroes and fill bytes are everywhere
+                    continue
+                if sum(1 for f in sent if f[offset : offset + MARKER_BYTES] == marker) == 1:
+                    return batch, offset, marker, frame
+    raise AssertionError(f"no frame of batches {MARKED_BATCH} to {len(drawn) - 1} has bytes of its own")
 
 
 @NEEDS_NFT

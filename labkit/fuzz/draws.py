@@ -108,11 +108,16 @@ def _no_local_constants() -> Iterator[None]:
         bytes=providers.SortedSet(),
         strings=providers.SortedSet(),
     )
+    cache = getattr(getattr(providers, "CONSTANTS_CACHE", None), "cache", None)  # filled from the hook on first use
+    if cache is not None:
+        cache.clear()
     providers._get_local_constants = lambda: empty
     try:
         yield
     finally:
         providers._get_local_constants = hook
+        if cache is not None:
+            cache.clear()
 
 
 def _one(data: st.DataObject, strategy: SearchStrategy[Fuzzed], source: int) -> Drawn:
