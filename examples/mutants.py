@@ -97,6 +97,24 @@ def _load_nft(stack: LinuxStack, name: str, chains: str) -> None:
         raise LabError(f"{stack.kind}: nft refused {path}: {done.stderr.strip()}")
 
 
+def _redirect_ingress(ipr: Any, link: int, to: int, keys: Mapping[int, str]) -> None:
+    """Send what arrives on `link` and matches a u32 key (per EtherType) to the ifb `to` first, as
+    a slow or reordering device in front of the stack would: an ingress qdisc, one filter each."""
+    ipr.tc("add", "ingress", link, "ffff:")
+    for prio, (protocol, key) in enumerate(keys.items(), start=1):
+        ipr.tc(
+            "add-filter",
+            "u32",
+            link,
+            parent=0xFFFF0000,
+            prio=prio,
+            protocol=protocol,
+            keys=[key],
+            target=0x1,
+            action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": to},
+        )
+
+
 class _NftLinux(LinuxStack):
     """A Linux broken by one nftables chain on its link, as a mutant with `sysctls` is by a
     sysctl: `rules` on the `hook`, "ingress" (frames on their way in) or "egress" (on their way
@@ -144,21 +162,9 @@ class ReorderingLinux(LinuxStack):
             ipr.link("set", index=delay, state="up")
             ipr.tc("add", "tbf", delay, rate="2mbit", burst=1600, latency="1s")
             link = ipr.link_lookup(ifname=self.link.name)[0]
-            ipr.tc("add", "ingress", link, "ffff:")
             # pyroute2 reads "value/mask+offset" per byte of the mask from the IP header: byte 7
             # of the transport header is at 27 (IPv4, no options) or 47 (IPv6, no extensions).
-            for prio, (protocol, offset) in enumerate(((0x0800, 27), (0x86DD, 47)), start=1):
-                ipr.tc(
-                    "add-filter",
-                    "u32",
-                    link,
-                    parent=0xFFFF0000,
-                    prio=prio,
-                    protocol=protocol,
-                    keys=[f"0x2/0x2+{offset}"],
-                    target=0x1,
-                    action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": delay},
-                )
+            _redirect_ingress(ipr, link, delay, {0x0800: "0x2/0x2+27", 0x86DD: "0x2/0x2+47"})
 
 
 class BurstDroppingLinux(_NftLinux):
@@ -655,20 +661,8 @@ class _ShapedLinux(LinuxStack):
             link = ipr.link_lookup(ifname=self.link.name)[0]
             ipr.tc("add", "tbf", link, 0x10000, **_tbf(self.rate_mbit))
             ipr.tc("add", "tbf", shaper, 0x10000, **_tbf(self.rate_mbit))
-            ipr.tc("add", "ingress", link, "ffff:")
             # Every IPv4 and IPv6 packet (a u32 key matching anything); ARP stays unshaped.
-            for prio, protocol in enumerate((0x0800, 0x86DD), start=1):
-                ipr.tc(
-                    "add-filter",
-                    "u32",
-                    link,
-                    parent=0xFFFF0000,
-                    prio=prio,
-                    protocol=protocol,
-                    keys=["0x0/0x0+0"],
-                    target=0x1,
-                    action={"kind": "mirred", "direction": "egress", "action": "redirect", "ifindex": shaper},
-                )
+            _redirect_ingress(ipr, link, shaper, {0x0800: "0x0/0x0+0", 0x86DD: "0x0/0x0+0"})
 
     def set_rate(self, rate_mbit: int) -> None:
         """Change both tbfs to `rate_mbit` in place (tc change: the queues and filters stay)."""

@@ -14,7 +14,9 @@ stack doing its job, not dying.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from scapy.layers.inet6 import ICMPv6ND_NA
@@ -44,6 +46,8 @@ PANIC = re.compile(
     rb"stack smashing detected|double free|AddressSanitizer|UndefinedBehaviorSanitizer",
     re.MULTILINE,
 )
+# A probe asks the stack once within a timeout: None when it answered, else what went wrong.
+Probe = Callable[[float], "str | None"]
 PANIC_CONTEXT = 400  # bytes of the log around a panic, in the finding
 
 
@@ -121,16 +125,15 @@ class Liveness:
         verdict.rss = memory.rss(self.stack.own_pids())
         return verdict
 
-    def _twice(self, probe: object) -> str | None:
-        assert callable(probe)
+    def _twice(self, probe: Probe) -> str | None:
         first = probe(WAIT)
         if first is None:
             return None
         second = probe(RETRY_WAIT)
         return None if second is None else f"{second}, asked twice"
 
-    def _probes(self) -> list[tuple[str, object]]:
-        probes: list[tuple[str, object]] = []
+    def _probes(self) -> list[tuple[str, Probe]]:
+        probes: list[tuple[str, Probe]] = []
         plan = self.bed.plan
         tap = self.bed.outside is not None
         for family in self.families:
@@ -138,11 +141,11 @@ class Liveness:
             can_resolve = self.stack.can(CAN_ARP if family == "ipv4" else CAN_NDP)
             if can_resolve:
                 what = "ARP" if family == "ipv4" else "NDP"
-                probes.append((f"{what} for {self._gateway(ends)}", lambda t, e=ends: self._resolve(e, t)))
-            probes.append((f"echo to {self._echo_target(ends)}", lambda t, e=ends: self._ping(e, t)))
+                probes.append((f"{what} for {self._gateway(ends)}", partial(self._resolve, ends)))
+            probes.append((f"echo to {self._echo_target(ends)}", partial(self._ping, ends)))
             if self.echo is not None:
                 where = "outside" if tap else "the stack"
-                probes.append((f"TCP round trip ({family}, echo service on {where})", lambda t, e=ends: self._round_trip(e, t)))
+                probes.append((f"TCP round trip ({family}, echo service on {where})", partial(self._round_trip, ends)))
         return probes
 
     def _gateway(self, ends: Endpoints) -> str:

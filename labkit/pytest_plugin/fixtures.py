@@ -15,7 +15,7 @@ from labkit.pytest_plugin.options import LabSettings
 from labkit.pytest_plugin.order import SEQUENCE_START
 from labkit.stacks import Stack, StackSpec
 from labkit.stacks.agent import SocketAgent
-from labkit.testbed import Layout, Testbed, isolation, standard_layout
+from labkit.testbed import Layout, Testbed, down_all, isolation, standard_layout
 from labkit.testbed.outside import Outside
 from labkit.testbed.pool import TestbedPool
 
@@ -111,14 +111,7 @@ def testbed_factory(request: pytest.FixtureRequest, stack_spec: StackSpec, plan:
     finally:
         if request.node.stash.get(TESTBED, None) in made:
             del request.node.stash[TESTBED]
-        errors = []
-        for bed in made:
-            try:
-                bed.down()
-            except Exception as exc:  # tear down the others all the same
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        down_all(made)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from scapy.layers.l2 import ARP, Ether
@@ -284,3 +284,15 @@ class Testbed:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+def down_all(beds: Iterable[Testbed]) -> None:
+    """Take every testbed down, each even when one before it fails; then raise the first failure."""
+    errors: list[Exception] = []
+    for bed in beds:
+        try:
+            bed.down()
+        except Exception as exc:  # tear down the others all the same
+            errors.append(exc)
+    if errors:
+        raise errors[0]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from labkit.pytest_plugin.hooks import TESTBED
-from labkit.testbed import Testbed
+from labkit.testbed import Testbed, down_all
 from labkit.testbed.evidence import Piece
 
 
@@ -30,11 +30,4 @@ def keep_evidence(request: pytest.FixtureRequest) -> Iterator[Callable[[Testbed,
     finally:
         if kept and request.node.stash.get(TESTBED, None) in kept:
             del request.node.stash[TESTBED]
-        errors = []
-        for bed in kept:
-            try:
-                bed.down()
-            except Exception as exc:  # take the others down all the same
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        down_all(kept)
