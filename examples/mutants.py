@@ -795,3 +795,57 @@ class LeakyLinux(LinuxStack):
         if hoarder is not None:
             hoarder.close()
         super()._stop()
+
+
+# -- rtnetlink: a NETLINK_ROUTE emulation broken on purpose ------------------------------------
+# A sandboxed stack's rtnetlink is a program's netlink socket; the kernel's cannot be broken from
+# a namespace. These mutants run every program inside with examples/netlink_shim first on
+# PYTHONPATH, whose sitecustomize makes the Python programs' AF_NETLINK sockets misbehave as
+# `fault` says (the probe, the socket agent, pyroute2). `ip` itself is C and sees the kernel.
+NETLINK_SHIM = Path(__file__).resolve().parent / "netlink_shim"
+
+
+class _NetlinkFaultLinux(LinuxStack):
+    fault: ClassVar[str] = ""
+
+    def child_env(self) -> dict[str, str]:  # type: ignore[override]
+        env = LinuxStack.child_env()
+        env["PYTHONPATH"] = f"{NETLINK_SHIM}:{env['PYTHONPATH']}"
+        env["LABKIT_NETLINK_FAULT"] = self.fault
+        return env
+
+
+class GrouplessNetlinkLinux(_NetlinkFaultLinux):
+    """Refuses multicast groups (bind with groups, NETLINK_ADD_MEMBERSHIP: EPERM): no listener
+    ever hears of a change, as runsc's netlink did for years."""
+
+    kind = "linux-groupless"
+    fault = "groupless"
+
+
+class ExtAckBlindLinux(_NetlinkFaultLinux):
+    """Knows no NETLINK_EXT_ACK (ENOPROTOOPT), which iproute2, pyroute2 and sd-netlink set."""
+
+    kind = "linux-noextack"
+    fault = "option:NETLINK_EXT_ACK"
+
+
+class RuleBlindLinux(_NetlinkFaultLinux):
+    """Refuses RTM_GETRULE (`ip rule`, policy routing tools) with EOPNOTSUPP."""
+
+    kind = "linux-norules"
+    fault = "type:34"
+
+
+class GatewayDroppingLinux(_NetlinkFaultLinux):
+    """Leaves RTA_GATEWAY out of every route it sends: routes via a gateway look on-link."""
+
+    kind = "linux-nogateway"
+    fault = "drop-attr:24:5"
+
+
+class LossyDumpLinux(_NetlinkFaultLinux):
+    """Loses the last message of every multi-part read: a long dump comes back short."""
+
+    kind = "linux-lossydump"
+    fault = "lossy-dump"

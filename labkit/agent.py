@@ -37,9 +37,17 @@ MAX_TIMEOUT = 30.0
 MAX_READ = 1 << 20
 WRITE_PIECE = 16384
 
-FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6, "netlink": socket.AF_NETLINK}
 TYPES = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "raw": socket.SOCK_RAW}
-PROTOCOLS = {"": 0, "tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": socket.IPPROTO_ICMP, "icmpv6": socket.IPPROTO_ICMPV6}
+PROTOCOLS = {
+    "": 0,
+    "tcp": socket.IPPROTO_TCP,
+    "udp": socket.IPPROTO_UDP,
+    "icmp": socket.IPPROTO_ICMP,
+    "icmpv6": socket.IPPROTO_ICMPV6,
+    "route": 0,  # NETLINK_ROUTE, with family "netlink"
+}
+SOL_NETLINK = 270
 
 # name -> (level, option, how its value is given): "int", "linger" [onoff, seconds], "tcp_info".
 OPTIONS: dict[str, tuple[int, int, str]] = {
@@ -67,7 +75,23 @@ OPTIONS: dict[str, tuple[int, int, str]] = {
     "IPV6_MTU": (socket.IPPROTO_IPV6, 24, "int"),
     "IPV6_RECVERR": (socket.IPPROTO_IPV6, 25, "int"),
     "IPV6_V6ONLY": (socket.IPPROTO_IPV6, 26, "int"),
+    # What netlink clients set (iproute2, pyroute2, libnl, sd-netlink, Go's netlink): the
+    # options of SOL_SOCKET they use, then SOL_NETLINK's (linux/netlink.h).
+    "SO_SNDBUFFORCE": (socket.SOL_SOCKET, 32, "int"),
+    "SO_PASSCRED": (socket.SOL_SOCKET, 16, "int"),
+    "SO_RCVTIMEO": (socket.SOL_SOCKET, socket.SO_RCVTIMEO, "timeval"),
+    "NETLINK_ADD_MEMBERSHIP": (SOL_NETLINK, 1, "int"),
+    "NETLINK_DROP_MEMBERSHIP": (SOL_NETLINK, 2, "int"),
+    "NETLINK_PKTINFO": (SOL_NETLINK, 3, "int"),
+    "NETLINK_BROADCAST_ERROR": (SOL_NETLINK, 4, "int"),
+    "NETLINK_NO_ENOBUFS": (SOL_NETLINK, 5, "int"),
+    "NETLINK_LISTEN_ALL_NSID": (SOL_NETLINK, 8, "int"),
+    "NETLINK_LIST_MEMBERSHIPS": (SOL_NETLINK, 9, "groups"),
+    "NETLINK_CAP_ACK": (SOL_NETLINK, 10, "int"),
+    "NETLINK_EXT_ACK": (SOL_NETLINK, 11, "int"),
+    "NETLINK_GET_STRICT_CHK": (SOL_NETLINK, 12, "int"),
 }
+TIMEVAL = struct.Struct("=qq")
 MSG_FLAGS = {
     "MSG_OOB": socket.MSG_OOB,
     "MSG_PEEK": socket.MSG_PEEK,
@@ -152,8 +176,8 @@ class Agent:
     def peer(addr: Any) -> list[Any] | None:
         """[host, port] of an address, or None where the call gave none (a stream socket's
         recvfrom: b'' from Linux, an empty sockaddr from gVisor after a reset)."""
-        if isinstance(addr, tuple) and len(addr) >= 2 and isinstance(addr[0], str):
-            return [addr[0], addr[1]]
+        if isinstance(addr, tuple) and len(addr) >= 2 and isinstance(addr[0], (str, int)):
+            return [addr[0], addr[1]]  # (host, port), or a netlink (port id, groups)
         return None
 
     @contextlib.contextmanager
@@ -192,8 +216,13 @@ class Agent:
         return {"fd": s.fileno()}
 
     def op_bind(self, req: dict[str, Any]) -> dict[str, Any]:
+        """bind(2) to an address and port, or for a netlink socket to a port id (`pid`, 0: the
+        kernel picks) and multicast `groups` (a bit mask)."""
         s = self.sock(req)
-        s.bind(self.address(s, req))
+        if s.family == socket.AF_NETLINK:
+            s.bind((int(req.get("pid", 0)), int(req.get("groups", 0))))
+        else:
+            s.bind(self.address(s, req))
         return {"name": self.peer(s.getsockname())}
 
     def op_listen(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +278,8 @@ class Agent:
             self.sock(req).setsockopt(level, opt, struct.pack("ii", int(value[0]), int(value[1])))
         elif kind == "int" and isinstance(value, int):
             self.sock(req).setsockopt(level, opt, value)
+        elif kind == "timeval" and isinstance(value, (int, float)):
+            self.sock(req).setsockopt(level, opt, TIMEVAL.pack(int(value), int(value % 1 * 1_000_000)))
         else:
             raise BadRequest(f"bad value {value!r} for {req['name']}; allowed: an integer")
         return {}
@@ -260,6 +291,13 @@ class Agent:
             return {"value": s.getsockopt(level, opt)}
         if kind == "linger":
             return {"value": list(struct.unpack("ii", s.getsockopt(level, opt, 8)))}
+        if kind == "timeval":
+            seconds, micros = TIMEVAL.unpack(s.getsockopt(level, opt, TIMEVAL.size))
+            return {"value": seconds + micros / 1_000_000}
+        if kind == "groups":  # a bit map of u32s: the groups the socket is a member of
+            raw = s.getsockopt(level, opt, 16)
+            words = struct.unpack(f"={len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+            return {"value": [32 * i + bit + 1 for i, word in enumerate(words) for bit in range(32) if word >> bit & 1]}
         raw = s.getsockopt(level, opt, TCP_INFO.size)
         raw = raw.ljust(TCP_INFO.size, b"\0")
         info = dict(zip(TCP_INFO_FIELDS, TCP_INFO.unpack(raw), strict=True))
@@ -292,12 +330,31 @@ class Agent:
         flags = self.flags(req)
         if flags & MSG_FLAGS["MSG_ERRQUEUE"]:
             return self._error_queue(s, size, flags)
+        if s.family == socket.AF_NETLINK:
+            if flags & socket.MSG_DONTWAIT:
+                return self._datagram(s, size, flags)
+            with self.bounded(s, self.timeout(req)):
+                return self._datagram(s, size, flags)
         if flags & socket.MSG_DONTWAIT:  # the check asks for EAGAIN rather than a wait
             data, addr = s.recvfrom(size, flags)
         else:
             with self.bounded(s, self.timeout(req)):
                 data, addr = s.recvfrom(size, flags)
         return {"data": data.hex(), "len": len(data), "peer": self.peer(addr)}
+
+    def _datagram(self, s: socket.socket, size: int, flags: int) -> dict[str, Any]:
+        """recvmsg(2) into a buffer of `size` bytes: `len` is what the call returned (with
+        MSG_TRUNC, the datagram's real length), `msg_flags` says whether it was cut, and the
+        control messages come as [level, type, hex] (NETLINK_PKTINFO's group, credentials)."""
+        buffer = bytearray(size)
+        returned, ancillary, msg_flags, addr = s.recvmsg_into([buffer], 1024, flags)
+        return {
+            "data": bytes(buffer[: min(returned, size)]).hex(),
+            "len": returned,
+            "msg_flags": [n for n, bit in MSG_FLAGS.items() if msg_flags & bit] + (["MSG_CTRUNC"] if msg_flags & 8 else []),
+            "ancillary": [[level, kind, blob.hex()] for level, kind, blob in ancillary],
+            "peer": self.peer(addr),
+        }
 
     def _error_queue(self, s: socket.socket, size: int, flags: int) -> dict[str, Any]:
         data, ancillary, msg_flags, _addr = s.recvmsg(size, 512, flags | socket.MSG_DONTWAIT)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -46,6 +47,30 @@ def test_a_connection_through_the_agent_carries_data(agent):
     assert server.recv_exactly(11) == b"onetwothree"
     info = client.tcp_info()
     assert info["state"] == 1 and info["snd_mss"] > 0, info  # TCP_ESTABLISHED
+
+
+def test_a_netlink_socket_through_the_agent_binds_reads_and_sizes(agent):
+    """NETLINK_ROUTE in the agent: bind with groups, the options tools set, and recvmsg's
+    length and flags (a link dump of this machine: a read, nothing changed)."""
+    nl = agent.socket("netlink", "raw", "route")
+    port, groups = nl.bind_netlink(groups=0x1 | 0x10)
+    assert port > 0 and groups == 0x11
+    assert nl.getsockopt("NETLINK_LIST_MEMBERSHIPS") == [1, 5]
+    nl.setsockopt("NETLINK_EXT_ACK", 1)
+    assert nl.getsockopt("NETLINK_EXT_ACK") == 1
+    nl.setsockopt("SO_RCVTIMEO", 1.5)
+    assert nl.getsockopt("SO_RCVTIMEO") == 1.5
+    with pytest.raises(SocketCallError) as caught:
+        nl.recvmsg(100, flags=("MSG_DONTWAIT",))
+    assert caught.value.errno == "EAGAIN"
+    dump = struct.pack("=IHHII", 32, 18, 0x301, 7, 0) + bytes(16)  # RTM_GETLINK, REQUEST|DUMP
+    assert nl.send(dump) == 32
+    peeked = nl.recvmsg(0, flags=("MSG_PEEK", "MSG_TRUNC"), timeout=2)
+    assert peeked["len"] > 32 and peeked["data"] == "" and "MSG_TRUNC" in peeked["msg_flags"]
+    cut = nl.recvmsg(40)
+    assert cut["len"] == 40 and "MSG_TRUNC" in cut["msg_flags"] and cut["peer"] == [0, 0]
+    assert struct.unpack_from("=IHHI", bytes.fromhex(cut["data"]))[1:] == (16, 0x2, 7)  # RTM_NEWLINK, MULTI, seq 7
+    nl.close()
 
 
 def test_a_refused_call_names_the_errno(agent):

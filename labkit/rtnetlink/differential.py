@@ -25,6 +25,9 @@ def dump(type_: str, family: int = 0) -> dict[str, Any]:
 
 
 LINKS = dump("RTM_GETLINK")
+# The errnos that say "not implemented" rather than "refused": a stack answering one where the
+# kernel does not is unsupported in the support table, not merely different.
+UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOPROTOOPT, errno.EPROTONOSUPPORT)
 
 
 def _is_about(key_part: object, about: str) -> bool:
@@ -100,18 +103,41 @@ class Differential:
     def note(self, message_type: str, pair: Pair, name: str, differences: list[differ.Difference]) -> None:
         """A support-table row for this check: how the stack did with `message_type`."""
         k, s = pair.kernel[name], pair.stack[name]
-        if s.errno in (errno.EOPNOTSUPP, errno.ENOSYS) and k.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
-            status = "unsupported"
-        else:
-            status = "differs" if differences else "supported"
+        unsupported = s.errno in UNSUPPORTED and k.errno not in UNSUPPORTED
+        self.row(
+            message_type,
+            differences,
+            unsupported=unsupported,
+            attrs=differ.attribute_names(s),
+            kernel_attrs=differ.attribute_names(k),
+        )
+
+    def row(
+        self,
+        what: str,
+        differences: list[differ.Difference],
+        *,
+        unsupported: bool = False,
+        attrs: dict[str, list[str]] | None = None,
+        kernel_attrs: dict[str, list[str]] | None = None,
+    ) -> None:
+        """A support-table row for something other than one request's answer (a socket option,
+        a notification, a tool): `what` names the row, `unsupported` says the stack refused
+        what the kernel does (EOPNOTSUPP, ENOPROTOOPT ...), rather than doing it differently."""
+        status = "unsupported" if unsupported else "differs" if differences else "supported"
         self.support.append(
             {
                 "check": self.check,
-                "message": message_type,
+                "message": what,
                 "stack": self.stack.id,
                 "status": status,
                 "differences": [str(d) for d in differences[:10]],
-                "attrs": differ.attribute_names(s),
-                "kernel_attrs": differ.attribute_names(k),
+                "attrs": attrs or {},
+                "kernel_attrs": kernel_attrs or {},
             }
         )
+
+    def judge(self, what: str, differences: list[differ.Difference], description: str, *, unsupported: bool = False) -> None:
+        """`row`, then fail on any difference, saying what was compared."""
+        self.row(what, differences, unsupported=unsupported)
+        assert not differences, f"{self.stack.id} {description} unlike the kernel:\n{differ.explain(differences)}"

@@ -132,7 +132,8 @@ class SocketAgent:
     # -- what checks use ---------------------------------------------------------------------
 
     def socket(self, family: str, type: str = "stream", protocol: str = "") -> AgentSocket:
-        """A new socket inside the stack: family "ipv4"/"ipv6", type "stream"/"dgram"/"raw"."""
+        """A new socket inside the stack: family "ipv4"/"ipv6", type "stream"/"dgram"/"raw"; or
+        family "netlink", type "raw", protocol "route" (NETLINK_ROUTE)."""
         fd = self.call("socket", family=family, type=type, protocol=protocol)["fd"]
         return AgentSocket(self, fd, family)
 
@@ -175,6 +176,12 @@ class AgentSocket:
 
     def bind(self, addr: str = "", port: int = 0) -> tuple[str, int]:
         return tuple(self._call("bind", addr=addr, port=port)["name"])
+
+    def bind_netlink(self, pid: int = 0, groups: int = 0) -> tuple[int, int]:
+        """A netlink socket's bind(2): port id `pid` (0: the stack picks), multicast `groups`
+        (bit mask); (port id, groups) as getsockname then gives them."""
+        port, bound = self._call("bind", pid=pid, groups=groups)["name"]
+        return int(port), int(bound)
 
     def listen(self, backlog: int = 16) -> None:
         self._call("listen", backlog=backlog)
@@ -236,6 +243,11 @@ class AgentSocket:
     def recvfrom(self, size: int = 65536, flags: tuple[str, ...] = (), timeout: float = 3.0) -> tuple[bytes, list[Any]]:
         got = self._call("recv", size=size, flags=list(flags), timeout=timeout)
         return bytes.fromhex(got["data"]), got["peer"]
+
+    def recvmsg(self, size: int = 65536, flags: tuple[str, ...] = (), timeout: float = 3.0) -> dict[str, Any]:
+        """A netlink socket's recvmsg(2) into `size` bytes: {"data" (hex), "len" (what the call
+        returned), "msg_flags", "ancillary", "peer"}."""
+        return self._call("recv", size=size, flags=list(flags), timeout=timeout)
 
     def begin_recv(self, size: int = 65536, flags: tuple[str, ...] = (), timeout: float = 3.0) -> Pending:
         return self._begin("recv", size=size, flags=list(flags), timeout=timeout)

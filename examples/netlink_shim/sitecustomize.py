@@ -1,0 +1,159 @@
+"""A NETLINK_ROUTE emulation broken on purpose, for the rtnetlink mutants in examples.mutants.
+
+A sandboxed stack answers rtnetlink itself, so its faults show up in what a program inside sees
+on its netlink socket. This file is put first on PYTHONPATH of the programs a mutant Linux runs
+(the probe, the socket agent, pyroute2 clients), where Python imports it at start-up; it
+replaces `socket.socket` with a class whose AF_NETLINK sockets misbehave as LABKIT_NETLINK_FAULT
+says, one fault per mutant:
+
+    groupless           bind with groups and NETLINK_ADD_MEMBERSHIP are refused (EPERM)
+    option:NAME         setsockopt and getsockopt of SOL_NETLINK option NAME fail (ENOPROTOOPT)
+    type:N              a request of message type N is refused at send (EOPNOTSUPP)
+    drop-attr:T:A       attribute A is cut out of every message of type T that is read
+    lossy-dump          the last message of every multi-part datagram that is read is lost
+
+Every other socket, and every other program, is the kernel's as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+
+FAULT = os.environ.get("LABKIT_NETLINK_FAULT", "")
+SOL_NETLINK = 270
+OPTIONS = {
+    "NETLINK_ADD_MEMBERSHIP": 1,
+    "NETLINK_PKTINFO": 3,
+    "NETLINK_EXT_ACK": 11,
+    "NETLINK_GET_STRICT_CHK": 12,
+    "NETLINK_CAP_ACK": 10,
+}
+NLM_F_MULTI = 0x2
+HEADER = struct.Struct("=IHHII")
+FIXED = {16: 16, 17: 16, 18: 16, 19: 16, 20: 8, 21: 8, 22: 8, 24: 12, 25: 12, 26: 12, 28: 12, 29: 12, 30: 12}  # body before attrs
+
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def _messages(data: bytes) -> list[bytes]:
+    out, offset = [], 0
+    while offset + HEADER.size <= len(data):
+        length = HEADER.unpack_from(data, offset)[0]
+        if length < HEADER.size or offset + length > len(data):
+            out.append(data[offset:])
+            break
+        out.append(data[offset : offset + length])
+        offset += _align(length)
+    return out
+
+
+def _without_attribute(message: bytes, type_: int, attr: int) -> bytes:
+    length, kind, flags, seq, pid = HEADER.unpack_from(message)
+    if kind != type_ or length != len(message):
+        return message
+    start = HEADER.size + FIXED.get(kind, 0)
+    kept, offset = [message[:start]], start
+    while offset + 4 <= len(message):
+        size, number = struct.unpack_from("=HH", message, offset)
+        if size < 4:
+            return message
+        if number & 0x3FFF != attr:
+            kept.append(message[offset : offset + _align(size)])
+        offset += _align(size)
+    body = b"".join(kept)
+    return HEADER.pack(len(body), kind, flags, seq, pid) + body[HEADER.size :]
+
+
+def _broken(data: bytes) -> bytes:
+    if FAULT.startswith("drop-attr:"):
+        _, type_, attr = FAULT.split(":")
+        return b"".join(
+            m.ljust(_align(len(m)), b"\0") for m in (_without_attribute(m, int(type_), int(attr)) for m in _messages(data))
+        )
+    if FAULT == "lossy-dump":
+        messages = _messages(data)
+        multi = [
+            m for m in messages if len(m) >= HEADER.size and HEADER.unpack_from(m)[2] & NLM_F_MULTI and HEADER.unpack_from(m)[1] > 3
+        ]
+        if len(multi) > 1:
+            messages.remove(multi[-1])
+        return b"".join(m.ljust(_align(len(m)), b"\0") for m in messages)
+    return data
+
+
+class FaultySocket(socket.socket):
+    def _netlink(self) -> bool:
+        return self.family == socket.AF_NETLINK
+
+    def bind(self, address):  # type: ignore[no-untyped-def]
+        if self._netlink() and FAULT == "groupless" and isinstance(address, tuple) and len(address) > 1 and address[1]:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        return super().bind(address)
+
+    def _refused_option(self, level: int, option: int) -> bool:
+        if not self._netlink() or level != SOL_NETLINK:
+            return False
+        if FAULT == "groupless":
+            return option == OPTIONS["NETLINK_ADD_MEMBERSHIP"]
+        return FAULT.startswith("option:") and OPTIONS.get(FAULT.split(":", 1)[1]) == option
+
+    def setsockopt(self, level, option, value, *rest):  # type: ignore[no-untyped-def]
+        if self._refused_option(level, option):
+            code = errno.EPERM if FAULT == "groupless" else errno.ENOPROTOOPT
+            raise OSError(code, os.strerror(code))
+        return super().setsockopt(level, option, value, *rest)
+
+    def getsockopt(self, level, option, *rest):  # type: ignore[no-untyped-def]
+        if self._refused_option(level, option) and FAULT != "groupless":
+            raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
+        return super().getsockopt(level, option, *rest)
+
+    def _refused_send(self, data) -> bool:  # type: ignore[no-untyped-def]
+        return (
+            self._netlink()
+            and FAULT.startswith("type:")
+            and len(data) >= 6
+            and struct.unpack_from("=H", data, 4)[0] == int(FAULT[5:])
+        )
+
+    def send(self, data, *rest):  # type: ignore[no-untyped-def]
+        if self._refused_send(data):
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return super().send(data, *rest)
+
+    def sendto(self, data, *rest):  # type: ignore[no-untyped-def]
+        if self._refused_send(data):
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+        return super().sendto(data, *rest)
+
+    def recv(self, size, *rest):  # type: ignore[no-untyped-def]
+        data = super().recv(size, *rest)
+        return _broken(data) if self._netlink() else data
+
+    def recvfrom(self, size, *rest):  # type: ignore[no-untyped-def]
+        data, address = super().recvfrom(size, *rest)
+        return (_broken(data) if self._netlink() else data), address
+
+    def recv_into(self, buffer, nbytes=0, *rest):  # type: ignore[no-untyped-def]
+        if not self._netlink():
+            return super().recv_into(buffer, nbytes, *rest)
+        data = self.recv(nbytes or len(buffer), *rest)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def recvmsg_into(self, buffers, *rest):  # type: ignore[no-untyped-def]
+        returned, ancillary, flags, address = super().recvmsg_into(buffers, *rest)
+        if self._netlink() and buffers and returned <= len(buffers[0]):
+            data = _broken(bytes(buffers[0][:returned]))
+            buffers[0][: len(data)] = data
+            returned = len(data)
+        return returned, ancillary, flags, address
+
+
+if FAULT:
+    socket.socket = FaultySocket  # type: ignore[misc]
