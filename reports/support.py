@@ -14,6 +14,31 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# A row named "socket: SO_RCVBUF" belongs to the family "socket"; a bare message type ("RTM_GETLINK",
+# "malformed") to the requests and answers. The page groups rows by family in this order, so the
+# reader finds what a tool relies on (the socket, notifications, the libraries and commands)
+# together rather than spread through the alphabet; a family not named here comes last.
+FAMILIES = {
+    "": "requests and answers",
+    "dump": "large dumps",
+    "socket": "the socket",
+    "notify": "notifications",
+    "pyroute2": "pyroute2's API",
+    "ip": "iproute2 commands",
+}
+
+
+def family_of(message: str) -> str:
+    prefix, sep, _ = message.partition(": ")
+    return prefix if sep and " " not in prefix else ""
+
+
+def _row_order(message: str) -> tuple[int, str, str]:
+    family = family_of(message)
+    rank = list(FAMILIES).index(family) if family in FAMILIES else len(FAMILIES)
+    return rank, family, message
+
+
 STATUS_CSS = {"supported": "passed", "differs": "known-deviation", "unsupported": "failed"}
 SHOWN_NAMES = 2  # a merged column's header names this many stacks, then "… (n)"; its title names all
 
@@ -107,10 +132,12 @@ def support_table(table: dict[str, Any] | None, carried: Mapping[str, str] | Non
     kernel_attrs: dict[str, list[str]] = table.get("kernel_attrs", {})
     groups = columns(messages)
     rows = []
-    for msg in sorted(messages):
+    for msg in sorted(messages, key=_row_order):
         kernel = sorted(kernel_attrs.get(msg, []))
+        family = family_of(msg)
         rows.append(
             {
+                "family": FAMILIES.get(family, family),
                 "message": msg,
                 "cells": [_cell(_shown(messages[msg], group), kernel) for group in groups],
                 "kernel": kernel,

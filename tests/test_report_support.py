@@ -185,3 +185,36 @@ def test_variants_whose_rtnetlink_checks_were_carried_over_show_the_answers_that
     filled = support_table(merged, {"gvisor-ch2": "gvisor", "gvisor-ch4": "gvisor", "linux-txcsum": "linux"})
     # gvisor-ch4 measured its own answer: that one stands, the carried one does not replace it
     assert [c["stacks"] for c in filled["columns"]] == [["gvisor", "gvisor-ch2"], ["gvisor-ch4"], ["linux", "linux-txcsum"]]
+
+
+def test_rows_are_grouped_by_family_each_under_its_heading():
+    """The requests first, then the socket, notifications, the libraries and commands: a reader
+    looking for what `ip monitor` or SO_RCVBUF got finds the family together, not spread through
+    the alphabet."""
+    rows = [
+        row(message, stack, "differs" if stack == "gvisor" and message.startswith("notify") else "supported")
+        for stack in ("linux", "gvisor")
+        for message in (
+            "notify: RTM_NEWADDR",
+            "socket: SO_RCVBUF",
+            "RTM_GETLINK",
+            "ip: route get",
+            "socket: NETLINK_EXT_ACK",
+            "zz: odd",
+        )
+    ]
+    shaped = support_table(merge(rows))
+    assert [(r["family"], r["message"]) for r in shaped["rows"]] == [
+        ("requests and answers", "RTM_GETLINK"),
+        ("the socket", "socket: NETLINK_EXT_ACK"),
+        ("the socket", "socket: SO_RCVBUF"),
+        ("notifications", "notify: RTM_NEWADDR"),
+        ("iproute2 commands", "ip: route get"),
+        ("zz", "zz: odd"),
+    ]
+    dom = Dom(render(shaped))
+    headings = [tr["text"].strip() for tr in find(dom.root, "tr", **{"class": "family"})]
+    assert headings == ["requests and answers", "the socket", "notifications", "iproute2 commands", "zz"]
+    (notify,) = find(dom.root, "tr", data_message="notify: RTM_NEWADDR")
+    status = dict(zip([c["label"] for c in shaped["columns"]], [td["attrs"].get("data-status") for td in find(notify, "td")[1:3]]))
+    assert status == {"linux": "supported", "gvisor": "differs"}
