@@ -38,8 +38,8 @@ def test_raw_message_may_lie_about_its_length():
 
 
 def test_encode_refuses_what_it_cannot_encode_naming_what_is_allowed():
-    with pytest.raises(LabInputError, match=r"request type 'RTM_NEWRULE'; allowed: RTM_NEWLINK, .*RTM_GETNEIGH"):
-        probe.encode({"type": "RTM_NEWRULE"}, seq=1)
+    with pytest.raises(LabInputError, match=r"request type 'RTM_NEWQDISC'; allowed: RTM_NEWLINK, .*RTM_GETNEIGH, .*RTM_GETNSID"):
+        probe.encode({"type": "RTM_NEWQDISC"}, seq=1)
     with pytest.raises(LabInputError, match=r"request flag 'DUMPS'; allowed: REQUEST, "):
         probe.encode({"type": "RTM_GETLINK", "flags": ["DUMPS"]}, seq=1)
 
@@ -180,3 +180,27 @@ def test_probe_without_cap_net_admin_gets_eperm_on_a_change(kernel):
     }
     assert probe.ask(kernel.stack, {"c": change}, unprivileged=True)["c"].errno == errno.EPERM
     assert probe.ask(kernel.stack, {"c": change})["c"].errno == errno.ENODEV
+
+
+def test_probe_asks_the_other_message_types_in_a_kernel_namespace(kernel):
+    """RTM_GETRULE, RTM_GETNETCONF, RTM_GETSTATS, RTM_GETNSID: encoded, answered, decoded."""
+    answers = probe.ask(
+        kernel.stack,
+        {
+            "rules": {"type": "RTM_GETRULE", "flags": ["REQUEST", "DUMP"], "fields": {"family": 2}},
+            "netconf": {
+                "type": "RTM_GETNETCONF",
+                "fields": {"family": 2},
+                "attrs": [["NETCONFA_IFINDEX", {"ifindex_of": "eth0"}]],
+            },
+            "stats": {"type": "RTM_GETSTATS", "fields": {"ifindex": {"ifindex_of": "eth0"}, "filter_mask": 1}},
+            "own-nsid": {"type": "RTM_GETNSID", "attrs": [["NETNSA_FD", {"own": "netns_fd"}]]},
+        },
+    )
+    assert sorted(m.attr("FRA_PRIORITY", 0) for m in answers["rules"].payload()) == [0, 32766, 32767]
+    ((netconf,),) = [answers["netconf"].payload()]
+    assert netconf.type == "RTM_NEWNETCONF" and netconf.attr("NETCONFA_FORWARDING") == 0
+    ((stats,),) = [answers["stats"].payload()]
+    assert stats.type == "RTM_NEWSTATS" and [name for name, _ in stats.attrs] == ["IFLA_STATS_LINK_64"]
+    ((nsid,),) = [answers["own-nsid"].payload()]
+    assert nsid.attr("NETNSA_NSID") == 0xFFFFFFFF  # NETNSA_NSID_NOT_ASSIGNED (-1): its own namespace

@@ -50,6 +50,7 @@ RTPROT_BOOT = rt_proto["boot"]
 RTN_UNICAST = rt_type["unicast"]
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 CHANGE = NLM_F_REQUEST | NLM_F_ACK
+COMMIT_WINDOW = 256  # requests in flight: their ACKs (36 bytes each) fit any receive buffer
 
 
 @dataclass
@@ -131,25 +132,32 @@ class Batch:
         return self
 
     def commit(self) -> None:
+        """Send the requests, COMMIT_WINDOW at a time: every request is acknowledged, and the
+        acknowledgements of a thousand routes sent at once would overrun the socket (ENOBUFS)."""
         if not self.data:
             return
         sock = self.ns.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
         try:
             sock.bind((0, 0))
-            sock.sendall(b"".join(self.data))
-            pending = len(self.data)
             done = 0
-            while done < pending:
-                for kind, data in _messages(sock.recv(1 << 16), self.ns):
-                    if kind == NLMSG_ERROR:
-                        reply = nlmsgerr(data)
-                        reply.decode()
-                        if reply["error"]:
-                            raise LabError(f"{self.what[done]} in {self.ns.name}: {os.strerror(-reply['error'])}")
-                        done += 1
+            while done < len(self.data):
+                window = self.data[done : done + COMMIT_WINDOW]
+                sock.sendall(b"".join(window))
+                done = self._acknowledged(sock, done, done + len(window))
         finally:
             sock.close()
             self.discard()
+
+    def _acknowledged(self, sock: socket.socket, done: int, pending: int) -> int:
+        while done < pending:
+            for kind, data in _messages(sock.recv(1 << 16), self.ns):
+                if kind == NLMSG_ERROR:
+                    reply = nlmsgerr(data)
+                    reply.decode()
+                    if reply["error"]:
+                        raise LabError(f"{self.what[done]} in {self.ns.name}: {os.strerror(-reply['error'])}")
+                    done += 1
+        return done
 
     def discard(self) -> None:
         """Drop unsent requests and close the namespace fds they named."""

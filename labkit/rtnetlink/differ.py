@@ -28,13 +28,30 @@ COMPARED_ATTRS = {
     "RTM_NEWADDR": ("IFA_ADDRESS", "IFA_LOCAL", "IFA_LABEL", "IFA_BROADCAST"),
     "RTM_NEWROUTE": ("RTA_DST", "RTA_GATEWAY", "RTA_OIF", "RTA_PREFSRC", "RTA_PRIORITY", "RTA_TABLE"),
     "RTM_NEWNEIGH": ("NDA_DST", "NDA_LLADDR"),
+    "RTM_NEWRULE": ("FRA_TABLE", "FRA_PRIORITY", "FRA_SRC", "FRA_DST", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_PROTOCOL"),
+    "RTM_NEWNETCONF": (
+        "NETCONFA_FORWARDING",
+        "NETCONFA_RP_FILTER",
+        "NETCONFA_MC_FORWARDING",
+        "NETCONFA_PROXY_NEIGH",
+        "NETCONFA_IGNORE_ROUTES_WITH_LINKDOWN",
+        "NETCONFA_INPUT",
+        "NETCONFA_BC_FORWARDING",
+    ),
+    "RTM_NEWSTATS": (),  # counters: which groups a stack sends is labkit.rtnetlink.attributes' business
+    "RTM_NEWNSID": (),  # ids: the order a namespace met its peers in
 }
 COMPARED_FIELDS = {
     "RTM_NEWLINK": ("family", "ifi_type", "flags"),
     "RTM_NEWADDR": ("family", "prefixlen", "scope", "flags"),
     "RTM_NEWROUTE": ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type"),
     "RTM_NEWNEIGH": ("family", "flags"),  # not the NUD state: it moves with time
+    "RTM_NEWRULE": ("family", "dst_len", "src_len", "tos", "table", "action", "flags"),
+    "RTM_NEWNETCONF": ("family",),
+    "RTM_NEWSTATS": ("family", "filter_mask"),
+    "RTM_NEWNSID": ("rtgen_family",),
 }
+NETCONF_INDEXES = {-1: "all", -2: "default"}  # NETCONFA_IFINDEX_ALL, NETCONFA_IFINDEX_DEFAULT
 
 
 def _bit_names(names: dict[str, int], prefix: str, spell: Callable[[str], str]) -> dict[int, str]:
@@ -54,12 +71,19 @@ IFA_F_NAMES = _bit_names(PYROUTE2_IFA_F, "IFA_F_", lambda n: n.lower().replace("
 FOREVER = 0xFFFFFFFF
 
 
-def _flag_names(value: int, names: dict[int, str], skip: int = 0) -> str:
+def flag_names(value: int, names: dict[int, str], skip: int = 0) -> str:
     """Named bits by name, any others as hex (so no difference hides), `skip` bits left out."""
     value &= ~skip
     known = [n for bit, n in sorted(names.items()) if value & bit]
     rest = value & ~sum(names)
     return ",".join(known + ([f"{rest:#x}"] if rest else [])) or "-"
+
+
+def is_about(key_part: object, about: str) -> bool:
+    """`about` names this part of a record's identity: equal, the same address with a prefix
+    length ("198.18.0.50" in "198.18.0.50/24"), or a prefix ending in "." or ":" ("198.19.99.")."""
+    text = str(key_part)
+    return text == about or text.startswith(about + "/") or (about[-1:] in ".:" and text.startswith(about))
 
 
 @dataclass
@@ -92,10 +116,10 @@ class Normaliser:
         for name in COMPARED_ATTRS.get(m.type, ()):
             values[name] = m.attr(name)
         if m.type == "RTM_NEWLINK":
-            values["flags"] = _flag_names(values["flags"] or 0, IFF_NAMES)
+            values["flags"] = flag_names(values["flags"] or 0, IFF_NAMES)
             key: tuple = (m.attr("IFLA_IFNAME"),)
         elif m.type == "RTM_NEWADDR":
-            values["flags"] = _flag_names((m.attr("IFA_FLAGS") or values["flags"] or 0), IFA_F_NAMES, skip=IFA_F_TENTATIVE)
+            values["flags"] = flag_names((m.attr("IFA_FLAGS") or values["flags"] or 0), IFA_F_NAMES, skip=IFA_F_TENTATIVE)
             cache = m.attr("IFA_CACHEINFO") or {}
             values["lifetime"] = "forever" if cache.get("ifa_valid", FOREVER) == FOREVER else "finite"
             key = (self.name(m.fields.get("index")), f"{m.attr('IFA_ADDRESS')}/{m.fields.get('prefixlen')}")
@@ -106,6 +130,16 @@ class Normaliser:
             key = (f"table {table}", dst, values["RTA_OIF"], m.fields.get("type"))
         elif m.type == "RTM_NEWNEIGH":
             key = (self.name(m.fields.get("ifindex")), m.attr("NDA_DST"))
+        elif m.type == "RTM_NEWRULE":
+            table = m.attr("FRA_TABLE", m.fields.get("table"))
+            key = (f"family {m.fields.get('family')}", f"priority {m.attr('FRA_PRIORITY', 0)}", f"table {table}")
+        elif m.type == "RTM_NEWNETCONF":
+            index = m.attr("NETCONFA_IFINDEX")
+            key = (f"family {m.fields.get('family')}", NETCONF_INDEXES.get(index) or self.name(index))
+        elif m.type == "RTM_NEWSTATS":
+            key = (f"family {m.fields.get('family')}", self.name(m.fields.get("ifindex")))
+        elif m.type == "RTM_NEWNSID":
+            key = ("nsid",)  # one peer like another: the ids are numbering, compared by count
         else:
             key = (m.type, m.seq)
         return Record(m.type, key, values)
@@ -169,10 +203,15 @@ def diff_outcome(kernel: Answer, stack: Answer) -> list[Difference]:
 
 
 def attribute_names(answer: Answer) -> dict[str, list[str]]:
-    """Which attributes the answer's messages carried, by message type (for the support table)."""
+    """Which attributes the answer's messages carried, by message type (for the support table):
+    read from the bytes, so those pyroute2 has no name for are there too ("type 254"); from
+    pyroute2's decoding where the bytes are not walked."""
+    from labkit.rtnetlink.attributes import top_level_names  # (which builds on this module)
+
     seen: dict[str, set[str]] = {}
     for m in answer.payload():
-        seen.setdefault(m.type, set()).update(name for name, _ in m.attrs if name != "UNKNOWN")
+        names = top_level_names(m) or [name for name, _ in m.attrs if name != "UNKNOWN"]
+        seen.setdefault(m.type, set()).update(names)
     return {t: sorted(names) for t, names in seen.items()}
 
 

@@ -30,13 +30,6 @@ LINKS = dump("RTM_GETLINK")
 UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOPROTOOPT, errno.EPROTONOSUPPORT)
 
 
-def _is_about(key_part: object, about: str) -> bool:
-    """`about` names this part of a record's identity: equal, the same address with a prefix
-    length ("198.18.0.50" in "198.18.0.50/24"), or a prefix ending in "." or ":" ("198.19.99.")."""
-    text = str(key_part)
-    return text == about or text.startswith(about + "/") or (about[-1:] in ".:" and text.startswith(about))
-
-
 @dataclass
 class Pair:
     """The kernel's and the stack's answers to one set of requests, with their normalisers."""
@@ -62,7 +55,7 @@ class Pair:
         outcome = differ.diff_outcome(self.kernel[name], self.stack[name])
         kernel, stack = self.records(name)
         if about is not None:
-            kernel, stack = ([r for r in records if any(_is_about(k, about) for k in r.key)] for records in (kernel, stack))
+            kernel, stack = ([r for r in records if any(differ.is_about(k, about) for k in r.key)] for records in (kernel, stack))
         records = differ.diff_records(kernel, stack, ignore=ignore, only=only)
         return outcome + [replace(d, where=f"{name}: {d.where}") for d in records]  # which step saw it
 

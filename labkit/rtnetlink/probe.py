@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import select
 import socket
 import struct
@@ -42,11 +43,25 @@ if __name__ == "__main__":
     _pyroute2_without_its_package_init()
 
 from pyroute2 import netlink  # noqa: E402 (after the package stand-in above)
-from pyroute2.netlink import NETLINK_ROUTE, NLM_F_ACK, NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP  # noqa: E402
-from pyroute2.netlink.rtnl import RTM_NAMES, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTM_VALUES  # noqa: E402
+from pyroute2.netlink import NETLINK_ROUTE, NLM_F_ACK, NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP, nlmsg  # noqa: E402
+from pyroute2.netlink.rtnl import (  # noqa: E402
+    RTM_NAMES,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWNETCONF,
+    RTM_NEWNSID,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+    RTM_NEWSTATS,
+    RTM_VALUES,
+)
+from pyroute2.netlink.rtnl.fibmsg import fibmsg  # noqa: E402
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402
+from pyroute2.netlink.rtnl.ifstatsmsg import ifstatsmsg  # noqa: E402
 from pyroute2.netlink.rtnl.ndmsg import ndmsg  # noqa: E402
+from pyroute2.netlink.rtnl.nsidmsg import nsidmsg  # noqa: E402
 from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
 
 from labkit.errors import LabError, LabInputError  # noqa: E402
@@ -57,8 +72,35 @@ NLM_F = {name.removeprefix("NLM_F_"): value for name, value in vars(netlink).ite
 TYPE_NAMES = RTM_VALUES | {NLMSG_NOOP: "NLMSG_NOOP", NLMSG_ERROR: "NLMSG_ERROR", NLMSG_DONE: "NLMSG_DONE"}
 
 
+class netconfmsg(nlmsg):  # (lower case, as pyroute2 names its message classes)
+    """`ip netconf`'s message, which pyroute2 has no class for: struct netconfmsg is one family
+    byte, padded to 4, then NETCONFA_* attributes (each an s32)."""
+
+    fields = (("family", "B"), ("__pad", "3x"))
+    nla_map = (
+        ("NETCONFA_UNSPEC", "none"),
+        ("NETCONFA_IFINDEX", "int32"),
+        ("NETCONFA_FORWARDING", "int32"),
+        ("NETCONFA_RP_FILTER", "int32"),
+        ("NETCONFA_MC_FORWARDING", "int32"),
+        ("NETCONFA_PROXY_NEIGH", "int32"),
+        ("NETCONFA_IGNORE_ROUTES_WITH_LINKDOWN", "int32"),
+        ("NETCONFA_INPUT", "int32"),
+        ("NETCONFA_BC_FORWARDING", "int32"),
+    )
+
+
 # The pyroute2 class of each family's body: NEW, DEL, GET and SET of a family share one.
-BODIES = {RTM_NEWLINK: ifinfmsg, RTM_NEWADDR: ifaddrmsg, RTM_NEWROUTE: rtmsg, RTM_NEWNEIGH: ndmsg}
+BODIES = {
+    RTM_NEWLINK: ifinfmsg,
+    RTM_NEWADDR: ifaddrmsg,
+    RTM_NEWROUTE: rtmsg,
+    RTM_NEWNEIGH: ndmsg,
+    RTM_NEWRULE: fibmsg,
+    RTM_NEWNETCONF: netconfmsg,
+    RTM_NEWNSID: nsidmsg,
+    RTM_NEWSTATS: ifstatsmsg,
+}
 
 
 def _message_class(type_: int) -> type | None:
@@ -153,11 +195,22 @@ def encode(request: dict[str, Any], seq: int) -> bytes:
     return data
 
 
+# Descriptors the requests refer to ({"own": "netns_fd"}), open until the probe closes.
+_OPEN_FDS: list[int] = []
+
+
 def _resolve(value: Any) -> Any:
     """{"ifindex_of": NAME} is this namespace's index of NAME: the same request names the same
-    link in two namespaces that number their links differently."""
+    link in two namespaces that number their links differently. {"own": "pid"} and
+    {"own": "netns_fd"} name the probe's own network namespace the two ways RTM_GETNSID takes
+    one (NETNSA_PID, NETNSA_FD), whatever the process's pid or the descriptor's number."""
     if isinstance(value, dict) and "ifindex_of" in value:
         return socket.if_nametoindex(value["ifindex_of"])
+    if isinstance(value, dict) and value.get("own") == "pid":
+        return os.getpid()
+    if isinstance(value, dict) and value.get("own") == "netns_fd":
+        _OPEN_FDS.append(os.open("/proc/self/ns/net", os.O_RDONLY))
+        return _OPEN_FDS[-1]
     return value
 
 
@@ -231,6 +284,8 @@ class Probe:
 
     def close(self) -> None:
         self.sock.close()
+        while _OPEN_FDS:
+            os.close(_OPEN_FDS.pop())
 
     def ask(self, name: str, request: dict[str, Any]) -> Answer:
         self.seq += 1

@@ -8,6 +8,8 @@ the topology and the addresses the checks ask about.
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from labkit.net import layouts
@@ -35,3 +37,31 @@ def rtnl_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
 # runs a check on one variant and the others carry the verdict (labkit.pytest_plugin.matrix).
 # Checks that also judge frames on the link (after a change, after malformed input) add channels.
 SUITE = [pytest.mark.needs("rtnetlink", "ipv4", "ipv6"), pytest.mark.layout.with_args(rtnl_layout), pytest.mark.varies_with()]
+
+
+# The large-dump layout: the standard one plus BULK_ROUTES routes via the peer and BULK_ADDRESSES
+# /32 addresses on the stack's end, enough that a dump takes many reads at any buffer size.
+BULK_ROUTES, BULK_ADDRESSES = 1000, 200
+BULK_ROUTE_BASE = "198.19.128.0"  # /30s up from here: 198.19.128.0 to 198.19.143.156
+BULK_ADDRESS_BASE = "198.19.200.0"  # .1 to .200
+
+
+def bulk_routes() -> list[str]:
+    base = ipaddress.ip_address(BULK_ROUTE_BASE)
+    return [f"{base + 4 * i}/30" for i in range(BULK_ROUTES)]
+
+
+def bulk_addresses() -> list[str]:
+    base = ipaddress.ip_address(BULK_ADDRESS_BASE)
+    return [str(base + 1 + i) for i in range(BULK_ADDRESSES)]
+
+
+def rtnl_bulk_layout(plan: AddressPlan) -> tuple[Topology, Link, Link]:
+    """`rtnl_layout` with the bulk routes and addresses, declared like the others: the topology
+    puts them in place before the stack starts (gVisor copies the namespace when it starts)."""
+    topo, stack_end, peer_end = rtnl_layout(plan)
+    for route in bulk_routes():
+        stack_end.ns.route(route, via=plan.peer4)
+    for address in bulk_addresses():
+        stack_end.addr(f"{address}/32")
+    return topo, stack_end, peer_end
