@@ -22,6 +22,7 @@ checks. Say why in the reason.
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 from labkit.errors import LabInputError
 
 KEYS = {"stack", "check", "reason"}
-OPTIONAL = {"unless", "strict"}  # a stack glob the entry does not apply to; strict = false
+OPTIONAL = {"unless", "strict", "says"}  # a stack glob the entry does not apply to; strict = false
 
 
 def stack_matches(stack_id: str, pattern: str) -> bool:
@@ -54,6 +55,13 @@ class Deviation:
     reason: str
     unless: str = ""
     strict: bool = True
+    says: str = ""  # a regular expression the failure must match to be this deviation
+
+    def describes(self, failure: str) -> bool:
+        """Whether `failure` (the check's failure text) is the deviation this entry records: one
+        entry often covers a check's every case with one reason, and a stack that starts to fail
+        one of them in another way must not pass for the known one."""
+        return not self.says or re.search(self.says, failure) is not None
 
     @property
     def entry(self) -> str:
@@ -116,7 +124,9 @@ class Manifest:
                 raise LabInputError(f"{where}: not a table; allowed: stack, check, reason")
             unknown = set(entry) - KEYS - OPTIONAL
             if unknown:
-                raise LabInputError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: stack, check, reason, unless, strict")
+                raise LabInputError(
+                    f"{where}: unknown key(s) {sorted(unknown)}; allowed: stack, check, reason, unless, strict, says"
+                )
             if not isinstance(entry.get("strict", True), bool):
                 raise LabInputError(f"{where}: 'strict' must be true or false, got {entry['strict']!r}")
             for key in sorted(KEYS | (OPTIONAL & set(entry) - {"strict"})):
@@ -125,6 +135,11 @@ class Manifest:
                     raise LabInputError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
                 if "\n" in value:
                     raise LabInputError(f"{where}: {key!r} must be one line")
+            if "says" in entry:
+                try:
+                    re.compile(entry["says"])
+                except re.error as exc:
+                    raise LabInputError(f"{where}: 'says' {entry['says']!r} is not a regular expression ({exc})") from None
             if "::" not in entry["check"]:
                 raise LabInputError(
                     f"{where}: check {entry['check']!r} is not a test id; allowed: SUITE/FILE.py::TEST (globs allowed)"
@@ -136,6 +151,7 @@ class Manifest:
                     entry["reason"].strip(),
                     entry.get("unless", "").strip(),
                     entry.get("strict", True),
+                    entry.get("says", "").strip(),
                 )
             )
         return cls(path, tuple(out))

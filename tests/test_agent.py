@@ -15,6 +15,7 @@ import pytest
 from labkit.errors import LabError
 from labkit.lifecycle.process import LabProcess
 from labkit.net.plan import AddressPlan
+from labkit.net.topology import Topology
 from labkit.stacks import LinuxStack, StackSpec
 from labkit.stacks.agent import SocketAgent, SocketCallError
 from labkit.testbed import Testbed
@@ -49,10 +50,25 @@ def test_a_connection_through_the_agent_carries_data(agent):
     assert info["state"] == 1 and info["snd_mss"] > 0, info  # TCP_ESTABLISHED
 
 
-def test_a_netlink_socket_through_the_agent_binds_reads_and_sizes(agent):
+@pytest.fixture
+def netns_agent():
+    """An agent in a namespace of the lab's own: what its netlink sockets hear is the lab's."""
+    topology = Topology()
+    ns = topology.namespace("nl")
+    with topology:
+        assert ns.netns is not None
+        env = LinuxStack.child_env()
+        a = SocketAgent(LabProcess(ARGV, netns=ns.netns, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env), "nl")
+        try:
+            yield a
+        finally:
+            a.close()
+
+
+def test_a_netlink_socket_through_the_agent_binds_reads_and_sizes(netns_agent):
     """NETLINK_ROUTE in the agent: bind with groups, the options tools set, and recvmsg's
-    length and flags (a link dump of this machine: a read, nothing changed)."""
-    nl = agent.socket("netlink", "raw", "route")
+    length and flags (a link dump of the lab's namespace)."""
+    nl = netns_agent.socket("netlink", "raw", "route")
     port, groups = nl.bind_netlink(groups=0x1 | 0x10)
     assert port > 0 and groups == 0x11
     assert nl.getsockopt("NETLINK_LIST_MEMBERSHIPS") == [1, 5]

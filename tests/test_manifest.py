@@ -83,3 +83,19 @@ def test_strict_must_be_a_boolean(tmp_path):
     body = '[[deviation]]\nstack = "a"\ncheck = "s/t.py::one"\nreason = "r"\nstrict = "no"\n'
     with pytest.raises(LabInputError, match="'strict' must be true or false"):
         Manifest.load(write(tmp_path, body))
+
+
+def test_says_is_a_regular_expression_the_failure_must_match(tmp_path):
+    m = Manifest.load(
+        write(tmp_path, '[[deviation]]\nstack = "gvisor*"\ncheck = "s/t.py::c"\nreason = "bind refused"\nsays = "bind.*EACCES"\n')
+    )
+    (d,) = m.deviations
+    assert d.describes("subscribe (bind): outcome kernel 'joined', stack 'refused: EACCES'")
+    assert not d.describes("notifications: RTM_NEWROUTE kernel 'present', stack 'absent'")
+    assert (
+        Manifest.load(write(tmp_path, '[[deviation]]\nstack = "g"\ncheck = "s/t.py::c"\nreason = "r"\n'))
+        .deviations[0]
+        .describes("anything")
+    )
+    with pytest.raises(LabInputError, match=r"entry 1: 'says' '\(' is not a regular expression"):
+        Manifest.load(write(tmp_path, '[[deviation]]\nstack = "g"\ncheck = "s/t.py::c"\nreason = "r"\nsays = "("\n'))

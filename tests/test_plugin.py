@@ -63,6 +63,41 @@ def test_manifest_turns_a_deviation_into_strict_xfail(tmp_path):
     assert done.returncode == 1
 
 
+def test_a_deviation_that_fails_otherwise_than_its_entry_says_is_a_failure(tmp_path):
+    """An entry with `says` covers a failure that says that, and no other: the same check
+    failing for another reason is a failure, named as not the known deviation."""
+    manifest = tmp_path / "deviations.toml"
+    manifest.write_text(
+        textwrap.dedent(
+            """
+            [[deviation]]
+            stack = "linux-arpignore"
+            check = "linkdispatch/test_arp.py::test_answers_who_has_for_own_address"
+            reason = "arp_ignore=8 answers no ARP request"
+            says = "no ARP reply came from"
+
+            [[deviation]]
+            stack = "linux-arpignore"
+            check = "linkdispatch/test_arp.py::test_*"
+            reason = "what this entry expects is not what happens"
+            says = "a checksum was wrong"
+            """
+        )
+    )
+    done = run_pytest(
+        "suites/linkdispatch/test_arp.py",
+        "--stack",
+        "examples.arp_ignore:ArpIgnoreLinux",
+        "--deviations",
+        str(manifest),
+        "-rxXf",
+    )
+    assert "1 failed" in done.stdout and "1 xfailed" in done.stdout, done.stdout[-3000:]
+    assert "not the known deviation: the manifest entry 'linux-arpignore :: linkdispatch/test_arp.py::test_*'" in done.stdout
+    assert "/a checksum was wrong/" in done.stdout
+    assert done.returncode == 1
+
+
 def _bad(*args: str, run: str | None = None) -> tuple[int, str]:
     done = run_pytest("suites/linkdispatch/test_arp.py", *args, run=run)
     return done.returncode, (done.stdout + done.stderr).strip()

@@ -190,3 +190,18 @@ def test_normaliser_keys_rules_netconf_stats_and_nsids():
 def test_support_table_names_every_attribute_the_answer_carried():
     answer = _answer(link(2, "eth0", nla(4, u32(1500)), nla(254, b"{")))
     assert differ.attribute_names(answer) == {"RTM_NEWLINK": ["IFLA_IFNAME", "IFLA_MTU", "type 254"]}
+
+
+def test_route_and_inet6_cache_info_compare_what_is_stable():
+    """RTA_CACHEINFO keeps whether a route expires and its error, not its use; the IPv6 link cache
+    info keeps max_reasm_len and retrans_time, not the timestamp or the random reachable_time."""
+    names, comparable = differ.Normaliser(), attributes.comparable
+    permanent = struct.pack("=IIiIIIII", 1, 500, 0, 0, 9, 0, 0, 0)
+    used_more = struct.pack("=IIiIIIII", 3, 900, 0, 0, 40, 0, 0, 0)
+    expiring = struct.pack("=IIiIIIII", 1, 500, 6000, 0, 9, 0, 0, 0)
+    assert comparable("RTA_CACHEINFO", permanent, names) == comparable("RTA_CACHEINFO", used_more, names)
+    assert comparable("RTA_CACHEINFO", permanent, names) != comparable("RTA_CACHEINFO", expiring, names)
+    path = "IFLA_AF_SPEC/AF_INET6/IFLA_INET6_CACHEINFO"
+    one, other = struct.pack("=IIII", 65535, 100, 30000, 1000), struct.pack("=IIII", 65535, 900, 21000, 1000)
+    assert comparable(path, one, names) == comparable(path, other, names)
+    assert comparable(path, one, names) != comparable(path, struct.pack("=IIII", 65535, 100, 30000, 2000), names)

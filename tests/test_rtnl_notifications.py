@@ -345,8 +345,9 @@ def test_monitor_lines_lose_what_numbers_links_per_namespace():
         "N: eth0    inet 198.18.0.77/24 scope global secondary eth0"
     )
     assert notifications.monitor_line("Deleted 3: eth0@if7: <BROADCAST> link-netnsid 0 ") == (
-        "Deleted N: eth0@ifN: <BROADCAST> link-netnsid N"
+        "Deleted N: eth0@ifN: <BROADCAST> link-netns PEER"
     )
+    assert notifications.monitor_line("4: eth0@if9: <UP> link-netns labkit-7-peer") == "N: eth0@ifN: <UP> link-netns PEER"
     assert (
         notifications.monitor_line("198.19.64.0/24 via 198.18.0.1 dev eth0 proto static ")
         == "198.19.64.0/24 via 198.18.0.1 dev eth0 proto static"

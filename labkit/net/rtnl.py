@@ -50,7 +50,11 @@ RTPROT_BOOT = rt_proto["boot"]
 RTN_UNICAST = rt_type["unicast"]
 CREATE = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 CHANGE = NLM_F_REQUEST | NLM_F_ACK
-COMMIT_WINDOW = 256  # requests in flight: their ACKs (36 bytes each) fit any receive buffer
+# Requests in flight at once. The kernel charges each ACK's whole buffer to the socket (832
+# bytes here, not its 36), so 256 fill the default 212992-byte receive buffer exactly, and 300
+# overrun it (ENOBUFS); 64 leave room for a kernel that charges more.
+COMMIT_WINDOW = 64
+ACK_TIMEOUT = 10.0  # seconds the kernel may take to acknowledge one window
 
 
 @dataclass
@@ -149,7 +153,10 @@ class Batch:
             self.discard()
 
     def _acknowledged(self, sock: socket.socket, done: int, pending: int) -> int:
+        deadline = time.monotonic() + ACK_TIMEOUT
         while done < pending:
+            if not select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise LabError(f"{self.what[done]} in {self.ns.name}: no acknowledgement within {ACK_TIMEOUT:g}s")
             for kind, data in _messages(sock.recv(1 << 16), self.ns):
                 if kind == NLMSG_ERROR:
                     reply = nlmsgerr(data)

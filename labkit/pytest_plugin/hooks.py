@@ -15,7 +15,7 @@ import pytest
 
 from labkit.errors import LabInputError
 from labkit.lifecycle import janitor, owner, reaper
-from labkit.manifest import stack_matches
+from labkit.manifest import Deviation, stack_matches
 from labkit.nightly.shards import unclaimed_or_twice
 from labkit.pytest_plugin import order
 from labkit.pytest_plugin.matrix import MARKER, check_axes, known_axes, plan_cells
@@ -27,6 +27,7 @@ from labkit.testbed.evidence import EvidenceStore
 SETTINGS = pytest.StashKey[LabSettings]()
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
 TESTBED = pytest.StashKey[Testbed]()
+DEVIATION = pytest.StashKey[Deviation]()  # the manifest entry that makes the cell a known deviation
 REAPED = pytest.StashKey[reaper.Reaped]()
 
 
@@ -122,6 +123,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         deviation = settings.manifest.lookup(spec.id, check_id(item))
         if deviation is not None:
             item.add_marker(pytest.mark.xfail(reason=f"known deviation: {deviation.reason}", strict=deviation.strict))
+            item.stash[DEVIATION] = deviation
             item.user_properties.append(("deviation", deviation.reason))
             item.user_properties.append(("manifest entry", deviation.entry))
     if settings.shard is not None:
@@ -136,7 +138,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         pytest.exit(f"labkit: {exc}", returncode=exc.exit_code)
     if not settings.full_matrix:
         _measure_one_variant_per_group(config, items, runs, axes)
-    order.arrange(config, items, lambda item: (s.id if (s := _spec(item)) else None))
+    order.arrange(config, items, lambda item: s.id if (s := _spec(item)) else None)
 
 
 def _keep_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -221,8 +223,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     measured = {r.nodeid for r in reports if dict(r.user_properties).get("stack")}
     carried = sum(len(stands_for(r)) for r in reports if r.when == "setup")
     if measured:
-        how = "every one measured (--full-matrix)" if config.stash[SETTINGS].full_matrix else (
-            f"{carried} carried over from the variant that stands for them (--full-matrix measures them all)"
+        how = (
+            "every one measured (--full-matrix)"
+            if config.stash[SETTINGS].full_matrix
+            else (f"{carried} carried over from the variant that stands for them (--full-matrix measures them all)")
         )
         terminalreporter.write_line(f"labkit: {len(measured)} check x stack cells measured, {how}")
     seconds: dict[str, float] = defaultdict(float)
@@ -246,14 +250,32 @@ def suite_of(nodeid: str) -> str:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.when == "call":
+        _unless_described(item, report)
         item.stash[CALL_REPORT] = report
     testbed = item.stash.get(TESTBED, None)
     if report.when == "call" and (report.failed or hasattr(report, "wasxfail")) and testbed is not None:
         _keep_evidence(item, testbed, report)
     return report
+
+
+def _unless_described(item: pytest.Item, report: pytest.TestReport) -> None:
+    """A known deviation whose entry says what the failure must say (`says`) and a failure
+    that says something else: the check failed, not as recorded, and is reported as a failure."""
+    deviation = item.stash.get(DEVIATION, None)
+    if deviation is None or not hasattr(report, "wasxfail") or not report.skipped or deviation.describes(report.longreprtext):
+        return
+    said = report.longreprtext
+    del report.wasxfail
+    report.outcome = "failed"
+    report.longrepr = (
+        f"{said}\n\nnot the known deviation: the manifest entry {deviation.entry!r} is for a failure "
+        f"saying /{deviation.says}/ ({deviation.reason})"
+    )
 
 
 def _keep_evidence(item: pytest.Item, testbed: Testbed, report: pytest.TestReport) -> None:
@@ -327,7 +349,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"labkit: fuzz seed {settings.fuzz_seed} (--fuzz-seed replays it), {settings.fuzz_seconds:g}s per stack (suites/robustness)"
     )
     if settings.shard is not None:
-        lines.append(f"labkit: shard {settings.shard.label} of {settings.shard_plan.path if settings.shard_plan else '?'}: {settings.shard.name}")
+        lines.append(
+            f"labkit: shard {settings.shard.label} of {settings.shard_plan.path if settings.shard_plan else '?'}: {settings.shard.name}"
+        )
     reaped = config.stash.get(REAPED, None)
     if reaped is not None and reaped.left:  # a dead run's processes that would not die: say so, do not hide it
         lines.append(f"labkit: cleaning up after dead runs: {reaped.summary()}")

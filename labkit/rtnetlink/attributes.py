@@ -152,6 +152,21 @@ def _lifetimes(payload: bytes) -> Any:
     return payload[:8].hex()
 
 
+def _route_cacheinfo(payload: bytes) -> Any:
+    """RTA_CACHEINFO (struct rta_cacheinfo): whether the route expires, and its error; not when it
+    was last used, how often, or the clock its expiry counts on."""
+    if len(payload) < 16:
+        return payload
+    expires, error = struct.unpack_from("=iI", payload, 8)
+    return {"expires": expires != 0, "error": error}
+
+
+def _inet6_cacheinfo(payload: bytes) -> Any:
+    """IFLA_INET6_CACHEINFO (struct ifla_cacheinfo): max_reasm_len and retrans_time; not the
+    timestamp, nor reachable_time, which the kernel draws at random."""
+    return payload[0:4].hex() + payload[12:16].hex() if len(payload) >= 16 else payload
+
+
 def _netconf_ifindex(payload: bytes) -> Any:
     """NETCONFA_IFINDEX: a link, or NETCONFA_IFINDEX_ALL (-1) / _DEFAULT (-2)."""
     (value,) = struct.unpack("=i", payload) if len(payload) == 4 else (None,)
@@ -180,11 +195,11 @@ VOLATILE: list[tuple[str, str | Callable[[bytes], Any]]] = [
     ("IFLA_MASTER", "ifindex"),
     ("IFLA_AF_SPEC/AF_INET6/IFLA_INET6_STATS", "presence"),
     ("IFLA_AF_SPEC/AF_INET6/IFLA_INET6_ICMP6STATS", "presence"),
-    ("IFLA_AF_SPEC/AF_INET6/IFLA_INET6_CACHEINFO", "presence"),  # a timestamp; reachable_time is random
+    ("IFLA_AF_SPEC/AF_INET6/IFLA_INET6_CACHEINFO", _inet6_cacheinfo),
     ("IFA_CACHEINFO", _lifetimes),
     ("RTA_OIF", "ifindex"),
     ("RTA_IIF", "ifindex"),
-    ("RTA_CACHEINFO", "presence"),  # last use, expiry, use count
+    ("RTA_CACHEINFO", _route_cacheinfo),
     ("NDA_CACHEINFO", "presence"),  # when the entry was confirmed, used, updated
     ("NDA_PROBES", "presence"),
     ("NETCONFA_IFINDEX", _netconf_ifindex),

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
-from labkit.errors import LabError
+from labkit.rtnetlink import inside
 
 IP_COMMANDS = {
     "ip link": ["link", "show"],
@@ -85,13 +85,7 @@ def main(argv: list[str]) -> int:
 
 def ask(stack: Any, lookups: list[str]) -> dict[str, dict[str, Any]]:
     """Run the clients inside `stack` (through its `run`)."""
-    done = stack.run([sys.executable, "-m", "labkit.rtnetlink.clients", *lookups], timeout=60)
-    if done.returncode != 0:
-        raise LabError(f"labkit.rtnetlink.clients in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-    try:
-        return json.loads(done.stdout)
-    except ValueError as exc:
-        raise LabError(f"labkit.rtnetlink.clients in {stack.id} printed no JSON ({exc}): {done.stdout[:300]!r}") from exc
+    return dict(inside.run_json(stack, "labkit.rtnetlink.clients", lookups, 60))
 
 
 if __name__ == "__main__":

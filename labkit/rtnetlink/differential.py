@@ -25,6 +25,20 @@ def dump(type_: str, family: int = 0) -> dict[str, Any]:
 
 
 LINKS = dump("RTM_GETLINK")
+RTM_F_LOOKUP_TABLE = 0x1000  # iproute2 sets it on every `ip route get`
+
+
+def lookup(dst: str, flags: int = 0) -> dict[str, Any]:
+    """A route lookup (`ip route get DST`), with `rtm_flags`."""
+    v6 = ":" in dst
+    return {
+        "type": "RTM_GETROUTE",
+        "flags": ["REQUEST"],
+        "fields": {"family": 10 if v6 else 2, "dst_len": 128 if v6 else 32, "flags": flags},
+        "attrs": [["RTA_DST", dst]],
+    }
+
+
 # The errnos that say "not implemented" rather than "refused": a stack answering one where the
 # kernel does not is unsupported in the support table, not merely different.
 UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOPROTOOPT, errno.EPROTONOSUPPORT)

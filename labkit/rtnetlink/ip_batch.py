@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from labkit.errors import LabError, LabInputError
+from labkit.errors import LabInputError
+from labkit.rtnetlink import inside
 
 if TYPE_CHECKING:
     from labkit.net.plan import AddressPlan
@@ -192,6 +193,8 @@ def run_batch(options: list[str], lines: list[str], timeout: float = COMMAND_TIM
         code: int | str = proc.wait(timeout)
     except (subprocess.TimeoutExpired, BrokenPipeError) as exc:
         code = f"{type(exc).__name__}"
+        # Every command has its result, so both sides line up command by command.
+        results += [{"line": rest, "status": f"not run ({code})", "stdout": "", "stderr": ""} for rest in lines[len(results) :]]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -209,13 +212,7 @@ def main(argv: list[str]) -> int:
 def ask(stack: Any, batches: list[Batch], timeout: float = 120) -> list[dict[str, Any]]:
     """Run the batches inside `stack` (through its `run`): per batch its exit and its commands."""
     request = json.dumps([{"options": b.options, "lines": [c.line for c in b.commands]} for b in batches])
-    done = stack.run([sys.executable, "-m", "labkit.rtnetlink.ip_batch", request], timeout=timeout)
-    if done.returncode != 0:
-        raise LabError(f"labkit.rtnetlink.ip_batch in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-    try:
-        return json.loads(done.stdout)
-    except ValueError as exc:
-        raise LabError(f"labkit.rtnetlink.ip_batch in {stack.id} printed no JSON ({exc}): {done.stdout[:300]!r}") from exc
+    return list(inside.run_json(stack, "labkit.rtnetlink.ip_batch", [request], timeout))
 
 
 def compare(batches: list[Batch], kernel: list[dict[str, Any]], stack: list[dict[str, Any]]) -> list[tuple[Command, Difference]]:

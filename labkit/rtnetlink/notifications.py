@@ -17,7 +17,6 @@ then until the listener stays quiet (what follows them belongs to the change too
 
 from __future__ import annotations
 
-import re
 import struct
 import time
 from collections import Counter
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from labkit.errors import ExpectTimeout, LabError, LabInputError
-from labkit.rtnetlink import differ, probe
+from labkit.rtnetlink import differ, ip_batch, probe
 from labkit.rtnetlink.differential import UNSUPPORTED
 from labkit.stacks.agent import SocketCallError
 
@@ -413,11 +412,11 @@ MONITOR = [
 
 
 def monitor_line(line: str) -> str:
-    """A line of `ip monitor` with what numbers a namespace's own links made even: the ifindex
-    it starts with, a veth's peer ifindex (eth0@if7) and netns ids."""
-    line = re.sub(r"^(Deleted )?\d+: ", r"\1N: ", line.rstrip("\n").rstrip())
-    line = re.sub(r"@if\d+\b", "@ifN", line)
-    return re.sub(r"link-netnsid \d+", "link-netnsid N", line)
+    """A line of `ip monitor` normalised as `ip` output is (labkit.rtnetlink.ip_batch: indexes,
+    the veth peer's, its namespace, timers), behind its "Deleted " prefix."""
+    text = line.rstrip()
+    prefix = "Deleted " if text.startswith("Deleted ") else ""
+    return prefix + ip_batch.normalise(text.removeprefix(prefix))
 
 
 def deleted_line(text: str) -> Callable[[list[str]], bool]:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from labkit.errors import LabError
+from labkit.rtnetlink import inside
 
 Call = dict[str, Any]
 
@@ -121,13 +121,7 @@ def main(argv: list[str]) -> int:
 
 def ask(stack: Any, calls: list[Call], timeout: float = 60) -> dict[str, dict[str, Any]]:
     """Make `calls` inside `stack` (through its `run`): each call's name -> its outcome."""
-    done = stack.run([sys.executable, "-m", "labkit.rtnetlink.pyroute2_calls", json.dumps(calls)], timeout=timeout)
-    if done.returncode != 0:
-        raise LabError(f"labkit.rtnetlink.pyroute2_calls in {stack.id} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
-    try:
-        return json.loads(done.stdout)
-    except ValueError as exc:
-        raise LabError(f"labkit.rtnetlink.pyroute2_calls in {stack.id} printed no JSON ({exc}): {done.stdout[:300]!r}") from exc
+    return dict(inside.run_json(stack, "labkit.rtnetlink.pyroute2_calls", [json.dumps(calls)], timeout))
 
 
 def compare(kernel: dict[str, Any], stack: dict[str, Any]) -> list[Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ NLMSGERR_ATTRS = {1: "MSG", 2: "OFFS", 3: "COOKIE", 4: "POLICY", 5: "MISS_TYPE",
 RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR = 1, 5
 RTMGRP_LINK, RTMGRP_IPV4_IFADDR = 1 << (RTNLGRP_LINK - 1), 1 << (RTNLGRP_IPV4_IFADDR - 1)
 READ_TIMEOUT = 2.0  # each read of an answer: a stack that stops answering ends it
+ANSWER_TIMEOUT = 30.0  # a whole answer, however many reads: a stack that drips one ends it too
 
 Outcome = dict[str, Any]
 
@@ -153,15 +155,25 @@ def _ends_answer(message: probe.Message, seq: int) -> bool:
 
 
 def read_answer(
-    sock: AgentSocket, seq: int, size: int, *, reads: list[Datagram] | None = None, max_reads: int = 10_000
+    sock: AgentSocket,
+    seq: int,
+    size: int,
+    *,
+    reads: list[Datagram] | None = None,
+    max_reads: int = 10_000,
+    seconds: float = ANSWER_TIMEOUT,
 ) -> tuple[list[Datagram], str]:
     """Read datagrams until the answer to `seq` ends (its DONE, its error, a single answer), at
-    most `max_reads` of them; with how it ended: "end", "more" (max_reads reached first), or the
-    errno a read ended with ("TIMEOUT": the stack stopped answering). `reads` continues an answer
-    already partly read."""
+    most `max_reads` of them within `seconds`; with how it ended: "end", "more" (max_reads
+    reached first), "deadline" (a stack that drips its answer), or the errno a read ended with
+    ("TIMEOUT": the stack stopped answering). `reads` continues an answer already partly read."""
     got = reads if reads is not None else []
+    deadline = time.monotonic() + seconds
     for _ in range(max_reads):
-        datagram = receive(sock, size)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return got, "deadline"
+        datagram = receive(sock, size, timeout=min(READ_TIMEOUT, left))
         if isinstance(datagram, str):
             return got, datagram
         got.append(datagram)
@@ -275,6 +287,11 @@ class Option:
     @property
     def row(self) -> str:
         return f"socket: {self.name}"
+
+    @property
+    def tool(self) -> str:
+        """The first tool named, for a failure's heading ("iproute2", "pyroute2" ...)."""
+        return self.tools.split()[0]
 
 
 OPTIONS = (
@@ -647,6 +664,8 @@ def notification_outcome(agent: SocketAgent, address: str) -> Outcome:
                     break
                 got.append(notification_summary(datagram))
             out[f"{name}: received"] = got
+            more = receive(sock, 65536, ("MSG_DONTWAIT",), timeout=0.0)  # a repeat, or one it should not get
+            out[f"{name}: then"] = "nothing" if isinstance(more, str) else notification_summary(more)
     return out
 
 

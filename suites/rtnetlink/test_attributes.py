@@ -17,24 +17,11 @@ import pytest
 
 from labkit.packet import echo
 from labkit.rtnetlink import attributes, differ
-from labkit.rtnetlink.differential import Pair, dump
+from labkit.rtnetlink.differential import RTM_F_LOOKUP_TABLE, Pair, dump, lookup
 
 from .conftest import IN_SPECIFIC4, IN_SPECIFIC6, SUITE
 
 pytestmark = SUITE
-
-RTM_F_LOOKUP_TABLE = 0x1000  # `ip route get` sets it
-
-
-def route_get(dst: str) -> dict:
-    """As `ip route get DST`."""
-    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    return {
-        "type": "RTM_GETROUTE",
-        "flags": ["REQUEST"],
-        "fields": {"family": family, "dst_len": 128 if family == socket.AF_INET6 else 32, "flags": RTM_F_LOOKUP_TABLE},
-        "attrs": [["RTA_DST", dst]],
-    }
 
 
 def link_get(ifname: str) -> dict:
@@ -48,8 +35,8 @@ ASKED = {
     "addr-dump": ("RTM_GETADDR", lambda plan: dump("RTM_GETADDR"), None),
     "route-dump-v4": ("RTM_GETROUTE", lambda plan: dump("RTM_GETROUTE", socket.AF_INET), socket.AF_INET),
     "route-dump-v6": ("RTM_GETROUTE", lambda plan: dump("RTM_GETROUTE", socket.AF_INET6), socket.AF_INET6),
-    "route-get-v4": ("RTM_GETROUTE", lambda plan: route_get(IN_SPECIFIC4), None),
-    "route-get-v6": ("RTM_GETROUTE", lambda plan: route_get(IN_SPECIFIC6), None),
+    "route-get-v4": ("RTM_GETROUTE", lambda plan: lookup(IN_SPECIFIC4, RTM_F_LOOKUP_TABLE), None),
+    "route-get-v6": ("RTM_GETROUTE", lambda plan: lookup(IN_SPECIFIC6, RTM_F_LOOKUP_TABLE), None),
 }
 
 

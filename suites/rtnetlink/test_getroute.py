@@ -9,25 +9,15 @@ import socket
 import pytest
 
 from labkit.rtnetlink import differ
-from labkit.rtnetlink.differential import dump, family_filter_differences
+from labkit.rtnetlink.differential import RTM_F_LOOKUP_TABLE, dump, family_filter_differences, lookup
 
 from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, SUITE, UNROUTED4
 
 pytestmark = SUITE
 
 MAIN, LOCAL = 254, 255
-RTM_F_NOTIFY, RTM_F_LOOKUP_TABLE, RTM_F_FIB_MATCH = 0x100, 0x1000, 0x2000
+RTM_F_NOTIFY, RTM_F_FIB_MATCH = 0x100, 0x2000
 FAMILY = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
-
-
-def lookup(dst: str, flags: int = 0) -> dict:
-    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    return {
-        "type": "RTM_GETROUTE",
-        "flags": ["REQUEST"],
-        "fields": {"family": family, "dst_len": 128 if family == socket.AF_INET6 else 32, "flags": flags},
-        "attrs": [["RTA_DST", dst]],
-    }
 
 
 @pytest.mark.parametrize("family", list(FAMILY))

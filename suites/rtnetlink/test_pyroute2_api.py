@@ -12,6 +12,7 @@ import pytest
 from labkit.net.plan import AddressPlan
 from labkit.rtnetlink import pyroute2_calls
 from labkit.rtnetlink.differ import Difference
+from labkit.rtnetlink.differential import UNSUPPORTED
 
 from .conftest import DEFAULTED6, IN_SPECIFIC4, IN_SPECIFIC6, SPECIFIC4, SUITE, UNROUTED4
 
@@ -171,7 +172,7 @@ def checks(plan: AddressPlan) -> dict[str, tuple[list[dict], dict[str, str]]]:
 
 
 CHANGING = {"addr-change", "addr-errors", "route-change", "route-errors"}
-UNSUPPORTED = {errno.errorcode[e] for e in (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOPROTOOPT, errno.EPROTONOSUPPORT)}
+NOT_IMPLEMENTED = {errno.errorcode[code] for code in UNSUPPORTED}
 
 
 def row_of(c: dict) -> str:
@@ -196,7 +197,9 @@ def test_pyroute2_call_as_on_the_kernel(rtnl, plan, check):
     for row in dict.fromkeys(row_of(c) for c in calls):
         names = [c["name"] for c in calls if row_of(c) == row]
         mine = [d for d in differences if d.where in {f"pyroute2 {n}" for n in names} or d.where == "pyroute2 IPRoute()"]
-        declined = [n for n in names if stack.get(n, {}).get("errno") in UNSUPPORTED and kernel[n].get("errno") not in UNSUPPORTED]
+        declined = [
+            n for n in names if stack.get(n, {}).get("errno") in NOT_IMPLEMENTED and kernel[n].get("errno") not in NOT_IMPLEMENTED
+        ]
         rtnl.row(row, mine, unsupported=bool(declined))
     assert not differences, f"pyroute2 calls ({check}) inside {rtnl.stack.id} end unlike on the kernel:\n" + "\n".join(
         str(d) for d in differences[:25]
