@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from labkit.errors import ExpectTimeout, LabInputError
-from labkit.rtnetlink import differ, notifications, probe
+from labkit.rtnetlink import differ, differential, notifications, probe
 from labkit.rtnetlink.differential import Pair
 from labkit.rtnetlink.notifications import Cause, Ended, Expect, Listener, Monitor, Step, compare, gather
 from labkit.stacks.agent import SocketCallError
@@ -253,7 +253,7 @@ def test_the_order_of_notifications_both_sent_is_compared():
 
 
 def test_requests_encode_as_ip_sends_them():
-    add = probe.encode(notifications.address("RTM_NEWADDR", "lo", "2001:db8::77/64"), seq=1)
+    add = probe.encode(differential.address("RTM_NEWADDR", "lo", "2001:db8::77/64"), seq=1)
     assert struct.unpack_from("=H", add, 4)[0] == 20  # RTM_NEWADDR
     (decoded,) = probe.decode(add)
     assert decoded.fields["family"] == 10 and decoded.fields["prefixlen"] == 64 and decoded.attr("IFA_LOCAL") == "2001:db8::77"
@@ -308,7 +308,7 @@ class _Heard:
 
 ADD = Step(
     "add",
-    {"add": notifications.address("RTM_NEWADDR", "eth0", "198.18.0.77/24")},
+    {"add": differential.address("RTM_NEWADDR", "eth0", "198.18.0.77/24")},
     expect=(Expect("RTM_NEWADDR", ("198.18.0.77/24",)),),
 )
 

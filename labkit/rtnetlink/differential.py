@@ -9,6 +9,7 @@ on what each is about, so one difference fails one check.
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,23 @@ def dump(type_: str, family: int = 0) -> dict[str, Any]:
 
 LINKS = dump("RTM_GETLINK")
 RTM_F_LOOKUP_TABLE = 0x1000  # iproute2 sets it on every `ip route get`
+
+
+def address(type_: str, dev: str | int, cidr: str, flags: Sequence[str] = ("REQUEST", "ACK"), ifa_flags: int = 0) -> dict[str, Any]:
+    """`ip addr add|del CIDR dev DEV` (DEV a name, resolved in each namespace, or an index), with
+    IFA_LOCAL and IFA_ADDRESS as ip sends them."""
+    addr, _, prefixlen = cidr.partition("/")
+    return {
+        "type": type_,
+        "flags": list(flags),
+        "fields": {
+            "family": 10 if ":" in addr else 2,
+            "prefixlen": int(prefixlen),
+            "index": dev if isinstance(dev, int) else {"ifindex_of": dev},
+            "flags": ifa_flags,
+        },
+        "attrs": [["IFA_LOCAL", addr], ["IFA_ADDRESS", addr]],
+    }
 
 
 def lookup(dst: str, flags: int = 0) -> dict[str, Any]:

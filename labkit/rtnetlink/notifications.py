@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from labkit.errors import ExpectTimeout, LabError, LabInputError
-from labkit.rtnetlink import differ, ip_batch, probe
+from labkit.rtnetlink import differ, ip_batch, probe, sockets
 from labkit.rtnetlink.differential import UNSUPPORTED
+from labkit.rtnetlink.sockets import GROUPS, group_mask
 from labkit.stacks.agent import SocketCallError
 
 if TYPE_CHECKING:
@@ -36,17 +37,9 @@ if TYPE_CHECKING:
     from labkit.rtnetlink.differential import Differential, Pair
     from labkit.stacks.agent import AgentSocket, SocketAgent
 
-# The groups a tool that follows links, addresses and routes joins (linux/rtnetlink.h), by number:
-# NETLINK_ADD_MEMBERSHIP takes the number, bind(2) a mask with bit (number - 1) set (RTMGRP_*).
-GROUPS = {"RTNLGRP_LINK": 1, "RTNLGRP_IPV4_IFADDR": 5, "RTNLGRP_IPV4_ROUTE": 7, "RTNLGRP_IPV6_IFADDR": 9, "RTNLGRP_IPV6_ROUTE": 11}
 HOW = ("bind", "membership")
 QUIET = 0.5  # what follows a change's last expected notification comes within this (the kernel's: at once)
 DEADLINE = 5.0  # linkwatch holds a carrier change back up to a second; a sandbox may be slower still
-
-
-def group_mask(numbers: Sequence[int]) -> int:
-    """bind(2)'s nl_groups for these group numbers (RTMGRP_LINK | RTMGRP_IPV4_IFADDR ...)."""
-    return sum(1 << (n - 1) for n in set(numbers))
 
 
 MASK = group_mask(list(GROUPS.values()))  # 0x551
@@ -148,11 +141,8 @@ class Listener:
 @contextmanager
 def listening(agent: SocketAgent, how: str = "bind") -> Iterator[Listener]:
     """A Listener in `agent`, its socket closed after (nobody resets the kernel reference's agent)."""
-    sock = agent.socket("netlink", "raw", "route")
-    try:
+    with sockets.route_socket(agent) as sock:
         yield Listener(sock, how)
-    finally:
-        sock.close()
 
 
 # -- what a notification says ----------------------------------------------------------------------
@@ -267,22 +257,6 @@ def compare(step: str, kernel: Sequence[differ.Record], stack: Sequence[differ.R
 
 
 # -- changes, as requests the probe sends (labkit.rtnetlink.probe) and as events the lab makes ------
-
-
-def address(type_: str, ifname: str, cidr: str, flags: Sequence[str] = ("REQUEST", "ACK"), ifa_flags: int = 0) -> dict[str, Any]:
-    """`ip addr add|del CIDR dev IFNAME` (IFA_LOCAL and IFA_ADDRESS, as ip sends them)."""
-    addr, _, prefixlen = cidr.partition("/")
-    return {
-        "type": type_,
-        "flags": list(flags),
-        "fields": {
-            "family": 10 if ":" in addr else 2,
-            "prefixlen": int(prefixlen),
-            "index": {"ifindex_of": ifname},
-            "flags": ifa_flags,
-        },
-        "attrs": [["IFA_LOCAL", addr], ["IFA_ADDRESS", addr]],
-    }
 
 
 def route(

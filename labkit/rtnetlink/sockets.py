@@ -15,13 +15,13 @@ import contextlib
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from labkit.net.nlmsg import NLMSG_HDR
-from labkit.rtnetlink import differ, probe
+from labkit.rtnetlink import differ, differential, probe
 from labkit.stacks.agent import SocketCallError
 
 if TYPE_CHECKING:
@@ -33,9 +33,18 @@ SCM_CREDENTIALS, NETLINK_PKTINFO, NETLINK_LISTEN_ALL_NSID = 2, 3, 8
 NLM_F_MULTI, NLM_F_DUMP_INTR, NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x2, 0x10, 0x100, 0x200
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLMSGERR_ATTRS = {1: "MSG", 2: "OFFS", 3: "COOKIE", 4: "POLICY", 5: "MISS_TYPE", 6: "MISS_NEST"}
-# Multicast groups by number (RTNLGRP_*), and the same as bind(2)'s legacy bit mask (RTMGRP_*).
-RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR = 1, 5
-RTMGRP_LINK, RTMGRP_IPV4_IFADDR = 1 << (RTNLGRP_LINK - 1), 1 << (RTNLGRP_IPV4_IFADDR - 1)
+# The groups a tool that follows links, addresses and routes joins (linux/rtnetlink.h), by number:
+# NETLINK_ADD_MEMBERSHIP takes the number, bind(2) a mask with bit (number - 1) set (RTMGRP_*).
+GROUPS = {"RTNLGRP_LINK": 1, "RTNLGRP_IPV4_IFADDR": 5, "RTNLGRP_IPV4_ROUTE": 7, "RTNLGRP_IPV6_IFADDR": 9, "RTNLGRP_IPV6_ROUTE": 11}
+
+
+def group_mask(numbers: Iterable[int]) -> int:
+    """bind(2)'s nl_groups for these group numbers (RTMGRP_LINK | RTMGRP_IPV4_IFADDR ...)."""
+    return sum(1 << (n - 1) for n in set(numbers))
+
+
+RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR = GROUPS["RTNLGRP_LINK"], GROUPS["RTNLGRP_IPV4_IFADDR"]
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR = group_mask([RTNLGRP_LINK]), group_mask([RTNLGRP_IPV4_IFADDR])
 READ_TIMEOUT = 2.0  # each read of an answer: a stack that stops answering ends it
 ANSWER_TIMEOUT = 30.0  # a whole answer, however many reads: a stack that drips one ends it too
 
@@ -99,15 +108,7 @@ def refused_request(seq: int) -> bytes:
 def address_request(type_: str, seq: int, address: str, index: int = 1) -> bytes:
     """`ip addr add|del ADDRESS/32 dev lo`, acknowledged."""
     flags = ["REQUEST", "ACK", "CREATE", "EXCL"] if type_ == "RTM_NEWADDR" else ["REQUEST", "ACK"]
-    return probe.encode(
-        {
-            "type": type_,
-            "flags": flags,
-            "fields": {"family": 2, "prefixlen": 32, "index": index},
-            "attrs": [["IFA_LOCAL", address], ["IFA_ADDRESS", address]],
-        },
-        seq,
-    )
+    return probe.encode(differential.address(type_, index, f"{address}/32", flags), seq)
 
 
 # -- reading ----------------------------------------------------------------------------------

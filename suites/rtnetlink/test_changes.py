@@ -14,6 +14,7 @@ from labkit.net.plan import FAMILIES
 from labkit.packet import echo
 from labkit.rtnetlink import differ
 from labkit.rtnetlink.differential import LINKS, dump
+from labkit.rtnetlink.differential import address as address_request
 
 from .conftest import IN_SPECIFIC4, SPECIFIC4, SUITE
 
@@ -29,18 +30,6 @@ ON_THE_LINK = pytest.mark.varies_with("channels")
 ADD = ["REQUEST", "ACK", "CREATE", "EXCL"]
 
 
-def address_request(type_: str, ifname: str, address: str, prefixlen: int, flags=("REQUEST", "ACK")) -> dict:
-    """As `ip addr add|del`. (The layout turned duplicate address detection off, so a new IPv6
-    address works at once on the kernel; DAD has its own checks in linkdispatch.)"""
-    family = 10 if ":" in address else 2
-    return {
-        "type": type_,
-        "flags": list(flags),
-        "fields": {"family": family, "prefixlen": prefixlen, "index": {"ifindex_of": ifname}},
-        "attrs": [["IFA_LOCAL", address], ["IFA_ADDRESS", address]],
-    }
-
-
 def echo_outcome(wire, plan, address: str) -> str:
     return echo.echo_outcome(wire, plan.endpoints("ipv6" if ":" in address else "ipv4"), address)
 
@@ -51,9 +40,9 @@ def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, ends):
     net, address, prefixlen, fam = ends.network, ends.host(50), ends.network.prefixlen, int(ends.af)
     ifname = plan.stack_ifname
     steps = {
-        "add": address_request("RTM_NEWADDR", ifname, address, prefixlen, ADD),
-        "add-again-excl": address_request("RTM_NEWADDR", ifname, address, prefixlen, ADD),
-        "add-again": address_request("RTM_NEWADDR", ifname, address, prefixlen, ("REQUEST", "ACK", "CREATE")),
+        "add": address_request("RTM_NEWADDR", ifname, f"{address}/{prefixlen}", ADD),
+        "add-again-excl": address_request("RTM_NEWADDR", ifname, f"{address}/{prefixlen}", ADD),
+        "add-again": address_request("RTM_NEWADDR", ifname, f"{address}/{prefixlen}", ("REQUEST", "ACK", "CREATE")),
         "dump-after-add": dump("RTM_GETADDR", fam),
     }
     pair = rtnl.ask(steps)
@@ -66,8 +55,8 @@ def test_address_add_and_delete(rtnl, plan, wire, kernel_reference, ends):
         differences.append(differ.Difference(f"echo to {address} after the add", "outcome", "answered", seen))
     deleted = rtnl.ask(
         {
-            "delete": address_request("RTM_DELADDR", ifname, address, prefixlen),
-            "delete-missing": address_request("RTM_DELADDR", ifname, address, prefixlen),
+            "delete": address_request("RTM_DELADDR", ifname, f"{address}/{prefixlen}"),
+            "delete-missing": address_request("RTM_DELADDR", ifname, f"{address}/{prefixlen}"),
             "dump-after-delete": dump("RTM_GETADDR", fam),
             "routes-after-delete": dump("RTM_GETROUTE", fam),
         }
@@ -89,9 +78,9 @@ def test_address_in_a_new_subnet_brings_its_route(rtnl, plan):
     ifname, address = plan.stack_ifname, "198.19.99.5"
     pair = rtnl.ask(
         {
-            "add": address_request("RTM_NEWADDR", ifname, address, 24, ADD),
+            "add": address_request("RTM_NEWADDR", ifname, f"{address}/24", ADD),
             "routes-after-add": dump("RTM_GETROUTE", 2),
-            "delete": address_request("RTM_DELADDR", ifname, address, 24),
+            "delete": address_request("RTM_DELADDR", ifname, f"{address}/24"),
             "routes-after-delete": dump("RTM_GETROUTE", 2),
         }
     )

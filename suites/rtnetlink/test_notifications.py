@@ -13,11 +13,11 @@ import pytest
 
 from labkit.net.plan import AddressPlan
 from labkit.rtnetlink import differ
+from labkit.rtnetlink.differential import address
 from labkit.rtnetlink.notifications import (
     Expect,
     Listener,
     Step,
-    address,
     compare,
     link_state,
     listening,
