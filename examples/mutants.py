@@ -849,3 +849,11 @@ class LossyDumpLinux(_NetlinkFaultLinux):
 
     kind = "linux-lossydump"
     fault = "lossy-dump"
+
+
+class ShortErrorLinux(_NetlinkFaultLinux):
+    """Quotes only the header of a request it refuses, without NLM_F_CAPPED: a client that reads
+    the quote as the whole request (pyroute2) reads past its end."""
+
+    kind = "linux-shorterror"
+    fault = "short-error"

@@ -11,6 +11,7 @@ says, one fault per mutant:
     type:N              a request of message type N is refused at send (EOPNOTSUPP)
     drop-attr:T:A       attribute A is cut out of every message of type T that is read
     lossy-dump          the last message of every multi-part datagram that is read is lost
+    short-error         an error quotes only the request's header, without saying so (NLM_F_CAPPED)
 
 Every other socket, and every other program, is the kernel's as it is.
 """
@@ -69,12 +70,22 @@ def _without_attribute(message: bytes, type_: int, attr: int) -> bytes:
     return HEADER.pack(len(body), kind, flags, seq, pid) + body[HEADER.size :]
 
 
+def _short_error(message: bytes) -> bytes:
+    length, kind, flags, seq, pid = HEADER.unpack_from(message)
+    if kind != 2 or length <= HEADER.size + 4 + HEADER.size:  # not an error, or its quote is a bare header
+        return message
+    kept = message[: HEADER.size + 4 + HEADER.size]
+    return HEADER.pack(len(kept), kind, flags, seq, pid) + kept[HEADER.size :]
+
+
 def _broken(data: bytes) -> bytes:
     if FAULT.startswith("drop-attr:"):
         _, type_, attr = FAULT.split(":")
         return b"".join(
             m.ljust(_align(len(m)), b"\0") for m in (_without_attribute(m, int(type_), int(attr)) for m in _messages(data))
         )
+    if FAULT == "short-error":
+        return b"".join(_short_error(m).ljust(_align(len(_short_error(m))), b"\0") for m in _messages(data))
     if FAULT == "lossy-dump":
         messages = _messages(data)
         multi = [

@@ -80,6 +80,33 @@ def test_error_quotes_the_request_header(rtnl):
     rtnl.verdict("RTM_GETLINK", pair, "get", differences, "an unknown index")
 
 
+NLM_F_CAPPED = 0x100
+
+
+def test_error_quotes_the_whole_request_unless_capped(rtnl):
+    """Without NETLINK_CAP_ACK an NLMSG_ERROR carries the whole request it refuses; a stack that
+    quotes less must say so with NLM_F_CAPPED, or a client reading the quote as the request
+    (pyroute2 does) reads past the end."""
+    request = {"type": "RTM_GETLINK", "flags": ["REQUEST"], "fields": {"family": 0, "index": 0x7FFF0000}}
+    pair = rtnl.ask({"get": request})
+
+    def quote(answer) -> tuple[int | None, bool | None]:
+        err = next((m for m in answer.messages if m.type == "NLMSG_ERROR"), None)
+        if err is None:
+            return None, None
+        return len(bytes.fromhex(err.raw)) - 20, bool(err.flags & NLM_F_CAPPED)  # after nlmsghdr and the error code
+
+    sent = len(bytes.fromhex(pair.kernel["get"].sent))
+    assert quote(pair.kernel["get"]) == (sent, False), f"the kernel's error quotes {quote(pair.kernel['get'])} of {sent} bytes"
+    differences = pair.differences("get", only=())
+    quoted, capped = quote(pair.stack["get"])
+    if (quoted, capped) != (sent, False) and not (capped and quoted is not None and quoted < sent):
+        differences.append(
+            differ.Difference("NLMSG_ERROR", "bytes of the request quoted, NLM_F_CAPPED", (sent, False), (quoted, capped))
+        )
+    rtnl.verdict("RTM_GETLINK", pair, "get", differences, "an error's quote of the request")
+
+
 def test_message_without_family_byte_is_ignored(rtnl):
     """Linux's rtnetlink_rcv_msg drops a request too short to hold the family: no answer."""
     pair = rtnl.ask({"short": {"raw": raw_message(18, NLM_F["REQUEST"] | NLM_F["DUMP"], 77)}})
