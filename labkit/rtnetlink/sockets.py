@@ -670,6 +670,42 @@ def notification_outcome(agent: SocketAgent, address: str) -> Outcome:
     return out
 
 
+OVERRUN_CHANGES = 32  # address adds and deletes: far more notifications than the smallest buffer holds
+OVERRUN_BASE = "198.19.246."
+
+
+def overrun_outcome(agent: SocketAgent, no_enobufs: bool) -> Outcome:
+    """A listener with the smallest receive buffer (SO_RCVBUF 0) that does not read while
+    addresses come and go on lo: the kernel drops what does not fit and says so once, with
+    ENOBUFS on the next read (how `ip monitor`, sd-netlink and libnl learn to resynchronise),
+    unless NETLINK_NO_ENOBUFS asked it not to (mdlayher/netlink). What each read then gave."""
+    out: Outcome = {}
+    with route_socket(agent) as listener, route_socket(agent) as changer:
+        out["set SO_RCVBUF 0"] = attempt(partial(set_option, listener, "SO_RCVBUF", 0))
+        if no_enobufs:
+            out["set NETLINK_NO_ENOBUFS 1"] = attempt(partial(set_option, listener, "NETLINK_NO_ENOBUFS", 1))
+        out[f"bind groups {RTMGRP_IPV4_IFADDR:#x}"] = attempt(partial(bind_groups, listener, RTMGRP_IPV4_IFADDR))
+        acknowledged = 0
+        for i in range(OVERRUN_CHANGES):
+            for seq, type_ in ((100 + 2 * i, "RTM_NEWADDR"), (101 + 2 * i, "RTM_DELADDR")):
+                changer.send(address_request(type_, seq, f"{OVERRUN_BASE}{i + 1}"))
+                reads, _ = read_answer(changer, seq, 65536)
+                acknowledged += [m.error for d in reads for m in d.messages if m.type == "NLMSG_ERROR"] == [0]
+        out["changes acknowledged"] = acknowledged == 2 * OVERRUN_CHANGES or acknowledged
+        errors, received = [], 0
+        for _ in range(4 * OVERRUN_CHANGES + 8):  # every queued datagram, each error once, then EAGAIN
+            got = receive(listener, 65536, ("MSG_DONTWAIT",), timeout=0.0)
+            if got == "EAGAIN":
+                break
+            if isinstance(got, str):
+                errors.append(got)
+            else:
+                received += len(got.messages)
+        out["read errors"] = errors
+        out["some notifications dropped"] = 0 < received < 2 * OVERRUN_CHANGES
+    return out
+
+
 def add_address(agent: SocketAgent, address: str) -> Any:
     """`ip addr add ADDRESS/32 dev lo` on a socket of its own: 0 (acknowledged), the errno, or
     how the answer ended where none came."""

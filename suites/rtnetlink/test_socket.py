@@ -108,3 +108,16 @@ def test_notifications_reach_each_kind_of_member(rtnl):
     assert kernel["NETLINK_ADD_MEMBERSHIP + NETLINK_PKTINFO: received"], f"the kernel sent no notification: {kernel}"
     differences = sockets.compare(kernel, stack, "listeners of RTNLGRP_IPV4_IFADDR around an address add and delete")
     rtnl.judge("socket: multicast notifications", differences, "notifies its listeners", unsupported=refused(stack))
+
+
+@pytest.mark.fresh
+@pytest.mark.changes("addresses", "routes")  # addresses on lo, added and deleted again
+@pytest.mark.parametrize("no_enobufs", [False, True], ids=["reported", "NETLINK_NO_ENOBUFS"])
+def test_a_listener_that_overruns_is_told_once(rtnl, no_enobufs):
+    """Notifications that do not fit a listener's buffer are dropped, and the next read says so
+    (ENOBUFS), once: the listener then knows to dump again. NETLINK_NO_ENOBUFS turns that off."""
+    kernel, stack = on_both(rtnl, sockets.overrun_outcome, no_enobufs)
+    assert kernel["read errors"] == ([] if no_enobufs else ["ENOBUFS"]) and kernel["some notifications dropped"], kernel
+    differences = sockets.compare(kernel, stack, f"a listener overrun by {2 * sockets.OVERRUN_CHANGES} notifications")
+    row = "socket: NETLINK_NO_ENOBUFS at work" if no_enobufs else "socket: ENOBUFS on overrun"
+    rtnl.judge(row, differences, "tells an overrun listener", unsupported=refused(stack) and not refused(kernel))
