@@ -13,7 +13,9 @@ says, one fault per mutant:
     lossy-dump          the last message of every multi-part datagram that is read is lost
     short-error         an error quotes only the request's header, without saying so (NLM_F_CAPPED)
 
-Every other socket, and every other program, is the kernel's as it is.
+Every other socket, and every other program, is the kernel's as it is. Messages are split with
+labkit's own splitter (labkit.net.nlmsg, standard library only): the mutant's programs run with
+labkit on their PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import errno
 import os
 import socket
 import struct
+
+from labkit.net.nlmsg import NLMSG_HDR, align, split
 
 FAULT = os.environ.get("LABKIT_NETLINK_FAULT", "")
 SOL_NETLINK = 270
@@ -33,68 +37,53 @@ OPTIONS = {
     "NETLINK_CAP_ACK": 10,
 }
 NLM_F_MULTI = 0x2
-HEADER = struct.Struct("=IHHII")
 FIXED = {16: 16, 17: 16, 18: 16, 19: 16, 20: 8, 21: 8, 22: 8, 24: 12, 25: 12, 26: 12, 28: 12, 29: 12, 30: 12}  # body before attrs
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def _messages(data: bytes) -> list[bytes]:
-    out, offset = [], 0
-    while offset + HEADER.size <= len(data):
-        length = HEADER.unpack_from(data, offset)[0]
-        if length < HEADER.size or offset + length > len(data):
-            out.append(data[offset:])
-            break
-        out.append(data[offset : offset + length])
-        offset += _align(length)
-    return out
+def _with_length(message: bytes, body: bytes) -> bytes:
+    """`message`'s header over a new body, its length saying so."""
+    _, kind, flags, seq, pid = NLMSG_HDR.unpack_from(message)
+    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), kind, flags, seq, pid) + body
 
 
 def _without_attribute(message: bytes, type_: int, attr: int) -> bytes:
-    length, kind, flags, seq, pid = HEADER.unpack_from(message)
+    length, kind = NLMSG_HDR.unpack_from(message)[:2]
     if kind != type_ or length != len(message):
         return message
-    start = HEADER.size + FIXED.get(kind, 0)
-    kept, offset = [message[:start]], start
+    start = NLMSG_HDR.size + FIXED.get(kind, 0)
+    kept, offset = [message[NLMSG_HDR.size : start]], start
     while offset + 4 <= len(message):
         size, number = struct.unpack_from("=HH", message, offset)
         if size < 4:
             return message
         if number & 0x3FFF != attr:
-            kept.append(message[offset : offset + _align(size)])
-        offset += _align(size)
-    body = b"".join(kept)
-    return HEADER.pack(len(body), kind, flags, seq, pid) + body[HEADER.size :]
+            kept.append(message[offset : offset + align(size)])
+        offset += align(size)
+    return _with_length(message, b"".join(kept))
 
 
 def _short_error(message: bytes) -> bytes:
-    length, kind, flags, seq, pid = HEADER.unpack_from(message)
-    if kind != 2 or length <= HEADER.size + 4 + HEADER.size:  # not an error, or its quote is a bare header
+    """An NLMSG_ERROR cut after the quoted request's header, NLM_F_CAPPED not set."""
+    cut = NLMSG_HDR.size + 4 + NLMSG_HDR.size  # header, error code, the request's header
+    if NLMSG_HDR.unpack_from(message)[1] != 2 or len(message) <= cut:
         return message
-    kept = message[: HEADER.size + 4 + HEADER.size]
-    return HEADER.pack(len(kept), kind, flags, seq, pid) + kept[HEADER.size :]
+    return _with_length(message, message[NLMSG_HDR.size : cut])
 
 
 def _broken(data: bytes) -> bytes:
+    messages = [chunk for _, chunk in split(data)]
     if FAULT.startswith("drop-attr:"):
         _, type_, attr = FAULT.split(":")
-        return b"".join(
-            m.ljust(_align(len(m)), b"\0") for m in (_without_attribute(m, int(type_), int(attr)) for m in _messages(data))
-        )
-    if FAULT == "short-error":
-        return b"".join(_short_error(m).ljust(_align(len(_short_error(m))), b"\0") for m in _messages(data))
-    if FAULT == "lossy-dump":
-        messages = _messages(data)
-        multi = [
-            m for m in messages if len(m) >= HEADER.size and HEADER.unpack_from(m)[2] & NLM_F_MULTI and HEADER.unpack_from(m)[1] > 3
-        ]
+        messages = [_without_attribute(m, int(type_), int(attr)) for m in messages]
+    elif FAULT == "short-error":
+        messages = [_short_error(m) for m in messages]
+    elif FAULT == "lossy-dump":
+        multi = [m for h, m in split(data) if h.flags & NLM_F_MULTI and h.type > 3]  # not NOOP, ERROR or DONE
         if len(multi) > 1:
             messages.remove(multi[-1])
-        return b"".join(m.ljust(_align(len(m)), b"\0") for m in messages)
-    return data
+    else:
+        return data
+    return b"".join(m.ljust(align(len(m)), b"\0") for m in messages)
 
 
 class FaultySocket(socket.socket):

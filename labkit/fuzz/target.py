@@ -177,28 +177,25 @@ class Fuzzed:
 # --- addresses ---------------------------------------------------------------------------------
 
 
+def _sources(peer: str | None, stack: str | None, net: IPv4Network | IPv6Network | None, last: int) -> SearchStrategy[str]:
+    """The Wire's address, or another host of the link's network up to host number `last` (a
+    neighbour the stack never saw)."""
+    assert peer is not None
+    if net is None:
+        return st.just(peer)
+    taken = {peer, stack}
+    others = st.integers(1, last).map(lambda i: str(net[i]))
+    return st.one_of(st.just(peer), others.filter(lambda a: a not in taken))
+
+
 def sources4(t: Target) -> SearchStrategy[str]:
-    """The Wire's IPv4, or another host of the link's network (a neighbour the stack never saw)."""
-    assert t.peer4 is not None
-    peer = st.just(t.peer4)
-    if t.net4 is None:
-        return peer
-    net = IPv4Network(t.net4)
-    taken = {t.peer4, t.stack4}
-    others = st.integers(1, max(1, min(net.num_addresses - 2, 0xFFFF))).map(lambda i: str(net[i]))
-    return st.one_of(peer, others.filter(lambda a: a not in taken))
+    net = IPv4Network(t.net4) if t.net4 else None
+    return _sources(t.peer4, t.stack4, net, max(1, min(net.num_addresses - 2, 0xFFFF)) if net else 1)  # not its broadcast
 
 
 def sources6(t: Target) -> SearchStrategy[str]:
-    """The Wire's IPv6, or another host of the link's prefix."""
-    assert t.peer6 is not None
-    peer = st.just(t.peer6)
-    if t.net6 is None:
-        return peer
-    net = IPv6Network(t.net6)
-    taken = {t.peer6, t.stack6}
-    others = st.integers(1, min(net.num_addresses - 1, 0xFFFFFFFF)).map(lambda i: str(net[i]))
-    return st.one_of(peer, others.filter(lambda a: a not in taken))
+    net = IPv6Network(t.net6) if t.net6 else None
+    return _sources(t.peer6, t.stack6, net, min(net.num_addresses - 1, 0xFFFFFFFF) if net else 1)
 
 
 def destinations4(t: Target, unicast: bool = False) -> SearchStrategy[str]:

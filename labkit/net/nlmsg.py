@@ -13,6 +13,11 @@ from typing import NamedTuple
 NLMSG_HDR = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, seq, pid
 
 
+def align(n: int) -> int:
+    """`n` rounded up to netlink's 4-byte alignment (NLMSG_ALIGN, NLA_ALIGN)."""
+    return (n + 3) & ~3
+
+
 class Header(NamedTuple):
     length: int
     type: int
@@ -36,4 +41,4 @@ def split(data: bytes) -> Iterator[tuple[Header, bytes]]:
             yield header, data[offset:]
             return
         yield header, data[offset : offset + header.length]
-        offset += (header.length + 3) & ~3
+        offset += align(header.length)

@@ -30,16 +30,13 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
+from labkit.net.nlmsg import align
 from labkit.rtnetlink.differ import Difference, Normaliser
 from labkit.rtnetlink.probe import Answer, Message, netconfmsg
 
 NLA = struct.Struct("=HH")  # struct nlattr: length, type
 NLA_TYPE_MASK = 0x3FFF  # the type without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 AF_INET, AF_INET6, AF_BRIDGE, AF_MPLS = 2, 10, 7, 28
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
 
 
 @dataclass
@@ -67,7 +64,7 @@ def names_of(nla_map: Any) -> dict[int, str]:
 def _body_size(cls: Any) -> int:
     """The fixed part before the attributes, from the pyroute2 class's fields (padded to 4, as
     the kernel pads it: netconfmsg's one byte takes four)."""
-    return _align(struct.calcsize("=" + "".join(fmt for _, fmt in cls.fields)))
+    return align(struct.calcsize("=" + "".join(fmt for _, fmt in cls.fields)))
 
 
 _INET6 = Table(names_of(ifinfmsg.af_spec_inet.inet6.nla_map) | {9: "IFLA_INET6_RA_MTU"}, arrays=frozenset({2}))
@@ -144,7 +141,7 @@ def _walk(data: bytes, table: Table, prefix: str) -> Iterator[tuple[str, bytes]]
                 yield f"{path}[{i}]", payload[4 * i : 4 * i + 4]
         else:
             yield path, payload
-        offset += _align(length)
+        offset += align(length)
 
 
 def _lifetimes(payload: bytes) -> Any:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
-from labkit.net.nlmsg import NLMSG_HDR
+from labkit.net.nlmsg import NLMSG_HDR, align
 from labkit.rtnetlink import differ, differential, probe
 from labkit.stacks.agent import SocketCallError
 
@@ -186,10 +186,6 @@ def read_answer(
 # -- what an error looks like -----------------------------------------------------------------
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
 def error_shape(raw: bytes, request_length: int) -> Outcome:
     """An NLMSG_ERROR as a client reads it: its errno, how much of the request it quotes (the
     header alone with NETLINK_CAP_ACK, else all of it), the flags saying so, and the extended-ACK
@@ -204,10 +200,10 @@ def error_shape(raw: bytes, request_length: int) -> Outcome:
         "flags": sorted(n for n, bit in (("CAPPED", NLM_F_CAPPED), ("ACK_TLVS", NLM_F_ACK_TLVS)) if flags & bit),
     }
     if flags & NLM_F_ACK_TLVS:
-        quoted = NLMSG_HDR.size if flags & NLM_F_CAPPED else _align(request_length)
+        quoted = NLMSG_HDR.size if flags & NLM_F_CAPPED else align(request_length)
     else:
         quoted = length - 20
-    out["quoted"] = "header" if quoted == NLMSG_HDR.size else "request" if quoted == _align(request_length) else f"{quoted} bytes"
+    out["quoted"] = "header" if quoted == NLMSG_HDR.size else "request" if quoted == align(request_length) else f"{quoted} bytes"
     tlvs, offset, pos = [], None, 20 + quoted
     while pos + 4 <= min(length, len(raw)):
         nla_len, nla_type = struct.unpack_from("=HH", raw, pos)
@@ -218,7 +214,7 @@ def error_shape(raw: bytes, request_length: int) -> Outcome:
         tlvs.append(name)
         if name == "OFFS" and nla_len >= 8:
             offset = struct.unpack_from("=I", raw, pos + 4)[0]
-        pos += _align(nla_len)
+        pos += align(nla_len)
     out["tlvs"] = tlvs
     if offset is not None:
         out["offset"] = offset
